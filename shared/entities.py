@@ -1,0 +1,347 @@
+"""The entities of Assay: one pydantic definition each, with status lifecycles as data.
+
+Every entity carries ``id, account, name, labels, created_at, updated_at, status, reason,
+message, status_changed_at``. Each kind declares its statuses, the terminal ones, the
+allowed transitions (``TRANSITIONS[from]`` is the set of statuses it may move to) and the
+properties that queries filter or order on (the only ones Datastore indexes).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from shared.ids import new_id
+
+# --- names and labels, Kubernetes style --------------------------------------------------
+
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+MAX_LABELS = 64
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(
+            "must be 1-63 characters of lowercase letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def check_label_key(key: str) -> str:
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not _LABEL_PREFIX.match(prefix)):
+        raise ValueError(f"label key {key!r}: prefix must be a DNS subdomain")
+    if not _LABEL_NAME.match(name):
+        raise ValueError(f"label key {key!r}: name must be 1-63 alphanumerics, '-', '_' or '.'")
+    return key
+
+
+def check_label_value(value: str) -> str:
+    if value and not _LABEL_NAME.match(value):
+        raise ValueError(f"label value {value!r}: must be empty or 1-63 alphanumerics, '-', '_' or '.'")
+    return value
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels")
+    for key, value in labels.items():
+        check_label_key(key)
+        check_label_value(value)
+    return labels
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+# --- statuses -----------------------------------------------------------------------------
+
+
+class AccountStatus(StrEnum):
+    active = "active"
+    disabled = "disabled"
+
+
+class ApiKeyStatus(StrEnum):
+    active = "active"
+    revoked = "revoked"
+
+
+class ArtifactStatus(StrEnum):
+    """Lifecycle of an uploaded thing (a model or a dataset)."""
+
+    awaiting_upload = "awaiting_upload"
+    uploaded = "uploaded"
+    verifying = "verifying"
+    ready = "ready"
+    failed = "failed"
+    deleting = "deleting"
+    gone = "gone"
+
+
+class EvaluationStatus(StrEnum):
+    waiting = "waiting"  # an input is not ready yet
+    pending = "pending"  # queued for the daemon
+    admitted = "admitted"  # claimed and submitted; the job has not reported yet
+    running = "running"
+    complete = "complete"
+    failed = "failed"
+    cancelled = "cancelled"
+    deleting = "deleting"
+    gone = "gone"
+
+
+S = ArtifactStatus
+ARTIFACT_TRANSITIONS: dict[ArtifactStatus, frozenset[ArtifactStatus]] = {
+    S.awaiting_upload: frozenset({S.uploaded, S.failed, S.deleting}),
+    S.uploaded: frozenset({S.verifying, S.failed, S.deleting}),
+    # verifying -> uploaded: the daemon requeues a task whose job died or whose lease expired.
+    S.verifying: frozenset({S.ready, S.failed, S.uploaded, S.deleting}),
+    S.ready: frozenset({S.deleting}),
+    S.failed: frozenset({S.deleting}),
+    S.deleting: frozenset({S.gone}),
+    S.gone: frozenset(),
+}
+ARTIFACT_TERMINAL = frozenset({S.ready, S.failed, S.gone})
+
+E = EvaluationStatus
+EVALUATION_TRANSITIONS: dict[EvaluationStatus, frozenset[EvaluationStatus]] = {
+    E.waiting: frozenset({E.pending, E.failed, E.cancelled, E.deleting}),
+    E.pending: frozenset({E.admitted, E.failed, E.cancelled, E.deleting}),
+    # admitted/running -> pending: a retry after a dead job or an expired lease.
+    E.admitted: frozenset({E.running, E.complete, E.pending, E.failed, E.cancelled, E.deleting}),
+    E.running: frozenset({E.complete, E.pending, E.failed, E.cancelled, E.deleting}),
+    E.complete: frozenset({E.deleting}),
+    # A failed or cancelled evaluation asked for again is restarted.
+    E.failed: frozenset({E.waiting, E.pending, E.deleting}),
+    E.cancelled: frozenset({E.waiting, E.pending, E.deleting}),
+    E.deleting: frozenset({E.gone}),
+    E.gone: frozenset(),
+}
+EVALUATION_TERMINAL = frozenset({E.complete, E.failed, E.cancelled, E.gone})
+del S, E
+
+ACCOUNT_TRANSITIONS = {
+    AccountStatus.active: frozenset({AccountStatus.disabled}),
+    AccountStatus.disabled: frozenset({AccountStatus.active}),
+}
+API_KEY_TRANSITIONS = {ApiKeyStatus.active: frozenset({ApiKeyStatus.revoked}), ApiKeyStatus.revoked: frozenset()}
+
+
+# --- the base entity ----------------------------------------------------------------------
+
+
+class Entity(BaseModel):
+    """Fields and class-level facts every kind shares."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    kind: ClassVar[str]
+    id_prefix: ClassVar[str]
+    status_enum: ClassVar[type[StrEnum]]
+    transitions: ClassVar[dict[Any, frozenset[Any]]]
+    terminal: ClassVar[frozenset[Any]]
+    # Properties that queries filter or order on. Everything else is left out of indexes.
+    indexed: ClassVar[frozenset[str]] = frozenset({"account", "name", "status", "created_at", "label_pairs"})
+
+    id: str
+    account: str
+    name: Name
+    labels: Labels = Field(default_factory=dict)
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    updated_at: dt.datetime = Field(default_factory=utcnow)
+    status: str
+    reason: str | None = None
+    message: str | None = None
+    status_changed_at: dt.datetime = Field(default_factory=utcnow)
+
+    @classmethod
+    def new_id(cls) -> str:
+        return new_id(cls.id_prefix)
+
+    @classmethod
+    def can_transition(cls, source: str, target: str) -> bool:
+        return cls.status_enum(target) in cls.transitions.get(cls.status_enum(source), frozenset())
+
+
+class TaskState(BaseModel):
+    """What the daemon and the workers keep on an entity they run a job for."""
+
+    attempts: int = 0
+    lease_owner: str | None = None
+    lease_expires_at: dt.datetime | None = None
+    heartbeat_at: dt.datetime | None = None
+    job_name: str | None = None
+    progress: float | None = Field(default=None, ge=0.0, le=1.0)
+    progress_message: str | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+
+class Account(Entity):
+    kind: ClassVar[str] = "Account"
+    id_prefix: ClassVar[str] = "acc"
+    status_enum: ClassVar[type[StrEnum]] = AccountStatus
+    transitions: ClassVar[dict] = ACCOUNT_TRANSITIONS
+    terminal: ClassVar[frozenset] = frozenset()
+
+    status: AccountStatus = AccountStatus.active
+
+
+class Scope(StrEnum):
+    read = "read"
+    write = "write"
+    admin = "admin"
+
+
+SCOPE_IMPLIES: dict[Scope, frozenset[Scope]] = {
+    Scope.read: frozenset({Scope.read}),
+    Scope.write: frozenset({Scope.read, Scope.write}),
+    Scope.admin: frozenset({Scope.read, Scope.write, Scope.admin}),
+}
+
+
+class ApiKey(Entity):
+    """An API key; its id is the ``<key id>`` in ``assay_<key id>_<secret>``."""
+
+    kind: ClassVar[str] = "ApiKey"
+    id_prefix: ClassVar[str] = "key"
+    status_enum: ClassVar[type[StrEnum]] = ApiKeyStatus
+    transitions: ClassVar[dict] = API_KEY_TRANSITIONS
+    terminal: ClassVar[frozenset] = frozenset({ApiKeyStatus.revoked})
+
+    status: ApiKeyStatus = ApiKeyStatus.active
+    secret_hash: str = Field(repr=False)
+    scopes: list[Scope] = Field(default_factory=lambda: [Scope.read])
+    expires_at: dt.datetime | None = None
+    revoked_at: dt.datetime | None = None
+
+    def granted(self) -> frozenset[Scope]:
+        out: set[Scope] = set()
+        for scope in self.scopes:
+            out |= SCOPE_IMPLIES[scope]
+        return frozenset(out)
+
+
+ModelTask = Literal["image-classification"]
+ModelFramework = Literal["transformers"]
+ArchiveFormat = Literal["zip", "tar.gz"]
+DatasetFormat = Literal["imagefolder-zip", "imagefolder-tar.gz", "parquet"]
+
+
+class Artifact(Entity, TaskState):
+    """A model or a dataset: uploaded once, then verified by a worker."""
+
+    status_enum: ClassVar[type[StrEnum]] = ArtifactStatus
+    transitions: ClassVar[dict] = ARTIFACT_TRANSITIONS
+    terminal: ClassVar[frozenset] = ARTIFACT_TERMINAL
+
+    status: ArtifactStatus = ArtifactStatus.awaiting_upload
+    task: ModelTask = "image-classification"
+    declared_size: int = Field(gt=0)
+    content_type: str
+    upload_object: str
+    size: int | None = None  # of the uploaded object, as Cloud Storage reports it
+    digest: str | None = None  # sha256 of the uploaded object, set by the worker
+    label_names: list[str] | None = None
+
+
+class Model(Artifact):
+    kind: ClassVar[str] = "Model"
+    id_prefix: ClassVar[str] = "mdl"
+
+    framework: ModelFramework = "transformers"
+    archive_format: ArchiveFormat = "zip"
+    parameter_count: int | None = None
+    architecture: str | None = None
+
+
+class Dataset(Artifact):
+    kind: ClassVar[str] = "Dataset"
+    id_prefix: ClassVar[str] = "dst"
+
+    format: DatasetFormat = "imagefolder-zip"
+    splits: dict[str, int] | None = None  # split name -> instance count
+    invalid_instances: int | None = None
+
+
+class InferenceConfig(BaseModel):
+    """How to run an evaluation. Only fields that change results enter the fingerprint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    top_k: int = Field(default=5, ge=1, le=100)
+    # dataset label name -> model label name, for datasets whose names differ.
+    label_mapping: dict[str, str] | None = None
+    batch_size: int = Field(default=64, ge=1, le=4096)
+
+    RESULT_FIELDS: ClassVar[tuple[str, ...]] = ("top_k", "label_mapping")
+
+    def canonical(self) -> str:
+        return json.dumps(self.model_dump(include=set(self.RESULT_FIELDS)), sort_keys=True, separators=(",", ":"))
+
+
+class QueueReason(StrEnum):
+    queued = "queued"
+    account_limit = "account_limit"
+    global_limit = "global_limit"
+    waiting_for_model = "waiting_for_model"
+    waiting_for_dataset = "waiting_for_dataset"
+
+
+class Evaluation(Entity, TaskState):
+    kind: ClassVar[str] = "Evaluation"
+    id_prefix: ClassVar[str] = "evl"
+    status_enum: ClassVar[type[StrEnum]] = EvaluationStatus
+    transitions: ClassVar[dict] = EVALUATION_TRANSITIONS
+    terminal: ClassVar[frozenset] = EVALUATION_TERMINAL
+    indexed: ClassVar[frozenset[str]] = Entity.indexed | {"model_id", "dataset_id", "split", "fingerprint"}
+
+    status: EvaluationStatus = EvaluationStatus.waiting
+    model_id: str
+    dataset_id: str
+    split: str
+    config: InferenceConfig = Field(default_factory=InferenceConfig)
+    fingerprint: str
+    queue_position: int | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    summary: dict[str, Any] | None = None
+    result_prefix: str | None = None
+
+
+def evaluation_fingerprint(*, model_id: str, dataset_id: str, split: str, config: InferenceConfig) -> str:
+    """The identity of an evaluation's result.
+
+    A model or dataset id names immutable bytes (one upload, then verified), so the id
+    stands for the digest — and it is known while the upload is still under way.
+    """
+    material = "\n".join([model_id, dataset_id, split, config.canonical()])
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def evaluation_id(*, account: str, fingerprint: str) -> str:
+    """Evaluations are keyed by account + fingerprint, so finding one is a transactional get."""
+    digest = int.from_bytes(hashlib.sha256(f"{account}\n{fingerprint}".encode()).digest()[:16], "big")
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
+    chars = []
+    for _ in range(20):
+        digest, rem = divmod(digest, 36)
+        chars.append(alphabet[rem])
+    return "evl_" + "".join(chars)
+
+
+KINDS: dict[str, type[Entity]] = {cls.kind: cls for cls in (Account, ApiKey, Model, Dataset, Evaluation)}

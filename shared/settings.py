@@ -1,0 +1,52 @@
+"""The one settings object of a process, built once in ``main()`` and passed down.
+
+Every field can be set from the environment as ``ASSAY_<FIELD>`` (e.g. ``ASSAY_BUCKET``).
+The Google client emulator variables (``DATASTORE_EMULATOR_HOST``, ``PUBSUB_EMULATOR_HOST``,
+``STORAGE_EMULATOR_HOST``) are read here too, so nothing below an entry point touches
+``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """What every server-side process (functions, daemon, workers) needs to reach Google Cloud."""
+
+    model_config = SettingsConfigDict(env_prefix="ASSAY_", extra="ignore", frozen=True)
+
+    project: str = "assay-local"
+    bucket: str = "assay-local"
+    # Datastore namespace: lets several deployments (or test runs) share one project.
+    namespace: str | None = None
+    hint_topic: str = "assay-hints"
+    hint_subscription: str = "assay-daemon-hints"
+    # Where object-finalize notifications go; the storage_events function consumes them.
+    storage_topic: str = "assay-storage-events"
+
+    datastore_emulator_host: str | None = Field(
+        default=None, validation_alias=AliasChoices("ASSAY_DATASTORE_EMULATOR_HOST", "DATASTORE_EMULATOR_HOST")
+    )
+    pubsub_emulator_host: str | None = Field(
+        default=None, validation_alias=AliasChoices("ASSAY_PUBSUB_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST")
+    )
+    storage_emulator_host: str | None = Field(
+        default=None, validation_alias=AliasChoices("ASSAY_STORAGE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST")
+    )
+    # Signed URLs: on Google Cloud the runtime service account signs through IAM signBlob;
+    # against the emulators a throwaway key is generated (no emulator checks signatures).
+    signing_service_account: str | None = None
+    upload_url_expiry_s: int = Field(default=900, ge=60, le=7 * 24 * 3600)
+    download_url_expiry_s: int = Field(default=900, ge=60, le=7 * 24 * 3600)
+
+    max_model_bytes: int = Field(default=2 * 1024**3, gt=0)
+    max_dataset_bytes: int = Field(default=20 * 1024**3, gt=0)
+
+    # Transactions: the client does not retry Aborted; this bounds our own loop.
+    transaction_attempts: int = Field(default=8, ge=1)
+
+    @property
+    def emulated(self) -> bool:
+        return self.datastore_emulator_host is not None
