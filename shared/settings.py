@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     # Transactions: the client does not retry Aborted; this bounds our own loop.
     transaction_attempts: int = Field(default=8, ge=1)
 
+    # A claimed task's lease; workers renew it by heartbeat well before it expires.
+    lease_seconds: float = Field(default=120.0, gt=0)
+    heartbeat_seconds: float = Field(default=15.0, gt=0)
+    # Local cache for inputs fetched from Cloud Storage (keyed by digest) and result sets.
+    cache_dir: str = ".cache/assay"
+
     @property
     def emulated(self) -> bool:
         return self.datastore_emulator_host is not None
