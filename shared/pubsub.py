@@ -1,0 +1,138 @@
+"""Pub/Sub wake-up hints: after a commit that creates work, tell the daemon to look now.
+
+A hint is never the truth (Datastore is): losing one only delays work until the daemon's
+next poll, so publishing failures are logged, never raised to the user.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import grpc
+from google.api_core import exceptions as gexc
+from google.cloud import pubsub_v1
+from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def publisher_client(settings: Settings) -> pubsub_v1.PublisherClient:
+    if settings.pubsub_emulator_host:
+        channel = grpc.insecure_channel(settings.pubsub_emulator_host)
+        return pubsub_v1.PublisherClient(transport=PublisherGrpcTransport(channel=channel))
+    return pubsub_v1.PublisherClient()
+
+
+def subscriber_client(settings: Settings) -> pubsub_v1.SubscriberClient:
+    if settings.pubsub_emulator_host:
+        channel = grpc.insecure_channel(settings.pubsub_emulator_host)
+        return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+    return pubsub_v1.SubscriberClient()
+
+
+def ensure_topic(publisher: pubsub_v1.PublisherClient, project: str, topic: str) -> str:
+    path = publisher.topic_path(project, topic)
+    try:
+        publisher.create_topic(name=path)
+    except gexc.AlreadyExists:
+        pass
+    return path
+
+
+def ensure_subscription(
+    subscriber: pubsub_v1.SubscriberClient, project: str, topic: str, subscription: str, *, ack_deadline_s: int = 30
+) -> str:
+    path = subscriber.subscription_path(project, subscription)
+    try:
+        subscriber.create_subscription(
+            name=path, topic=f"projects/{project}/topics/{topic}", ack_deadline_seconds=ack_deadline_s
+        )
+    except gexc.AlreadyExists:
+        pass
+    return path
+
+
+@dataclass(frozen=True)
+class Hint:
+    kind: str
+    id: str
+    account: str
+
+
+class Hints:
+    """Publish and receive wake-up hints on the hint topic."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._publisher: pubsub_v1.PublisherClient | None = None
+        self._subscriber: pubsub_v1.SubscriberClient | None = None
+
+    @property
+    def topic_path(self) -> str:
+        return f"projects/{self.settings.project}/topics/{self.settings.hint_topic}"
+
+    @property
+    def subscription_path(self) -> str:
+        return f"projects/{self.settings.project}/subscriptions/{self.settings.hint_subscription}"
+
+    def _pub(self) -> pubsub_v1.PublisherClient:
+        if self._publisher is None:
+            self._publisher = publisher_client(self.settings)
+        return self._publisher
+
+    def _sub(self) -> pubsub_v1.SubscriberClient:
+        if self._subscriber is None:
+            self._subscriber = subscriber_client(self.settings)
+        return self._subscriber
+
+    def ensure(self) -> None:
+        """Create the topic and the daemon's subscription if missing (emulators, setup)."""
+        ensure_topic(self._pub(), self.settings.project, self.settings.hint_topic)
+        ensure_subscription(self._sub(), self.settings.project, self.settings.hint_topic, self.settings.hint_subscription)
+
+    def publish(self, hints: list[Hint], *, timeout_s: float = 5.0) -> bool:
+        """Publish hints; returns False (and logs) on failure instead of raising."""
+        try:
+            futures = [
+                self._pub().publish(self.topic_path, json.dumps(h.__dict__).encode(), kind=h.kind)
+                for h in hints
+            ]
+            for future in futures:
+                future.result(timeout=timeout_s)
+            return True
+        except Exception:  # noqa: BLE001 — a hint is best effort by design; the daemon polls
+            log.warning("could not publish wake-up hints", exc_info=True, extra={"count": len(hints)})
+            return False
+
+    def wait(self, timeout_s: float, *, max_messages: int = 100) -> list[Hint]:
+        """Block until hints arrive or ``timeout_s`` passes; acknowledges what it returns."""
+        try:
+            response = self._sub().pull(
+                request={"subscription": self.subscription_path, "max_messages": max_messages}, timeout=timeout_s
+            )
+        except (gexc.DeadlineExceeded, gexc.RetryError):
+            return []
+        except gexc.GoogleAPICallError:
+            log.warning("could not pull hints; falling back to polling", exc_info=True)
+            return []
+        if not response.received_messages:
+            return []
+        self._sub().acknowledge(
+            request={"subscription": self.subscription_path, "ack_ids": [m.ack_id for m in response.received_messages]}
+        )
+        out = []
+        for received in response.received_messages:
+            try:
+                out.append(Hint(**json.loads(received.message.data)))
+            except (ValueError, TypeError):
+                log.warning("ignoring malformed hint", extra={"message_id": received.message.message_id})
+        return out
+
+    def close(self) -> None:
+        if self._subscriber is not None:
+            self._subscriber.close()

@@ -1,0 +1,420 @@
+"""The Datastore layer: the only code that knows how entities are stored.
+
+Every read and write names an account: an entity of another account is indistinguishable
+from a missing one (``NotFound``). System processes (the daemon, the workers, storage
+events) pass ``ANY_ACCOUNT`` explicitly.
+
+Status changes are compare-and-sets inside a transaction (``transition``). The Datastore
+client does not retry ``Aborted`` (contention), so ``run_in_transaction`` does, with a
+bounded, jittered backoff; a lost race surfaces as ``TransitionConflict``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import datetime as dt
+import json
+import logging
+import random
+import time
+import types
+import typing
+from collections.abc import Callable, Iterable, Iterator
+from enum import Enum
+from typing import Any, NamedTuple, TypeVar
+
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import datastore
+from pydantic import BaseModel
+
+from shared.entities import Entity, utcnow
+from shared.errors import Conflict, InvalidRequest, NotFound, TransitionConflict, Unavailable, translated_google_errors
+from shared.indexes import Index, QueryShape, covers
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ANY_ACCOUNT = "*"
+E = TypeVar("E", bound=Entity)
+T = TypeVar("T")
+
+# Every query shape this process has made; the deploy checks read it.
+QUERY_SHAPES: set[QueryShape] = set()
+
+
+class MissingIndex(RuntimeError):
+    """A query that production Datastore would refuse: no index in index.yaml serves it."""
+
+
+class Page(NamedTuple):
+    items: list[Any]
+    next_page_token: str | None
+
+
+# --- encoding -----------------------------------------------------------------------------
+
+_SCALARS = (str, int, float, bool, dt.datetime)
+
+
+def _is_scalar(annotation: Any) -> bool:
+    """Scalars are stored natively (and can be indexed); anything else as JSON text."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return len(args) == 1 and _is_scalar(args[0])
+    if origin is typing.Literal:
+        return True
+    return isinstance(annotation, type) and (issubclass(annotation, _SCALARS) or issubclass(annotation, Enum))
+
+
+def _json_fields(cls: type[Entity]) -> frozenset[str]:
+    cached = cls.__dict__.get("_assay_json_fields")
+    if cached is None:
+        cached = frozenset(n for n, f in cls.model_fields.items() if not _is_scalar(f.annotation))
+        setattr(cls, "_assay_json_fields", cached)
+    return cached
+
+
+def label_pairs(labels: dict[str, str]) -> list[str]:
+    return [f"{k}={v}" for k, v in sorted(labels.items())]
+
+
+def encode(client: datastore.Client, entity: Entity) -> datastore.Entity:
+    cls = type(entity)
+    json_fields = _json_fields(cls)
+    props: dict[str, Any] = {}
+    for name in cls.model_fields:
+        value = getattr(entity, name)
+        if name in json_fields:
+            value = json.dumps(_jsonable(value), sort_keys=True)
+        elif isinstance(value, Enum):
+            value = value.value
+        props[name] = value
+    props["label_pairs"] = label_pairs(entity.labels)
+    excluded = tuple(n for n in props if n not in cls.indexed)
+    ds_entity = datastore.Entity(key=client.key(cls.kind, entity.id), exclude_from_indexes=excluded)
+    ds_entity.update(props)
+    return ds_entity
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return value
+
+
+def decode(cls: type[E], ds_entity: datastore.Entity) -> E:
+    json_fields = _json_fields(cls)
+    data = {}
+    for name in cls.model_fields:
+        if name not in ds_entity:
+            continue
+        value = ds_entity[name]
+        if name in json_fields and isinstance(value, str):
+            value = json.loads(value)
+        data[name] = value
+    return cls.model_validate(data)
+
+
+# --- the store ----------------------------------------------------------------------------
+
+
+class Txn:
+    """Reads and writes inside one Datastore transaction, scoped to an account."""
+
+    def __init__(self, store: "Store", transaction: datastore.Transaction):
+        self._store = store
+        self._transaction = transaction
+
+    def get(self, cls: type[E], entity_id: str, *, account: str) -> E:
+        found = self.find(cls, entity_id, account=account)
+        if found is None:
+            raise NotFound(f"{cls.kind} {entity_id} not found", details={"kind": cls.kind, "id": entity_id})
+        return found
+
+    def find(self, cls: type[E], entity_id: str, *, account: str) -> E | None:
+        """The entity, or None when it is missing or belongs to another account."""
+        raw = self._store.client.get(self._store.client.key(cls.kind, entity_id), transaction=self._transaction)
+        if raw is None:
+            return None
+        entity = decode(cls, raw)
+        if account != ANY_ACCOUNT and entity.account != account:
+            return None
+        return entity
+
+    def put(self, entity: Entity) -> None:
+        self._transaction.put(encode(self._store.client, entity))
+
+    def delete(self, cls: type[Entity], entity_id: str) -> None:
+        self._transaction.delete(self._store.client.key(cls.kind, entity_id))
+
+
+class Store:
+    def __init__(
+        self,
+        client: datastore.Client,
+        *,
+        transaction_attempts: int = 8,
+        indexes: list[Index] | None = None,
+    ):
+        self.client = client
+        self.transaction_attempts = transaction_attempts
+        # When given (tests always give it), queries no index serves raise MissingIndex.
+        self.indexes = indexes
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, indexes: list[Index] | None = None) -> "Store":
+        if settings.datastore_emulator_host:
+            client = datastore.Client(
+                project=settings.project,
+                namespace=settings.namespace,
+                credentials=AnonymousCredentials(),
+                client_options={"api_endpoint": f"http://{settings.datastore_emulator_host}"},
+            )
+        else:
+            client = datastore.Client(project=settings.project, namespace=settings.namespace)
+        return cls(client, transaction_attempts=settings.transaction_attempts, indexes=indexes)
+
+    # -- transactions --
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Txn]:
+        """One attempt at a transaction: committed on a clean exit, rolled back on error."""
+        with translated_google_errors("datastore"):
+            with self.client.transaction() as transaction:
+                yield Txn(self, transaction)
+
+    def run_in_transaction(self, fn: Callable[[Txn], T], *, attempts: int | None = None) -> T:
+        """Run ``fn`` in a transaction, retrying on contention (``Aborted``).
+
+        Raises ``Unavailable`` when every attempt was aborted; ``fn``'s own errors pass
+        through after the transaction is rolled back.
+        """
+        attempts = attempts or self.transaction_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.transaction() as txn:
+                    return fn(txn)
+            except gexc.Aborted as e:
+                if attempt == attempts:
+                    raise Unavailable("datastore: too much contention, try again", retry_after=1.0) from e
+                delay = min(1.0, 0.02 * 2**attempt) * random.uniform(0.5, 1.0)
+                log.info("transaction aborted, retrying", extra={"attempt": attempt, "delay_s": round(delay, 3)})
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    # -- single entities --
+
+    def get(self, cls: type[E], entity_id: str, *, account: str) -> E:
+        """Raises NotFound when missing or another account's."""
+        found = self.find(cls, entity_id, account=account)
+        if found is None:
+            raise NotFound(f"{cls.kind} {entity_id} not found", details={"kind": cls.kind, "id": entity_id})
+        return found
+
+    def find(self, cls: type[E], entity_id: str, *, account: str) -> E | None:
+        with translated_google_errors("datastore"):
+            raw = self.client.get(self.client.key(cls.kind, entity_id))
+        if raw is None:
+            return None
+        entity = decode(cls, raw)
+        if account != ANY_ACCOUNT and entity.account != account:
+            return None
+        return entity
+
+    def create(self, entity: E) -> E:
+        """Insert a new entity; a Conflict if its id exists already."""
+
+        def insert(txn: Txn) -> E:
+            if txn.find(type(entity), entity.id, account=ANY_ACCOUNT) is not None:
+                raise Conflict(f"{entity.kind} {entity.id} exists already")
+            txn.put(entity)
+            return entity
+
+        return self.run_in_transaction(insert)
+
+    def put(self, entity: Entity) -> None:
+        """Blind write, for fixtures and bootstrap; state changes go through ``transition``."""
+        with translated_google_errors("datastore"):
+            self.client.put(encode(self.client, entity))
+
+    def delete(self, cls: type[Entity], entity_id: str, *, account: str) -> None:
+        def remove(txn: Txn) -> None:
+            if txn.find(cls, entity_id, account=account) is not None:
+                txn.delete(cls, entity_id)
+
+        self.run_in_transaction(remove)
+
+    # -- compare-and-set --
+
+    def transition(
+        self,
+        cls: type[E],
+        entity_id: str,
+        *,
+        account: str,
+        expected: str | Iterable[str],
+        to: str,
+        reason: str | None = None,
+        message: str | None = None,
+        check: Callable[[E], bool] | None = None,
+        **changes: Any,
+    ) -> E:
+        """Move an entity from one of the ``expected`` statuses to ``to``, with ``changes``.
+
+        ``check`` (optional) is a further precondition on the current entity, e.g. that the
+        attempt is still the caller's. Raises ``TransitionConflict`` when the current status
+        is not expected or ``check`` fails (a lost race), ``InvalidTransition`` semantics are
+        the same class with code ``transition_not_allowed`` when the lifecycle forbids it.
+        """
+        expected_set = {expected} if isinstance(expected, str) else set(expected)
+        for source in expected_set:
+            if not cls.can_transition(source, to):
+                raise TransitionConflict(
+                    f"{cls.kind}: {source} -> {to} is not an allowed transition",
+                    current=source,
+                    details={"from": source, "to": to, "allowed": sorted(cls.transitions.get(cls.status_enum(source), ()))},
+                )
+
+        def cas(txn: Txn) -> E:
+            current = txn.find(cls, entity_id, account=account)
+            if current is None:
+                raise TransitionConflict(f"{cls.kind} {entity_id} is gone", current=None)
+            if current.status not in expected_set or (check is not None and not check(current)):
+                raise TransitionConflict(
+                    f"{cls.kind} {entity_id} is {current.status}, expected {sorted(expected_set)}",
+                    current=str(current.status),
+                )
+            now = utcnow()
+            updated = current.model_copy(
+                update={
+                    **changes,
+                    "status": cls.status_enum(to),
+                    "reason": reason,
+                    "message": message,
+                    "updated_at": now,
+                    "status_changed_at": now,
+                }
+            )
+            updated = cls.model_validate(updated.model_dump())
+            txn.put(updated)
+            return updated
+
+        return self.run_in_transaction(cas)
+
+    def update(
+        self,
+        cls: type[E],
+        entity_id: str,
+        *,
+        account: str,
+        expected: str | Iterable[str] | None = None,
+        check: Callable[[E], bool] | None = None,
+        **changes: Any,
+    ) -> E:
+        """Change fields other than the status, if the status is still an expected one."""
+        expected_set = None if expected is None else ({expected} if isinstance(expected, str) else set(expected))
+
+        def cas(txn: Txn) -> E:
+            current = txn.find(cls, entity_id, account=account)
+            if current is None:
+                raise TransitionConflict(f"{cls.kind} {entity_id} is gone", current=None)
+            if (expected_set is not None and current.status not in expected_set) or (
+                check is not None and not check(current)
+            ):
+                raise TransitionConflict(f"{cls.kind} {entity_id} changed under us", current=str(current.status))
+            updated = cls.model_validate({**current.model_dump(), **changes, "updated_at": utcnow()})
+            txn.put(updated)
+            return updated
+
+        return self.run_in_transaction(cas)
+
+    # -- queries --
+
+    def list(
+        self,
+        cls: type[E],
+        *,
+        account: str,
+        filters: dict[str, Any] | None = None,
+        labels: dict[str, str] | None = None,
+        order: str | None = "-created_at",
+        limit: int = 50,
+        page_token: str | None = None,
+    ) -> Page:
+        """One page of entities matching equality ``filters`` and ``labels``.
+
+        ``order`` is a property name, ``-`` for descending, or None. Raises InvalidRequest
+        for a page token this store did not hand out.
+        """
+        filters = {k: (v.value if isinstance(v, Enum) else v) for k, v in (filters or {}).items() if v is not None}
+        for name in filters:
+            if name not in cls.indexed:
+                raise ValueError(f"{cls.kind}.{name} is not indexed")
+        query = self.client.query(kind=cls.kind)
+        equality = list(filters)
+        if account != ANY_ACCOUNT:
+            query.add_filter(filter=datastore.query.PropertyFilter("account", "=", account))
+            equality.append("account")
+        for name, value in filters.items():
+            query.add_filter(filter=datastore.query.PropertyFilter(name, "=", value))
+        for pair in label_pairs(labels or {}):
+            query.add_filter(filter=datastore.query.PropertyFilter("label_pairs", "=", pair))
+        if labels:
+            equality.append("label_pairs")
+        orders = [order] if order else []
+        if orders:
+            query.order = orders
+        self._check_index(QueryShape.of(cls.kind, equality, orders))
+        cursor = _decode_token(page_token)
+        with translated_google_errors("datastore"):
+            try:
+                iterator = query.fetch(limit=limit, start_cursor=cursor)
+                page = next(iterator.pages)
+                items = [decode(cls, raw) for raw in page]
+            except (gexc.InvalidArgument, binascii.Error) as e:
+                raise InvalidRequest("invalid page_token") from e
+        token = iterator.next_page_token
+        more = token is not None and len(items) == limit
+        return Page(items, _encode_token(token) if more else None)
+
+    def iterate(self, cls: type[E], *, account: str, page_size: int = 200, **kwargs: Any) -> Iterator[E]:
+        """Every matching entity, fetched a page at a time."""
+        token = None
+        while True:
+            page = self.list(cls, account=account, limit=page_size, page_token=token, **kwargs)
+            yield from page.items
+            token = page.next_page_token
+            if token is None:
+                return
+
+    def _check_index(self, shape: QueryShape) -> None:
+        QUERY_SHAPES.add(shape)
+        if self.indexes is not None and not covers(self.indexes, shape):
+            raise MissingIndex(f"no index in index.yaml serves {shape}")
+
+
+def _encode_token(cursor: bytes) -> str:
+    # The client hands out cursors already URL-safe base64 encoded.
+    return cursor.decode() if isinstance(cursor, bytes) else cursor
+
+
+def _decode_token(token: str | None) -> bytes | None:
+    if not token:
+        return None
+    try:
+        base64.urlsafe_b64decode(token.encode())
+    except (binascii.Error, ValueError) as e:
+        raise InvalidRequest("invalid page_token") from e
+    return token.encode()
