@@ -1,0 +1,212 @@
+"""Verify an uploaded model: a ``transformers`` ``save_pretrained`` directory, zipped or tarred.
+
+The order of checks is the order of danger: the archive is extracted safely; every file
+name must be on an allow-list, with pickle files (``pytorch_model.bin``, ``*.pt``…) and
+Python files refused by name before anything reads them; the configs are read as plain
+JSON and refused if they ask for remote code; the architecture must be an image
+classifier ``transformers`` itself implements. Only then is the model loaded — from
+safetensors only, with ``trust_remote_code=False`` and local files only — and run on
+one batch of synthetic images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from workers.archive import ArchiveLimits, extract_archive, strip_common_root
+from workers.failures import FailureReason, WorkerFailure
+
+ALLOWED_FILES = frozenset(
+    {
+        "config.json",
+        "preprocessor_config.json",
+        "processor_config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "README.md",
+        "LICENSE",
+        "LICENSE.md",
+        "LICENSE.txt",
+        ".gitattributes",
+    }
+)
+_SAFETENSORS_SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz", ".h5"})
+CODE_SUFFIXES = frozenset({".py", ".pyc", ".pyo", ".so", ".pyd"})
+# Magic numbers of formats that may carry pickles, sniffed in files named .safetensors.
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    architecture: str
+    model_type: str
+    label_names: list[str]
+    parameter_count: int
+    size: int  # bytes of the verified files
+    files: list[str]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_files(root: Path) -> list[str]:
+    """The model's file names, flat; refuses anything not on the allow-list."""
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    for name in files:
+        base = name.rsplit("/", 1)[-1]
+        suffix = Path(base).suffix.lower()
+        if suffix in PICKLE_SUFFIXES:
+            raise WorkerFailure(
+                FailureReason.pickle_weights_refused,
+                f"{name}: pickle-based files can run code when loaded; upload safetensors weights",
+            )
+        if suffix in CODE_SUFFIXES:
+            raise WorkerFailure(FailureReason.remote_code_refused, f"{name}: model code is never run")
+    for name in files:
+        if "/" in name or not (name in ALLOWED_FILES or _SAFETENSORS_SHARD.match(name)):
+            raise WorkerFailure(
+                FailureReason.file_not_allowed,
+                f"{name}: not an allowed file of a save_pretrained directory",
+                details={"allowed": sorted(ALLOWED_FILES) + ["model-NNNNN-of-NNNNN.safetensors"]},
+            )
+    weights = [n for n in files if n.endswith(".safetensors")]
+    if not weights:
+        raise WorkerFailure(FailureReason.missing_weights, "no model.safetensors weights in the archive")
+    for name in weights:
+        with open(root / name, "rb") as f:
+            head = f.read(4)
+        if head.startswith(_PICKLE_MAGIC):
+            raise WorkerFailure(FailureReason.pickle_weights_refused, f"{name} is a pickle, not safetensors")
+    for required in ("config.json", "preprocessor_config.json"):
+        if required not in files:
+            raise WorkerFailure(FailureReason.load_error, f"{required} is missing")
+    return files
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise WorkerFailure(FailureReason.load_error, f"{path.name} is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise WorkerFailure(FailureReason.load_error, f"{path.name} is not a JSON object")
+    return value
+
+
+def check_configs(root: Path) -> tuple[str, str]:
+    """(model_type, architecture) from ``config.json``, which must need no remote code."""
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    config = _read_json(root / "config.json")
+    for name in ("config.json", "preprocessor_config.json", "processor_config.json"):
+        if not (root / name).exists():
+            continue
+        data = config if name == "config.json" else _read_json(root / name)
+        if "auto_map" in data or data.get("trust_remote_code"):
+            raise WorkerFailure(
+                FailureReason.remote_code_refused, f"{name} asks for remote code (auto_map); it is never run"
+            )
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise WorkerFailure(FailureReason.unsupported_architecture, f"unknown model_type {model_type!r}")
+    supported = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.get(model_type)
+    if supported is None:
+        raise WorkerFailure(
+            FailureReason.unsupported_architecture, f"model_type {model_type!r} is not an image classifier"
+        )
+    architectures = config.get("architectures") or [supported]
+    if supported not in architectures:
+        raise WorkerFailure(
+            FailureReason.unsupported_architecture,
+            f"architectures {architectures} do not include {supported}, the image classifier for {model_type!r}",
+        )
+    return model_type, supported
+
+
+def load_model(root: Path):
+    """``(model, image_processor)`` loaded safely: safetensors only, no remote code, no hub."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    try:
+        model = AutoModelForImageClassification.from_pretrained(
+            root, trust_remote_code=False, use_safetensors=True, local_files_only=True
+        )
+        processor = AutoImageProcessor.from_pretrained(root, trust_remote_code=False, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError, ImportError) as e:
+        raise WorkerFailure(FailureReason.load_error, f"{type(e).__name__}: {e}") from e
+    return model.eval(), processor
+
+
+def label_names(model) -> list[str]:
+    id2label = model.config.id2label
+    return [str(id2label[i]) for i in range(model.config.num_labels)]
+
+
+def run_one_batch(model, processor) -> None:
+    """Two synthetic images through the processor and the model: shapes and values must hold."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)) for _ in range(2)]
+    try:
+        pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            logits = model(pixel_values=pixels).logits
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise WorkerFailure(FailureReason.load_error, f"one batch failed: {type(e).__name__}: {e}") from e
+    expected = (2, model.config.num_labels)
+    if tuple(logits.shape) != expected:
+        raise WorkerFailure(FailureReason.load_error, f"logits have shape {tuple(logits.shape)}, not {expected}")
+    if not torch.isfinite(logits).all():
+        raise WorkerFailure(FailureReason.load_error, "the model produced non-finite logits")
+
+
+def verify_model_dir(root: str | Path) -> ModelReport:
+    """Verify a ``save_pretrained`` directory in place.
+
+    Raises:
+        WorkerFailure: ``pickle_weights_refused``, ``remote_code_refused``,
+            ``file_not_allowed``, ``missing_weights``, ``unsupported_architecture`` or
+            ``load_error``.
+    """
+    root = Path(root)
+    files = check_files(root)
+    model_type, architecture = check_configs(root)
+    model, processor = load_model(root)
+    run_one_batch(model, processor)
+    return ModelReport(
+        architecture=architecture,
+        model_type=model_type,
+        label_names=label_names(model),
+        parameter_count=sum(p.numel() for p in model.parameters()),
+        size=sum((root / name).stat().st_size for name in files),
+        files=files,
+    )
+
+
+def verify_model_archive(
+    archive: str | Path, work_dir: str | Path, *, limits: ArchiveLimits = ArchiveLimits()
+) -> tuple[Path, ModelReport]:
+    """Extract ``archive`` safely under ``work_dir`` and verify it.
+
+    Returns the directory of verified files and the report. Raises ``WorkerFailure``.
+    """
+    extracted = extract_archive(archive, work_dir, limits=limits)
+    root = strip_common_root(extracted)
+    return root, verify_model_dir(root)
