@@ -26,6 +26,19 @@ test: venv lint
 test-fast: venv
 	$(PY) -m pytest tests -m "not slow"
 
+# The whole system on this machine, in the background; `make down` stops all of it.
+up: venv
+	$(PY) -m shared.localstack up --state .assay
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m shared.localstack down --state .assay; else echo "stack not running"; fi
+
+# Start the stack, upload a model and a dataset, evaluate, print results, stop the stack.
+demo: venv
+	$(PY) -m shared.localstack up --state .assay
+	set -a; . .assay/local.env; set +a; $(PY) -m assay.demo; status=$$?; \
+	  $(PY) -m shared.localstack down --state .assay; exit $$status
+
 bench: venv
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
