@@ -124,9 +124,10 @@ class _Writer:
 def _zip_members(zf: zipfile.ZipFile) -> Iterator[tuple[zipfile.ZipInfo, PurePosixPath, bool]]:
     for info in zf.infolist():
         rel = safe_member_path(info.filename)
-        mode = info.external_attr >> 16
-        if info.create_system == 3 and mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            kind = "symbolic link" if stat.S_ISLNK(mode) else "special file"
+        # Unix zips keep st_mode in the high bits; a type of 0 (no type recorded) is a file.
+        file_type = stat.S_IFMT(info.external_attr >> 16)
+        if info.create_system == 3 and file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
+            kind = "symbolic link" if file_type == stat.S_IFLNK else "special file"
             raise WorkerFailure(FailureReason.unsafe_archive, f"{kind} in archive: {info.filename!r}")
         yield info, rel, info.is_dir()
 
