@@ -27,25 +27,11 @@ import torch
 from PIL import ImageOps
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from shared.results import PREDICTION_SCHEMA
 from workers.failures import FailureReason, WorkerFailure
 from workers.images import InvalidImage, decode_image
 from workers.metrics import classification_metrics, percentile
 
-PREDICTION_SCHEMA = pa.schema(
-    [
-        ("instance_id", pa.string()),
-        ("label", pa.int64()),
-        ("label_name", pa.string()),
-        ("prediction", pa.int64()),
-        ("prediction_name", pa.string()),
-        ("top_k_ids", pa.list_(pa.int64())),
-        ("top_k_scores", pa.list_(pa.float32())),
-        ("confidence", pa.float32()),
-        ("label_score", pa.float32()),
-        ("correct", pa.bool_()),
-    ]
-)
-MIN_STORED_TOP_K = 5  # so top-5 accuracy can always be recomputed from the result set
 
 
 @dataclass(frozen=True)
@@ -163,29 +149,26 @@ class ShardBatches(IterableDataset):
         return ImageOps.exif_transpose(image).convert("RGB")
 
 
-def _write_predictions(path: Path, rows: dict[str, list], label_names: list[str]) -> int:
-    labels = np.concatenate(rows["labels"])
-    top_ids = torch.cat(rows["top_ids"]).cpu().numpy()
+def _write_predictions(path: Path, rows: dict[str, list]) -> int:
+    """One prediction shard in the result-set contract (``shared.results``)."""
+    labels = np.concatenate(rows["labels"]).astype(np.int32)
+    top_ids = torch.cat(rows["top_ids"]).cpu().numpy().astype(np.int32)
     top_scores = torch.cat(rows["top_scores"]).float().cpu().numpy()
     label_score = torch.cat(rows["label_score"]).float().cpu().numpy()
+    n, k = top_ids.shape
     predictions = top_ids[:, 0]
-    k = top_ids.shape[1]
-    names = np.array(label_names, dtype=object)
-    table = pa.table(
-        {
-            "instance_id": pa.array([i for chunk in rows["instance_ids"] for i in chunk], pa.string()),
-            "label": pa.array(labels, pa.int64()),
-            "label_name": pa.array(names[labels], pa.string()),
-            "prediction": pa.array(predictions, pa.int64()),
-            "prediction_name": pa.array(names[predictions], pa.string()),
-            "top_k_ids": pa.ListArray.from_arrays(pa.array(np.arange(0, len(labels) * k + 1, k, dtype=np.int32)), pa.array(top_ids.reshape(-1), pa.int64())),
-            "top_k_scores": pa.ListArray.from_arrays(pa.array(np.arange(0, len(labels) * k + 1, k, dtype=np.int32)), pa.array(top_scores.reshape(-1), pa.float32())),
-            "confidence": pa.array(top_scores[:, 0], pa.float32()),
-            "label_score": pa.array(label_score, pa.float32()),
-            "correct": pa.array(predictions == labels, pa.bool_()),
-        },
-        schema=PREDICTION_SCHEMA,
-    )
+    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+    columns = {
+        "instance_id": pa.array([i for chunk in rows["instance_ids"] for i in chunk], pa.string()),
+        "label": pa.array(labels, pa.int32()),
+        "prediction": pa.array(predictions, pa.int32()),
+        "confidence": pa.array(top_scores[:, 0], pa.float32()),
+        "label_score": pa.array(label_score, pa.float32()),
+        "correct": pa.array(predictions == labels, pa.bool_()),
+        "topk_ids": pa.ListArray.from_arrays(offsets, pa.array(top_ids.reshape(-1), pa.int32())),
+        "topk_scores": pa.ListArray.from_arrays(offsets, pa.array(top_scores.reshape(-1), pa.float32())),
+    }
+    table = pa.Table.from_arrays([columns[f.name] for f in PREDICTION_SCHEMA], schema=PREDICTION_SCHEMA)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, path)  # atomic: a shard either exists whole or not at all
@@ -223,7 +206,7 @@ def evaluate_shards(
     torch.set_num_threads(options.torch_threads)
     model = model.to(device).eval()
     label_names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
-    k = min(max(options.top_k, MIN_STORED_TOP_K), len(label_names))
+    k = min(options.top_k, len(label_names))
     todo = [(i, p) for i, p in enumerate(shards) if not prediction_shard_path(out_dir, p).exists()]
     stats = RunStats(
         shards_skipped=len(shards) - len(todo),
@@ -271,7 +254,7 @@ def evaluate_shards(
             if batch["last"]:
                 index = batch["shard"]
                 path = prediction_shard_path(out_dir, shards[index])
-                stats.instances += _write_predictions(path, pending.pop(index), label_names)
+                stats.instances += _write_predictions(path, pending.pop(index))
                 stats.shards_done += 1
                 stats.wall_seconds = time.perf_counter() - started
                 if on_shard is not None:
@@ -290,7 +273,7 @@ def read_predictions(paths: list[Path]) -> pa.Table:
 def summarize(prediction_paths: list[Path], label_names: list[str], stats: RunStats | None = None) -> dict:
     """Metrics over all prediction shards, plus the efficiency of the run that made them."""
     table = read_predictions(prediction_paths)
-    top_k = table.column("top_k_ids").combine_chunks()
+    top_k = table.column("topk_ids").combine_chunks()
     k = len(top_k[0]) if len(top_k) else 1
     summary = classification_metrics(
         labels=table.column("label").to_numpy(),

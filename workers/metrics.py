@@ -1,7 +1,7 @@
 """Classification metrics from stored predictions, defined as scikit-learn defines them.
 
 Computed with numpy from the prediction columns alone (``label``, ``prediction``,
-``top_k_ids``, ``confidence``, ``label_score``), so the same numbers can be recomputed
+``topk_ids``, ``confidence``, ``label_score``; see ``shared.results``), so the same numbers can be recomputed
 from a result set without the model. Per-class metrics cover the classes present in the
 labels or the predictions (scikit-learn's default), with ``zero_division=0``.
 """
@@ -77,9 +77,9 @@ def classification_metrics(
     f1 = _safe_divide(2 * precision * recall, precision + recall)
     weights = support / support.sum()
 
-    top_k_ids = np.asarray(top_k_ids)
-    k = min(5, top_k_ids.shape[1]) if top_k_ids.ndim == 2 else 1
-    in_top5 = (top_k_ids[:, :k] == labels[:, None]).any(axis=1) if top_k_ids.ndim == 2 else correct
+    top_k_ids = np.asarray(top_k_ids).reshape(n, -1)
+    k = top_k_ids.shape[1]
+    hits = np.cumsum(top_k_ids == labels[:, None], axis=1).astype(bool)  # hits[:, j]: label in top j+1
     scores = np.clip(np.asarray(label_score, dtype=np.float64), LOG_LOSS_EPS, 1.0)
 
     per_class = {
@@ -94,8 +94,10 @@ def classification_metrics(
     return {
         "instances": n,
         "accuracy": float(correct.mean()),
-        "top_5_accuracy": float(in_top5.mean()),
-        "top_5_k": k,
+        "top_k": k,
+        "top_k_accuracy": float(hits[:, k - 1].mean()),
+        # Top-5 needs at least 5 stored ids (config.top_k >= 5, the default).
+        "top_5_accuracy": float(hits[:, 4].mean()) if k >= 5 else None,
         "precision_macro": float(precision.mean()),
         "recall_macro": float(recall.mean()),
         "f1_macro": float(f1.mean()),

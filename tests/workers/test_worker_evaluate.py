@@ -16,6 +16,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
+from shared.results import PREDICTION_SCHEMA
 from workers import digits
 from workers.evaluate import EvalOptions, align_labels, evaluate_shards, summarize
 from workers.failures import FailureReason, WorkerFailure
@@ -52,9 +53,15 @@ def test_predictions_equal_the_pipeline_top1(loaded, evaluated, digits_test):
     assert table.column("instance_id").to_pylist() == [f"train-{i:08d}" for i in range(len(images))]
     classify = pipeline("image-classification", model=model, image_processor=processor, device="cpu")
     expected = [result[0] for result in classify(images, batch_size=1)]
-    assert table.column("prediction_name").to_pylist() == [e["label"] for e in expected]
+    names = label_names(model)
+    assert [names[i] for i in table.column("prediction").to_pylist()] == [e["label"] for e in expected]
+    # The stored top-k is the pipeline's top-k, best first.
+    assert [[names[i] for i in ids] for ids in table.column("topk_ids").to_pylist()] == [
+        [r["label"] for r in result] for result in classify(images, top_k=5)
+    ]
     np.testing.assert_allclose(table.column("confidence").to_numpy(), [e["score"] for e in expected], rtol=1e-4, atol=1e-6)
     assert table.column("label").to_pylist() == labels
+    assert table.schema == PREDICTION_SCHEMA
 
 
 def test_metrics_equal_scikit_learn(evaluated, loaded, digits_test):
