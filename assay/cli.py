@@ -1,0 +1,257 @@
+"""``assay``: the command line for Assay. Tables for people, ``--json`` for scripts.
+
+Exit codes: 0 done · 1 unexpected error · 2 usage · 3 not authenticated or not allowed ·
+4 not found · 5 request refused (invalid, conflict, too large) · 6 the awaited entity
+ended failed or cancelled · 7 the service is unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from pydantic import BaseModel
+
+from assay import config
+from assay.client import Client
+from shared import errors
+
+EXIT = {
+    errors.Unauthenticated: 3,
+    errors.Forbidden: 3,
+    errors.NotFound: 4,
+    errors.InvalidRequest: 5,
+    errors.Invalid: 5,
+    errors.Conflict: 5,
+    errors.TooLarge: 5,
+    errors.Unavailable: 7,
+    errors.RateLimited: 7,
+}
+EXIT_FAILED = 6
+KIND_BY_PREFIX = {"mdl": "models", "dst": "datasets", "evl": "evaluations", "key": "api_keys"}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """A plain, aligned text table."""
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+class Output:
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+
+    def emit(self, data: Any, *, columns: list[str] | None = None, rows: list[dict] | None = None) -> None:
+        if self.as_json:
+            print(json.dumps(_plain(data), indent=2, default=str))
+        elif columns is not None:
+            print(table(rows if rows is not None else _plain(data), columns))
+        else:
+            plain = _plain(data)
+            if isinstance(plain, dict):
+                width = max((len(k) for k in plain), default=0)
+                for k, v in plain.items():
+                    print(f"{k.ljust(width)}  {json.dumps(v, default=str) if isinstance(v, (dict, list)) else _cell(v)}")
+            else:
+                print(plain)
+
+
+ENTITY_COLUMNS = {
+    "models": ["id", "name", "status", "reason", "parameter_count", "created_at"],
+    "datasets": ["id", "name", "status", "reason", "splits", "created_at"],
+    "evaluations": ["id", "name", "status", "split", "model_id", "dataset_id", "progress", "reason"],
+    "api_keys": ["id", "name", "status", "scopes", "expires_at"],
+}
+
+
+def cmd_login(args, out: Output) -> int:
+    client = Client(args.url, args.api_key, progress=False)
+    me = client.whoami()
+    path = config.save(args.url, args.api_key)
+    out.emit({"account": me.account, "account_name": me.account_name, "config": str(path)})
+    return 0
+
+
+def cmd_upload(args, out: Output) -> int:
+    client = Client(progress=not args.json)
+    labels = dict(kv.split("=", 1) for kv in args.label or [])
+    resource = client.models if args.kind == "models" else client.datasets
+    entity = resource.upload(args.path, name=args.name, labels=labels, wait=not args.no_wait)
+    out.emit(entity)
+    return EXIT_FAILED if entity.status == "failed" else 0
+
+
+def cmd_evaluate(args, out: Output) -> int:
+    client = Client(progress=not args.json)
+    handles = client.evaluations.create(args.model, args.dataset, splits=args.split or None)
+    if args.wait:
+        for h in handles:
+            h.wait()
+    rows = [{**_plain(h.evaluation), "outcome": h.outcome} for h in handles]
+    out.emit(rows, columns=["id", "split", "status", "outcome", "reason"], rows=rows)
+    return EXIT_FAILED if any(r["status"] in ("failed", "cancelled") for r in rows) else 0
+
+
+def cmd_ls(args, out: Output) -> int:
+    client = Client(progress=False)
+    resource = getattr(client, args.kind.replace("-", "_"))
+    labels = dict(kv.split("=", 1) for kv in args.label or [])
+    items = []
+    for item in resource.list(status=args.status, labels=labels or None):
+        items.append(item)
+        if len(items) >= args.limit:
+            break
+    out.emit(items, columns=ENTITY_COLUMNS[args.kind.replace("-", "_")])
+    return 0
+
+
+def _resource_for(client: Client, entity_id: str):
+    kind = KIND_BY_PREFIX.get(entity_id.split("_", 1)[0])
+    if kind is None:
+        raise errors.InvalidRequest(f"{entity_id!r} is not an Assay id (mdl_…, dst_…, evl_…, key_…)")
+    return getattr(client, kind)
+
+
+def cmd_show(args, out: Output) -> int:
+    client = Client(progress=False)
+    out.emit(_resource_for(client, args.id).get(args.id))
+    return 0
+
+
+def cmd_rm(args, out: Output) -> int:
+    client = Client(progress=False)
+    out.emit(_resource_for(client, args.id).delete(args.id))
+    return 0
+
+
+def cmd_results(args, out: Output) -> int:
+    client = Client(progress=False)
+    if args.misclassified or args.instances:
+        filters = {"correct": "false"} if args.misclassified else {}
+        filters["order"] = "confidence_desc" if args.misclassified else None
+        rows = []
+        for row in client.evaluations.instances(args.id, page_size=min(args.limit, 500), **filters):
+            rows.append(row)
+            if len(rows) >= args.limit:
+                break
+        out.emit(rows, columns=["instance_id", "label", "prediction", "confidence", "correct"], rows=rows)
+        return 0
+    summary = client.evaluations.summary(args.id)
+    if out.as_json:
+        out.emit(summary)
+        return 0
+    headline = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+    out.emit(headline)
+    classes = client.evaluations.classes(args.id)
+    rows = classes.get("classes", classes.get("items", []))
+    print()
+    out.emit(rows, columns=["label", "precision", "recall", "f1", "support"], rows=rows)
+    return 0
+
+
+def cmd_leaderboard(args, out: Output) -> int:
+    client = Client(progress=False)
+    board = client.evaluations.leaderboard(args.dataset, split=args.split, metric=args.metric)
+    rows = board.get("entries", board.get("items", []))
+    out.emit(board if out.as_json else rows, columns=None if out.as_json else ["rank", "model_id", "model_name", "evaluation_id", "split", "value"], rows=rows)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="assay", description="Evaluate models on datasets with Assay.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    login = sub.add_parser("login", help="store the API URL and key (file mode 0600)")
+    login.add_argument("--url", required=True)
+    login.add_argument("--api-key", required=True)
+    login.set_defaults(fn=cmd_login)
+
+    for kind in ("models", "datasets"):
+        k = sub.add_parser(kind, help=f"upload {kind}")
+        ksub = k.add_subparsers(dest="action", required=True)
+        up = ksub.add_parser("upload", help="pack, upload and verify")
+        up.add_argument("path")
+        up.add_argument("--name", required=True)
+        up.add_argument("--label", action="append", metavar="KEY=VALUE")
+        up.add_argument("--no-wait", action="store_true", help="return once uploaded, before verification ends")
+        up.set_defaults(fn=cmd_upload, kind=kind)
+
+    ev = sub.add_parser("evaluate", help="evaluate a model on a dataset")
+    ev.add_argument("model")
+    ev.add_argument("dataset")
+    ev.add_argument("--split", action="append", help="a split to evaluate (repeatable; default: all)")
+    ev.add_argument("--wait", action="store_true", help="wait for completion with a progress bar")
+    ev.set_defaults(fn=cmd_evaluate)
+
+    ls = sub.add_parser("ls", help="list models, datasets, evaluations or api-keys")
+    ls.add_argument("kind", choices=["models", "datasets", "evaluations", "api-keys"])
+    ls.add_argument("--status")
+    ls.add_argument("--label", action="append", metavar="KEY=VALUE")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.set_defaults(fn=cmd_ls)
+
+    show = sub.add_parser("show", help="show one entity by id")
+    show.add_argument("id")
+    show.set_defaults(fn=cmd_show)
+
+    res = sub.add_parser("results", help="an evaluation's summary and per-class table, or its instances")
+    res.add_argument("id")
+    res.add_argument("--misclassified", action="store_true", help="the misclassified instances, most confident first")
+    res.add_argument("--instances", action="store_true", help="per-instance rows")
+    res.add_argument("--limit", type=int, default=20)
+    res.set_defaults(fn=cmd_results)
+
+    lb = sub.add_parser("leaderboard", help="a dataset's evaluations ranked")
+    lb.add_argument("dataset")
+    lb.add_argument("--split")
+    lb.add_argument("--metric")
+    lb.set_defaults(fn=cmd_leaderboard)
+
+    rm = sub.add_parser("rm", help="delete an entity (stops its jobs, removes its data)")
+    rm.add_argument("id")
+    rm.set_defaults(fn=cmd_rm)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    out = Output(args.json)
+    try:
+        return args.fn(args, out)
+    except errors.AssayError as e:
+        code = next((c for cls, c in EXIT.items() if isinstance(e, cls)), 1)
+        print(f"assay: {e.message}", file=sys.stderr)
+        return code
+    except ValueError as e:  # configuration problems (no URL) and bad KEY=VALUE pairs
+        print(f"assay: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""The Assay Python SDK.
+
+``Client`` holds one HTTP session; its resources (``models``, ``datasets``,
+``evaluations``, ``api_keys``) return the same pydantic views the server answers with
+(``shared.api``). Lists are iterators that page by themselves; long operations (uploads,
+waits) show progress bars unless ``progress=False``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import requests
+from tqdm.auto import tqdm
+
+from assay import config as _config
+from assay.http import Http, raise_for_status, with_retries
+from assay.packing import dataset_format, pack_directory
+from shared import api
+from shared.entities import ARTIFACT_TERMINAL, EVALUATION_TERMINAL, InferenceConfig
+from shared.errors import AssayError
+
+
+class WaitTimeout(AssayError):
+    code = "wait_timeout"
+
+
+class Client:
+    """``Client(url=None, api_key=None)``: falls back to ``ASSAY_URL``/``ASSAY_API_KEY``,
+    then the config file ``assay login`` writes."""
+
+    def __init__(self, url: str | None = None, api_key: str | None = None, *, timeout_s: float = 30.0, progress: bool = True):
+        url, api_key = _config.resolve(url, api_key)
+        self.http = Http(url, api_key, timeout_s=timeout_s)
+        self.progress = progress
+        self.models = Models(self)
+        self.datasets = Datasets(self)
+        self.evaluations = Evaluations(self)
+        self.api_keys = ApiKeys(self)
+
+    def whoami(self) -> api.Whoami:
+        return api.Whoami.model_validate(self.http.request("GET", "/v1/whoami"))
+
+
+def _paginate(http: Http, path: str, params: dict[str, Any], view: type, page_size: int) -> Iterator[Any]:
+    token = None
+    while True:
+        body = http.request("GET", path, params={**params, "limit": page_size, "page_token": token})
+        for item in body["items"]:
+            yield view.model_validate(item)
+        token = body.get("next_page_token")
+        if not token:
+            return
+
+
+def _selector(labels: dict[str, str] | None) -> str | None:
+    return ",".join(f"{k}={v}" for k, v in labels.items()) if labels else None
+
+
+class _Resource:
+    path: str
+    view: type
+
+    def __init__(self, client: Client):
+        self.client = client
+        self.http = client.http
+
+    def get(self, entity_id: str):
+        return self.view.model_validate(self.http.request("GET", f"{self.path}/{entity_id}"))
+
+    def list(self, *, status: str | None = None, name: str | None = None, labels: dict[str, str] | None = None,
+             page_size: int = 100, **filters: Any) -> Iterator[Any]:
+        params = {"status": status, "name": name, "labels": _selector(labels), **filters}
+        return _paginate(self.http, self.path, params, self.view, page_size)
+
+    def delete(self, entity_id: str):
+        """Ask for deletion (the daemon stops jobs and removes stored data)."""
+        return self.view.model_validate(self.http.request("DELETE", f"{self.path}/{entity_id}"))
+
+    def _terminal(self, entity) -> bool:
+        raise NotImplementedError
+
+    def wait(self, entity_id: str, *, timeout_s: float | None = None, poll_s: float = 1.0, progress: bool | None = None):
+        """Poll until the entity reaches a terminal status; returns it (``failed`` included).
+
+        Raises WaitTimeout after ``timeout_s``; NotFound if it is deleted meanwhile.
+        """
+        show = self.client.progress if progress is None else progress
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        bar = tqdm(total=100, desc=entity_id, unit="%", disable=not show, leave=True)
+        try:
+            while True:
+                entity = self.get(entity_id)
+                fraction = 1.0 if self._terminal(entity) else (getattr(entity, "progress", None) or 0.0)
+                bar.n = round(100 * fraction)
+                bar.set_postfix_str(str(entity.status) + (f" ({entity.reason})" if entity.reason else ""))
+                bar.refresh()
+                if self._terminal(entity):
+                    return entity
+                if deadline is not None and time.monotonic() > deadline:
+                    raise WaitTimeout(f"{entity_id} still {entity.status} after {timeout_s}s")
+                time.sleep(poll_s)
+        finally:
+            bar.close()
+
+
+class _Uploadable(_Resource):
+    kind: str  # the key of the created entity in the reply ("model", "dataset")
+    created: type
+
+    def _terminal(self, entity) -> bool:
+        return entity.status in ARTIFACT_TERMINAL
+
+    def new_upload_ticket(self, entity_id: str) -> api.UploadTicket:
+        body = self.http.request("POST", f"{self.path}/{entity_id}/upload-ticket")
+        return api.UploadTicket.model_validate(body.get("upload", body))
+
+    def _put(self, ticket: api.UploadTicket, path: Path, progress: bool) -> None:
+        size = path.stat().st_size
+        with open(path, "rb") as f, tqdm(
+            total=size, unit="B", unit_scale=True, desc=f"upload {path.name}", disable=not progress
+        ) as bar:
+
+            def send() -> requests.Response:
+                f.seek(0)
+                bar.reset(total=size)
+                return requests.request(
+                    ticket.method, ticket.url, data=_ProgressReader(f, bar, size), headers=ticket.headers, timeout=600
+                )
+
+            response = with_retries(send)
+        raise_for_status(response)
+
+    def _upload(self, body: dict[str, Any], archive: Path, *, wait: bool, progress: bool | None):
+        show = self.client.progress if progress is None else progress
+        reply = self.created.model_validate(self.http.request("POST", self.path, json=body))
+        entity = getattr(reply, self.kind)
+        self._put(reply.upload, archive, show)
+        return self.wait(entity.id, progress=show) if wait else self.get(entity.id)
+
+
+class _ProgressReader(io.RawIOBase):
+    """A file wrapper that advances a progress bar as requests reads it."""
+
+    def __init__(self, f, bar, size: int):
+        self.f, self.bar, self.size = f, bar, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.f.read(n if n and n > 0 else 1 << 20)
+        self.bar.update(len(chunk))
+        return chunk
+
+
+class Models(_Uploadable):
+    path = "/v1/models"
+    view = api.ModelView
+    kind = "model"
+    created = api.ModelCreated
+
+    def create(self, *, name: str, size: int, labels: dict[str, str] | None = None, archive_format: str = "zip") -> api.ModelCreated:
+        body = {"name": name, "labels": labels or {}, "archive_format": archive_format, "size": size}
+        return api.ModelCreated.model_validate(self.http.request("POST", self.path, json=body))
+
+    def upload(self, path: str | os.PathLike, *, name: str, labels: dict[str, str] | None = None,
+               wait: bool = False, progress: bool | None = None):
+        """Upload a ``save_pretrained`` directory (zipped here) or a .zip/.tar.gz of one."""
+        path = Path(path)
+        archive = pack_directory(path) if path.is_dir() else path
+        fmt = "tar.gz" if archive.name.endswith((".tar.gz", ".tgz")) else "zip"
+        try:
+            body = {"name": name, "labels": labels or {}, "archive_format": fmt, "size": archive.stat().st_size}
+            return self._upload(body, archive, wait=wait, progress=progress)
+        finally:
+            if archive != path:
+                archive.unlink(missing_ok=True)
+
+
+class Datasets(_Uploadable):
+    path = "/v1/datasets"
+    view = api.DatasetView
+    kind = "dataset"
+    created = api.DatasetCreated
+
+    def create(self, *, name: str, size: int, format: str, labels: dict[str, str] | None = None) -> api.DatasetCreated:
+        body = {"name": name, "labels": labels or {}, "format": format, "size": size}
+        return api.DatasetCreated.model_validate(self.http.request("POST", self.path, json=body))
+
+    def upload(self, path: str | os.PathLike, *, name: str, labels: dict[str, str] | None = None,
+               wait: bool = False, progress: bool | None = None):
+        """Upload an image folder ``split/class/file.png`` (zipped here), a zip or .tar.gz of
+        one, or a Parquet file as Hugging Face ``datasets`` writes it."""
+        path = Path(path)
+        fmt = dataset_format(path)
+        archive = pack_directory(path) if path.is_dir() else path
+        try:
+            body = {"name": name, "labels": labels or {}, "format": fmt, "size": archive.stat().st_size}
+            return self._upload(body, archive, wait=wait, progress=progress)
+        finally:
+            if archive != path:
+                archive.unlink(missing_ok=True)
+
+
+class Evaluations(_Resource):
+    path = "/v1/evaluations"
+    view = api.EvaluationView
+
+    def _terminal(self, entity) -> bool:
+        return entity.status in EVALUATION_TERMINAL
+
+    def create(self, model_id: str, dataset_id: str, *, splits: list[str] | None = None,
+               config: InferenceConfig | dict | None = None, name: str | None = None,
+               labels: dict[str, str] | None = None) -> list["EvaluationHandle"]:
+        """One evaluation per split; each reused, restarted or created (see ``.outcome``)."""
+        body: dict[str, Any] = {"model_id": model_id, "dataset_id": dataset_id, "labels": labels or {}}
+        if splits is not None:
+            body["splits"] = splits
+        if config is not None:
+            body["config"] = config.model_dump() if isinstance(config, InferenceConfig) else config
+        if name is not None:
+            body["name"] = name
+        reply = api.EvaluationsOrdered.model_validate(self.http.request("POST", self.path, json=body))
+        return [EvaluationHandle(self.client, o.evaluation, o.outcome) for o in reply.evaluations]
+
+    def handle(self, evaluation_id: str) -> "EvaluationHandle":
+        return EvaluationHandle(self.client, self.get(evaluation_id), None)
+
+    # -- results --
+
+    def summary(self, evaluation_id: str) -> dict:
+        return self.http.request("GET", f"{self.path}/{evaluation_id}/results")
+
+    def instances(self, evaluation_id: str, *, page_size: int = 500, **filters: Any) -> Iterator[dict]:
+        token = None
+        while True:
+            body = self.http.request(
+                "GET", f"{self.path}/{evaluation_id}/results/instances",
+                params={**filters, "limit": page_size, "page_token": token},
+            )
+            yield from body["items"]
+            token = body.get("next_page_token")
+            if not token:
+                return
+
+    def classes(self, evaluation_id: str) -> dict:
+        return self.http.request("GET", f"{self.path}/{evaluation_id}/results/classes")
+
+    def confusion(self, evaluation_id: str) -> dict:
+        return self.http.request("GET", f"{self.path}/{evaluation_id}/results/confusion")
+
+    def metrics(self, evaluation_id: str, **request: Any) -> dict:
+        return self.http.request("POST", f"{self.path}/{evaluation_id}/results/metrics", json=request)
+
+    def downloads(self, evaluation_id: str) -> dict:
+        return self.http.request("GET", f"{self.path}/{evaluation_id}/results/download")
+
+    def compare(self, a: str, b: str) -> dict:
+        return self.http.request("GET", f"{self.path}/compare", params={"a": a, "b": b})
+
+    def leaderboard(self, dataset_id: str, *, split: str | None = None, metric: str | None = None) -> dict:
+        return self.http.request("GET", f"/v1/datasets/{dataset_id}/leaderboard", params={"split": split, "metric": metric})
+
+    def results_table(self, evaluation_id: str):
+        """Every per-instance row as a pyarrow Table, read from the signed Parquet URLs."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        body = self.downloads(evaluation_id)
+        tables = []
+        for item in body.get("files", body.get("items", [])):
+            response = with_retries(lambda url=item["url"]: requests.get(url, timeout=120))
+            raise_for_status(response)
+            tables.append(pq.read_table(io.BytesIO(response.content)))
+        return pa.concat_tables(tables) if tables else pa.table({})
+
+
+class EvaluationHandle:
+    """One evaluation: ``.wait()`` with a progress bar, ``.results()`` as a DataFrame."""
+
+    def __init__(self, client: Client, evaluation, outcome: str | None):
+        self.client = client
+        self.evaluation = evaluation
+        self.outcome = outcome
+
+    @property
+    def id(self) -> str:
+        return self.evaluation.id
+
+    def __repr__(self) -> str:
+        return f"<Evaluation {self.id} {self.evaluation.status} split={self.evaluation.split} outcome={self.outcome}>"
+
+    def refresh(self):
+        self.evaluation = self.client.evaluations.get(self.id)
+        return self.evaluation
+
+    def wait(self, *, timeout_s: float | None = None, progress: bool | None = None):
+        self.evaluation = self.client.evaluations.wait(self.id, timeout_s=timeout_s, progress=progress)
+        return self.evaluation
+
+    def summary(self) -> dict:
+        return self.client.evaluations.summary(self.id)
+
+    def results(self, *, as_arrow: bool = False):
+        """Per-instance predictions: a pandas DataFrame, or an Arrow table with ``as_arrow``."""
+        table = self.client.evaluations.results_table(self.id)
+        return table if as_arrow else table.to_pandas()
+
+
+class ApiKeys(_Resource):
+    path = "/v1/api-keys"
+    view = api.ApiKeyView
+
+    def create(self, *, name: str, scopes: list[str], expires_at=None, labels: dict[str, str] | None = None) -> api.ApiKeyCreated:
+        body: dict[str, Any] = {"name": name, "scopes": scopes, "labels": labels or {}}
+        if expires_at is not None:
+            body["expires_at"] = expires_at.isoformat() if hasattr(expires_at, "isoformat") else expires_at
+        return api.ApiKeyCreated.model_validate(self.http.request("POST", self.path, json=body))
+
+    def _terminal(self, entity) -> bool:
+        return True
