@@ -1,0 +1,154 @@
+"""The SDK and the CLI end to end against the real local stack: upload, verify, ingest,
+evaluate, query, delete. Everything runs as it would for a user on one machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from assay.client import Client
+from shared import errors
+from shared.settings import Settings
+from shared.storage import Storage, prefixes_of
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def digits_assets(tmp_path_factory):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from workers import digits
+
+    model_dir = digits.cached_digits_vit(ROOT / ".cache" / "fixtures")
+    archive = digits.write_imagefolder_archive(
+        tmp_path_factory.mktemp("data") / "digits.zip", {"test": digits.digits_images("test")}
+    )
+    return model_dir, archive
+
+
+@pytest.fixture(scope="module")
+def client(stack) -> Client:
+    return Client(stack["ASSAY_URL"], stack["ASSAY_API_KEY"], progress=False)
+
+
+def cli(stack, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ASSAY_URL": stack["ASSAY_URL"], "ASSAY_API_KEY": stack["ASSAY_API_KEY"],
+           "ASSAY_CONFIG": str(Path(stack["STATE"]) / "cli-config.json")}
+    return subprocess.run([sys.executable, "-m", "assay.cli", *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def wait_gone(fetch, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            fetch()
+        except errors.NotFound:
+            return
+        time.sleep(0.5)
+    raise AssertionError("entity still there")
+
+
+@pytest.fixture(scope="module")
+def evaluated(client, digits_assets):
+    model_dir, archive = digits_assets
+    model = client.models.upload(model_dir, name="digits-vit", labels={"suite": "e2e"}, wait=True)
+    assert model.status == "ready", (model.reason, model.message)
+    dataset = client.datasets.upload(archive, name="digits", wait=True)
+    assert dataset.status == "ready", (dataset.reason, dataset.message)
+    assert dataset.splits == {"test": 449}
+    [handle] = client.evaluations.create(model.id, dataset.id, splits=["test"])
+    assert handle.outcome == "created"
+    done = handle.wait(timeout_s=300)
+    assert done.status == "complete", (done.reason, done.message)
+    return model, dataset, handle
+
+
+def test_upload_evaluate_and_query_through_the_sdk(client, evaluated):
+    model, dataset, handle = evaluated
+    assert model.label_names and len(model.label_names) == 10
+    summary = client.evaluations.summary(handle.id)
+    assert summary["instances"] == 449
+    assert summary["accuracy"] > 0.9
+    frame = handle.results()
+    assert len(frame) == 449
+    assert abs(frame["correct"].mean() - summary["accuracy"]) < 1e-9
+    rows = list(client.evaluations.instances(handle.id, page_size=100))
+    assert sorted(r["instance_id"] for r in rows) == sorted(frame["instance_id"])
+    # Asking again reuses the complete evaluation.
+    [again] = client.evaluations.create(model.id, dataset.id, splits=["test"])
+    assert again.outcome == "reused" and again.id == handle.id
+    board = client.evaluations.leaderboard(dataset.id, split="test", metric="accuracy")
+    entries = board.get("entries", board.get("items"))
+    assert entries[0]["evaluation_id"] == handle.id
+    assert [m.id for m in client.models.list(labels={"suite": "e2e"})] == [model.id]
+
+
+def test_the_cli_lists_shows_and_reports_with_meaningful_exit_codes(stack, evaluated):
+    model, dataset, handle = evaluated
+    listed = cli(stack, "--json", "ls", "evaluations")
+    assert listed.returncode == 0, listed.stderr
+    assert handle.id in [e["id"] for e in json.loads(listed.stdout)]
+    shown = cli(stack, "show", model.id)
+    assert shown.returncode == 0 and "ready" in shown.stdout
+    results = cli(stack, "results", handle.id)
+    assert results.returncode == 0, results.stderr
+    assert "accuracy" in results.stdout and "PRECISION" in results.stdout
+    wrong = cli(stack, "--json", "results", handle.id, "--misclassified", "--limit", "5")
+    assert wrong.returncode == 0, wrong.stderr
+    assert all(not row["correct"] for row in json.loads(wrong.stdout))
+    board = cli(stack, "leaderboard", dataset.id)
+    assert board.returncode == 0 and handle.id in board.stdout
+    missing = cli(stack, "show", "mdl_" + "0" * 20)
+    assert missing.returncode == 4 and "not found" in missing.stderr.lower()
+    unauthenticated = subprocess.run(
+        [sys.executable, "-m", "assay.cli", "ls", "models"],
+        env={**os.environ, "ASSAY_URL": stack["ASSAY_URL"], "ASSAY_API_KEY": "assay_key_" + "0" * 20 + "_" + "A" * 43,
+             "ASSAY_CONFIG": "/nonexistent"},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert unauthenticated.returncode == 3
+
+
+def test_login_writes_a_config_only_the_user_can_read(stack, tmp_path):
+    config = tmp_path / "config.json"
+    env = {**os.environ, "ASSAY_CONFIG": str(config)}
+    env.pop("ASSAY_URL", None)
+    env.pop("ASSAY_API_KEY", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "assay.cli", "login", "--url", stack["ASSAY_URL"], "--api-key", stack["ASSAY_API_KEY"]],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert config.stat().st_mode & 0o777 == 0o600
+    listed = subprocess.run([sys.executable, "-m", "assay.cli", "ls", "models"], env=env, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+
+
+def test_deleting_a_model_removes_its_evaluations_and_every_stored_object(client, evaluated, stack):
+    model, dataset, handle = evaluated
+    storage = Storage.from_settings(
+        Settings(
+            project=stack["ASSAY_PROJECT"],
+            bucket="assay-local",
+            storage_emulator_host=stack["STORAGE_EMULATOR_HOST"],
+            datastore_emulator_host=stack["DATASTORE_EMULATOR_HOST"],
+        )
+    )
+    owned = prefixes_of("Model", model.id) + prefixes_of("Evaluation", handle.id)
+    assert any(list(storage.list(p)) for p in owned)
+    client.models.delete(model.id)
+    wait_gone(lambda: client.models.get(model.id))
+    wait_gone(lambda: client.evaluations.get(handle.id))
+    for prefix in owned:
+        assert list(storage.list(prefix)) == [], prefix
+    client.datasets.delete(dataset.id)
+    wait_gone(lambda: client.datasets.get(dataset.id))
+    for prefix in prefixes_of("Dataset", dataset.id):
+        assert list(storage.list(prefix)) == [], prefix
