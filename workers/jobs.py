@@ -1,0 +1,212 @@
+"""The three task bodies: fetch inputs from Cloud Storage, run the pure modules, publish outputs.
+
+Each body takes the entity as the runner read it and returns the fields to write with the
+final status. It knows nothing of leases or statuses; it calls ``progress(fraction,
+message)`` (cheap, the runner throttles the writes) and ``checkpoint()`` between units of
+work, which raises when the task was taken away. Inputs that never change once verified
+(a model's files, a dataset's shards) are cached on local disk keyed by their digest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared import storage as paths
+from shared.entities import ArtifactStatus, Dataset, Evaluation, Model
+from shared.errors import NotFound
+from shared.storage import Storage
+from workers.failures import FailureReason, WorkerFailure
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+Checkpoint = Callable[[], None]
+
+
+@dataclass
+class JobContext:
+    storage: Storage
+    cache_dir: Path
+    work_dir: Path  # fresh, private to this attempt, removed afterwards
+    progress: Progress
+    checkpoint: Checkpoint
+
+
+def _download_upload(ctx: JobContext, entity: Model | Dataset) -> tuple[Path, str, int]:
+    from workers.verify import sha256_file
+
+    local = ctx.work_dir / "upload"
+    try:
+        ctx.storage.download_file(entity.upload_object, local)
+    except NotFound as e:
+        raise WorkerFailure(FailureReason.input_not_ready, f"the upload {entity.upload_object} is missing") from e
+    return local, sha256_file(local), local.stat().st_size
+
+
+def _upload_tree(ctx: JobContext, root: Path, prefix: str, files: list[str]) -> None:
+    for i, name in enumerate(files):
+        ctx.storage.upload_file(prefix + name, root / name)
+        ctx.progress(0.5 + 0.5 * (i + 1) / len(files), f"published {i + 1}/{len(files)} files")
+
+
+# --- verify-model ---------------------------------------------------------------------------
+
+
+def verify_model(ctx: JobContext, model: Model) -> dict[str, Any]:
+    from workers.verify import verify_model_archive
+
+    ctx.progress(0.0, "downloading the upload")
+    archive, digest, size = _download_upload(ctx, model)
+    ctx.progress(0.2, "extracting and verifying")
+    root, report = verify_model_archive(archive, ctx.work_dir / "extracted")
+    ctx.checkpoint()
+    manifest = {"digest": digest, **report.to_dict()}
+    (ctx.work_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    prefix = paths.model_prefix(model.id)
+    _upload_tree(ctx, root, prefix, report.files)
+    ctx.storage.upload_file(prefix + "manifest.json", ctx.work_dir / "manifest.json", content_type="application/json")
+    return {
+        "label_names": report.label_names,
+        "parameter_count": report.parameter_count,
+        "architecture": report.architecture,
+        "digest": digest,
+        "size": size,
+        "message": f"{report.architecture}, {len(report.label_names)} labels, {report.parameter_count:,} parameters",
+    }
+
+
+# --- ingest-dataset -------------------------------------------------------------------------
+
+
+def ingest_dataset(ctx: JobContext, dataset: Dataset) -> dict[str, Any]:
+    from workers.ingest import MANIFEST_NAME, ingest_dataset as ingest
+
+    ctx.progress(0.0, "downloading the upload")
+    source, digest, size = _download_upload(ctx, dataset)
+    ctx.progress(0.2, "decoding and sharding")
+    out = ctx.work_dir / "canonical"
+    manifest = ingest(source, out, work_dir=ctx.work_dir / "extracted")
+    manifest["source_digest"] = digest
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    ctx.checkpoint()
+    files = [f"{split}/{s['name']}" for split, v in manifest["splits"].items() for s in v["shards"]]
+    prefix = paths.dataset_prefix(dataset.id)
+    _upload_tree(ctx, out, prefix, files)
+    ctx.storage.upload_file(paths.dataset_manifest(dataset.id), out / MANIFEST_NAME, content_type="application/json")
+    invalid = manifest["invalid_instances"]
+    return {
+        "splits": {split: v["instances"] for split, v in manifest["splits"].items()},
+        "label_names": manifest["label_names"],
+        "invalid_instances": invalid,
+        "digest": digest,
+        "size": size,
+        "message": f"{manifest['instances']} instances" + (f", {invalid} invalid images left out" if invalid else ""),
+    }
+
+
+# --- evaluate -------------------------------------------------------------------------------
+
+
+def _cached(ctx: JobContext, key: str, fill: Callable[[Path], None]) -> Path:
+    """``cache_dir/key``, filled once by ``fill(staging_dir)`` and renamed into place."""
+    target = ctx.cache_dir / key
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".fill-", dir=target.parent))
+    try:
+        fill(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # filled concurrently by another worker on this machine: same bytes
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _fetch_prefix(ctx: JobContext, prefix: str, into: Path, *, only: Callable[[str], bool] = lambda _: True) -> None:
+    for name, _ in ctx.storage.list(prefix):
+        rel = name[len(prefix) :]
+        if only(rel):
+            ctx.storage.download_file(name, into / rel)
+
+
+def evaluate(ctx: JobContext, evaluation: Evaluation, *, model: Model, dataset: Dataset) -> dict[str, Any]:
+    from workers.evaluate import EvalOptions, align_labels, evaluate_shards, summarize
+    from workers.verify import label_names, load_model
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    for what, entity in (("model", model), ("dataset", dataset)):
+        if entity.status != ArtifactStatus.ready or not entity.digest:
+            raise WorkerFailure(FailureReason.input_not_ready, f"{what} {entity.id} is {entity.status}, not ready")
+    if evaluation.split not in (dataset.splits or {}):
+        raise WorkerFailure(
+            FailureReason.split_not_found,
+            f"dataset {dataset.id} has no split {evaluation.split!r} (it has {sorted(dataset.splits or {})})",
+        )
+    ctx.progress(0.0, "fetching the model and the dataset")
+    model_dir = _cached(ctx, f"models/{model.digest}", lambda d: _fetch_prefix(ctx, paths.model_prefix(model.id), d))
+    split = evaluation.split
+    dataset_dir = _cached(
+        ctx,
+        f"datasets/{dataset.digest}/{split}",
+        lambda d: _fetch_prefix(ctx, paths.dataset_prefix(dataset.id), d, only=lambda rel: rel.startswith(f"{split}/") or rel == "manifest.json"),
+    )
+    manifest = json.loads((dataset_dir / "manifest.json").read_text())
+    shards = [dataset_dir / split / s["name"] for s in manifest["splits"][split]["shards"]]
+    timings["fetch_s"] = time.perf_counter() - started
+
+    tick = time.perf_counter()
+    model_obj, processor = load_model(model_dir)
+    names = label_names(model_obj)
+    label_map = align_labels(manifest["label_names"], names, evaluation.config.label_mapping)
+    timings["load_s"] = time.perf_counter() - tick
+
+    # Resume: prediction shards already published by an earlier attempt are kept as they are.
+    out = ctx.work_dir / "predictions"
+    prediction_prefix = paths.evaluation_prefix(evaluation.id) + "predictions/"
+    _fetch_prefix(ctx, prediction_prefix, out, only=lambda rel: rel.endswith(".parquet"))
+
+    def on_shard(index: int, path: Path, stats) -> None:
+        ctx.storage.upload_file(paths.prediction_shard(evaluation.id, index), path)
+        done = stats.shards_done + stats.shards_skipped
+        ctx.progress(done / len(shards), f"{done}/{len(shards)} shards")
+        ctx.checkpoint()
+
+    tick = time.perf_counter()
+    options = EvalOptions(batch_size=evaluation.config.batch_size, top_k=evaluation.config.top_k)
+    stats = evaluate_shards(model_obj, processor, shards, out, label_map=label_map, options=options, on_shard=on_shard)
+    timings["inference_s"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    summary = summarize([out / s.name for s in shards], names, stats)
+    summary["model_id"], summary["dataset_id"], summary["split"] = model.id, dataset.id, split
+    summary["config"] = evaluation.config.model_dump()
+    timings["metrics_s"] = time.perf_counter() - tick
+    timings["total_s"] = time.perf_counter() - started
+    summary["timings"] = timings
+    ctx.storage.write_bytes(
+        paths.evaluation_summary(evaluation.id), json.dumps(summary, indent=2).encode(), content_type="application/json"
+    )
+    return {
+        "summary": entity_summary(summary),
+        "result_prefix": paths.evaluation_prefix(evaluation.id),
+        "timings": timings,
+        "message": f"accuracy {summary['accuracy']:.4f} on {summary['instances']} instances",
+    }
+
+
+def entity_summary(summary: dict) -> dict:
+    """What the entity keeps: every scalar metric and the efficiency, not the per-class
+    tables or the confusion matrix, which grow with the label count (summary.json has them)."""
+    return {k: v for k, v in summary.items() if k not in {"per_class", "confusion_matrix", "label_names", "config"}}
