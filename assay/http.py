@@ -81,7 +81,7 @@ def with_retries(
     max_attempts: int = 5,
     base_delay_s: float = 0.5,
     max_delay_s: float = 20.0,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> requests.Response:
     """Run ``call`` until it returns a response that is not worth retrying.
 
@@ -89,6 +89,7 @@ def with_retries(
     jitter, waiting at least what ``Retry-After`` asks for. Returns the last response (or
     re-raises the last connection error) once ``max_attempts`` is spent.
     """
+    sleep = sleep or time.sleep
     for attempt in range(1, max_attempts + 1):
         try:
             response = call()
