@@ -70,7 +70,7 @@ def _gcloud_verdicts(argvs: list[list[str]], tmp_path: Path) -> list[dict]:
     stdin = "".join(json.dumps(argv) + "\n" for argv in argvs)
     result = subprocess.run(
         [python, str(Path(__file__).with_name("gcloud_parse.py"))],
-        input=stdin, env=env, capture_output=True, text=True, timeout=120,
+        input=stdin, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
