@@ -1,0 +1,96 @@
+"""``build_job`` on its own: what the Job asks for, and that Kubernetes 1.33 accepts it."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes.client import ApiClient
+from kubernetes_validate import validate
+
+from daemon.backend import Task
+from daemon.job_spec import build_job
+from daemon.settings import DaemonSettings
+from shared.tasks import TaskName
+
+EVALUATE = Task(TaskName.evaluate, "evl_0123456789abcdefghij", "acc_0123456789abcdefghij", 2)
+VERIFY = Task(TaskName.verify_model, "mdl_0123456789abcdefghij", "acc_0123456789abcdefghij", 1)
+INGEST = Task(TaskName.ingest_dataset, "dst_0123456789abcdefghij", "acc_0123456789abcdefghij", 3)
+
+GPU_POOL = DaemonSettings(
+    worker_image="europe-docker.pkg.dev/p/assay/worker@sha256:" + "a" * 64,
+    node_selector={"cloud.google.com/gke-accelerator": "nvidia-l4"},
+    gpu_count=1,
+    job_deadline_s=7200,
+    job_ttl_s=3600,
+    service_account="assay-worker",
+    job_config_map="assay-worker-env",
+)
+
+
+def as_manifest(job) -> dict:
+    """What the client sends: camelCase keys, no nulls."""
+    return ApiClient().sanitize_for_serialization(job)
+
+
+@pytest.mark.parametrize("task", [EVALUATE, VERIFY, INGEST], ids=lambda t: str(t.name))
+@pytest.mark.parametrize(
+    "settings",
+    [GPU_POOL, DaemonSettings(), DaemonSettings(gpu_count=0, service_account=None, tolerations=[])],
+    ids=["gpu-pool", "defaults", "cpu-only"],
+)
+def test_every_job_validates_strictly_against_kubernetes_1_33(task, settings):
+    manifest = as_manifest(build_job(task, settings, env={"ASSAY_PROJECT": "p", "ASSAY_BUCKET": "b"}))
+    assert validate(manifest, "1.33.0", strict=True) == "1.33"
+
+
+def test_an_evaluation_job_asks_for_a_gpu_on_the_gpu_pool():
+    job = as_manifest(build_job(EVALUATE, GPU_POOL, env={"ASSAY_BUCKET": "b"}))
+    spec = job["spec"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert job["metadata"]["name"] == EVALUATE.job_name
+    assert job["metadata"]["namespace"] == "assay"
+    assert spec["backoffLimit"] == 0
+    assert spec["activeDeadlineSeconds"] == 7200
+    assert spec["ttlSecondsAfterFinished"] == 3600
+    assert pod["restartPolicy"] == "Never"
+    assert pod["serviceAccountName"] == "assay-worker"
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert container["image"] == GPU_POOL.worker_image
+    assert container["command"] == ["python", "-m", "workers", "evaluate", EVALUATE.entity_id, "--attempt", "2"]
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"name": "ASSAY_BUCKET", "value": "b"} in container["env"]
+    assert container["envFrom"] == [{"configMapRef": {"name": "assay-worker-env"}}]
+    labels = job["metadata"]["labels"]
+    assert labels["assay.dev/task-id"] == EVALUATE.entity_id
+    assert labels["assay.dev/attempt"] == "2"
+    assert labels["app.kubernetes.io/managed-by"] == "assay-daemon"
+    assert labels["app.kubernetes.io/component"] == "evaluate"
+    assert spec["template"]["metadata"]["labels"] == labels
+
+
+def test_verification_runs_on_cpu_nodes_without_gpu_scheduling():
+    pod = as_manifest(build_job(VERIFY, GPU_POOL))["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "nvidia.com/gpu" not in container["resources"]["requests"]
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+
+
+def test_the_pod_meets_the_restricted_security_profile():
+    pod = as_manifest(build_job(EVALUATE, GPU_POOL))["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def test_build_job_is_pure_same_inputs_same_job():
+    assert as_manifest(build_job(EVALUATE, GPU_POOL, env={"A": "1"})) == as_manifest(
+        build_job(EVALUATE, GPU_POOL, env={"A": "1"})
+    )
