@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     # Local cache for inputs fetched from Cloud Storage (keyed by digest) and result sets.
     cache_dir: str = ".cache/assay"
 
+    # The HTTP API (functions/): request body cap, how long one Datastore call may retry
+    # before the request answers 503, and how long a hint publish may hold a reply.
+    api_max_body_bytes: int = Field(default=64 * 1024, gt=0)
+    api_datastore_deadline_s: float = Field(default=10.0, gt=0)
+    api_hint_timeout_s: float = Field(default=2.0, gt=0)
+
     @property
     def emulated(self) -> bool:
         return self.datastore_emulator_host is not None

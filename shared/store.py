@@ -174,16 +174,28 @@ class Store:
         self.indexes = indexes
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, indexes: list[Index] | None = None) -> "Store":
+    def from_settings(
+        cls, settings: Settings, *, indexes: list[Index] | None = None, deadline_s: float | None = None
+    ) -> "Store":
+        """``deadline_s`` bounds how long one Datastore call retries an unavailable backend
+        (the library's own default is 60 s); a request handler wants a 503 well before."""
         if settings.datastore_emulator_host:
-            client = datastore.Client(
-                project=settings.project,
-                namespace=settings.namespace,
-                credentials=AnonymousCredentials(),
-                client_options={"api_endpoint": f"http://{settings.datastore_emulator_host}"},
-            )
+            try:
+                client = datastore.Client(
+                    project=settings.project,
+                    namespace=settings.namespace,
+                    credentials=AnonymousCredentials(),
+                    client_options={"api_endpoint": f"http://{settings.datastore_emulator_host}"},
+                )
+            except ValueError:
+                # DATASTORE_EMULATOR_HOST is in the environment: the library then refuses
+                # explicit credentials and finds the emulator itself; point it at ours.
+                client = datastore.Client(project=settings.project, namespace=settings.namespace)
+                client._base_url = f"http://{settings.datastore_emulator_host}"
         else:
             client = datastore.Client(project=settings.project, namespace=settings.namespace)
+        if deadline_s is not None:
+            _bound_deadline(client, deadline_s)
         return cls(client, transaction_attempts=settings.transaction_attempts, indexes=indexes)
 
     # -- transactions --
@@ -403,6 +415,30 @@ class Store:
         QUERY_SHAPES.add(shape)
         if self.indexes is not None and not covers(self.indexes, shape):
             raise MissingIndex(f"no index in index.yaml serves {shape}")
+
+
+def _bound_deadline(client: datastore.Client, deadline_s: float) -> None:
+    """Re-wrap the client's RPCs so retries of a down backend stop after ``deadline_s``.
+
+    The generated client takes its retry policy per call; every call the store makes would
+    have to pass one, so the defaults are replaced once here instead.
+    """
+    from google.api_core import gapic_v1, retry as retries
+
+    transport = client._datastore_api._transport
+    policy = retries.Retry(
+        initial=0.05,
+        maximum=1.0,
+        multiplier=2.0,
+        predicate=retries.if_exception_type(gexc.ServiceUnavailable, gexc.DeadlineExceeded),
+        deadline=deadline_s,
+    )
+    for method in list(transport._wrapped_methods):
+        # A commit is not retried (as in the library): it may have landed before the error.
+        retry = None if method is transport.commit else policy
+        transport._wrapped_methods[method] = gapic_v1.method.wrap_method(
+            method, default_retry=retry, default_timeout=deadline_s, client_info=client._client_info
+        )
 
 
 def _encode_token(cursor: bytes) -> str:

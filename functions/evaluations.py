@@ -1,0 +1,178 @@
+"""Ordering evaluations: one per split, found or made in one transaction.
+
+An evaluation's id is derived from its account and fingerprint (model, dataset, split,
+canonical inference config), so "has this been run?" is a transactional get, never a
+query. Per split: a running or complete one (or one still queued) is reused, a failed or
+cancelled one is restarted, a missing one is created — ``waiting`` while the model or the
+dataset is not ready, ``pending`` otherwise.
+
+Splits: a dataset's splits are known only after ingestion. When ``splits`` is omitted the
+dataset's own splits are used, which requires the dataset to be ready; before that the
+caller must name them (a split the dataset turns out not to have fails that evaluation
+when the daemon admits it).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from shared.api import CreateEvaluations, EvaluationOutcome
+from shared.entities import (
+    ArtifactStatus,
+    Dataset,
+    Evaluation,
+    EvaluationStatus,
+    Model,
+    QueueReason,
+    evaluation_fingerprint,
+    evaluation_id,
+    utcnow,
+)
+from shared.errors import Conflict, Invalid, NotFound, TransitionConflict
+from shared.pubsub import Hint
+from shared.store import Store, Txn
+
+log = logging.getLogger(__name__)
+
+E = EvaluationStatus
+REUSED = frozenset({E.waiting, E.pending, E.admitted, E.running, E.complete})
+RESTARTED = frozenset({E.failed, E.cancelled})
+# An input in one of these can never produce a result.
+DEAD_INPUT = frozenset({ArtifactStatus.failed, ArtifactStatus.deleting, ArtifactStatus.gone})
+
+
+def _usable(entity: Model | Dataset, field: str) -> None:
+    if entity.status in DEAD_INPUT:
+        raise Conflict(
+            f"{entity.kind} {entity.id} is {entity.status}: it cannot be evaluated",
+            code="input_unusable",
+            details={"field": field, "id": entity.id, "status": str(entity.status), "reason": entity.reason},
+        )
+
+
+def _splits(request: CreateEvaluations, dataset: Dataset) -> list[str]:
+    if request.splits is not None:
+        splits = list(dict.fromkeys(request.splits))  # de-duplicated, order kept
+        if dataset.status == ArtifactStatus.ready and dataset.splits is not None:
+            unknown = [s for s in splits if s not in dataset.splits]
+            if unknown:
+                raise Invalid(
+                    f"dataset {dataset.id} has no split {', '.join(unknown)}",
+                    details={"fields": [{"path": "splits", "message": f"known splits: {sorted(dataset.splits)}", "type": "unknown_split"}]},
+                )
+        return splits
+    if dataset.status == ArtifactStatus.ready and dataset.splits:
+        return sorted(dataset.splits)
+    raise Invalid(
+        f"dataset {dataset.id} is {dataset.status}: its splits are known once it is ready, so name them",
+        details={"fields": [{"path": "splits", "message": "required until the dataset is ready", "type": "missing"}]},
+    )
+
+
+def _default_name(model: Model, dataset: Dataset, split: str) -> str:
+    raw = f"{model.name}-{dataset.name}-{split}".lower()
+    name = re.sub(r"[^a-z0-9.-]+", "-", raw)[:63].strip("-.")
+    return name or "evaluation"
+
+
+def order(store: Store, request: CreateEvaluations, *, account: str) -> tuple[list[tuple[EvaluationOutcome, Evaluation]], list[Hint]]:
+    """Find or make the requested evaluations in one transaction.
+
+    Raises NotFound (model or dataset missing or another account's), Conflict (an input
+    failed or is being deleted; an evaluation is being deleted), Invalid (splits).
+    """
+
+    def work(txn: Txn) -> list[tuple[EvaluationOutcome, Evaluation]]:
+        model = txn.get(Model, request.model_id, account=account)
+        dataset = txn.get(Dataset, request.dataset_id, account=account)
+        _usable(model, "model_id")
+        _usable(dataset, "dataset_id")
+        waiting_for = None
+        if model.status != ArtifactStatus.ready:
+            waiting_for = QueueReason.waiting_for_model
+        elif dataset.status != ArtifactStatus.ready:
+            waiting_for = QueueReason.waiting_for_dataset
+        start = E.waiting if waiting_for else E.pending
+        reason = str(waiting_for or QueueReason.queued)
+        now = utcnow()
+        out = []
+        for split in _splits(request, dataset):
+            fingerprint = evaluation_fingerprint(
+                model_id=model.id, dataset_id=dataset.id, split=split, config=request.config
+            )
+            eid = evaluation_id(account=account, fingerprint=fingerprint)
+            existing = txn.find(Evaluation, eid, account=account)
+            if existing is not None and existing.status in REUSED:
+                out.append((EvaluationOutcome.reused, existing))
+                continue
+            if existing is not None and existing.status == E.deleting:
+                raise Conflict(
+                    f"evaluation {eid} (split {split}) is being deleted; order it again once it is gone",
+                    code="being_deleted",
+                    details={"id": eid, "split": split},
+                )
+            if existing is not None and existing.status in RESTARTED:
+                restarted = Evaluation.model_validate(
+                    {
+                        **existing.model_dump(),
+                        "status": start, "reason": reason, "message": "restarted on request",
+                        "updated_at": now, "status_changed_at": now,
+                        "attempts": 0, "lease_owner": None, "lease_expires_at": None, "heartbeat_at": None,
+                        "job_name": None, "progress": None, "progress_message": None, "started_at": None,
+                        "finished_at": None, "summary": None, "queue_position": None,
+                    }
+                )
+                txn.put(restarted)
+                out.append((EvaluationOutcome.restarted, restarted))
+                continue
+            # Missing, or gone (deleted earlier): made anew under the same id.
+            created = Evaluation(
+                id=eid,
+                account=account,
+                name=request.name or _default_name(model, dataset, split),
+                labels=request.labels,
+                status=start,
+                reason=reason,
+                model_id=model.id,
+                dataset_id=dataset.id,
+                split=split,
+                config=request.config,
+                fingerprint=fingerprint,
+                created_at=now,
+                updated_at=now,
+                status_changed_at=now,
+            )
+            txn.put(created)
+            out.append((EvaluationOutcome.created, created))
+        return out
+
+    results = store.run_in_transaction(work)
+    hints = [
+        Hint(kind=Evaluation.kind, id=e.id, account=account)
+        for outcome, e in results
+        if outcome != EvaluationOutcome.reused
+    ]
+    log.info(
+        "evaluations ordered",
+        extra={"account": account, "outcomes": {e.id: str(o) for o, e in results}},
+    )
+    return results, hints
+
+
+DELETABLE = [s for s in EvaluationStatus if E.deleting in Evaluation.transitions[s]]
+
+
+def request_deletion(store: Store, evaluation_id_: str, *, account: str) -> tuple[Evaluation, list[Hint]]:
+    """Cancel (if running) and delete: the evaluation becomes ``deleting``; the daemon stops
+    its job and removes its results. Idempotent; raises NotFound."""
+    try:
+        evaluation = store.transition(
+            Evaluation, evaluation_id_, account=account, expected=DELETABLE, to=E.deleting,
+            reason="deletion_requested", message="cancelled and deleted by the owner",
+        )
+    except TransitionConflict as e:
+        if e.current is None:
+            raise NotFound(f"Evaluation {evaluation_id_} not found", details={"kind": "Evaluation", "id": evaluation_id_}) from None
+        return store.get(Evaluation, evaluation_id_, account=account), []
+    return evaluation, [Hint(kind=Evaluation.kind, id=evaluation.id, account=account)]

@@ -1,0 +1,129 @@
+"""Flask glue: the one place errors become HTTP replies, and the view that runs a route.
+
+A route's view authenticates, checks the scope, validates path ids, query and body, calls
+the plain handler and serialises its answer. Everything a handler or the layers below
+raise on purpose is an ``AssayError`` and keeps its status; anything else is a bug: it is
+logged with its stack and answered as a 500 that carries only the request id.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from typing import Any
+
+import flask
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import HTTPException
+
+from functions.routing import Route
+from functions.services import Call, Caller, Services
+from shared.api import matches_id
+from shared.apikeys import authenticate, require_scope
+from shared.errors import AssayError, Invalid, InvalidRequest, NotFound, RateLimited, Unavailable
+
+log = logging.getLogger("functions.api")
+
+JSON = "application/json"
+_HTTP_CODES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+def request_id() -> str:
+    rid = getattr(flask.g, "request_id", None)
+    if rid is None:
+        trace = flask.request.headers.get("X-Cloud-Trace-Context", "").split("/")[0]
+        rid = flask.g.request_id = trace if trace.isalnum() and len(trace) <= 64 else uuid.uuid4().hex
+    return rid
+
+
+def json_reply(body: dict[str, Any] | BaseModel, status: int, headers: dict[str, str] | None = None) -> flask.Response:
+    text = body.model_dump_json() if isinstance(body, BaseModel) else flask.json.dumps(body)
+    return flask.Response(text, status=status, mimetype=JSON, headers=headers)
+
+
+def error_reply(exc: BaseException) -> flask.Response:
+    """Map any exception to the one error shape: ``{"error": {"code", "message", "details"}}``."""
+    rid = request_id()
+    fields = {"request_id": rid, "path": flask.request.path, "method": flask.request.method}
+    headers: dict[str, str] = {}
+    if isinstance(exc, AssayError):
+        status, body = exc.http_status, exc.to_dict()
+        if isinstance(exc, (RateLimited, Unavailable)):
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        if status >= 500:
+            log.warning("request failed: %s", exc.message, exc_info=exc, extra=fields)
+        else:
+            log.info("request refused: %s %s", status, exc.code, extra=fields)
+    elif isinstance(exc, HTTPException):
+        status = exc.code or 500
+        code = _HTTP_CODES.get(status, f"http_{status}")
+        details = None
+        if status == 405:
+            allowed = sorted(m for m in (exc.valid_methods or []) if m not in ("HEAD", "OPTIONS"))  # type: ignore[attr-defined]
+            details = {"allowed": allowed}
+            headers["Allow"] = ", ".join(allowed)
+        message = {404: "no such route", 405: "method not allowed on this route", 413: "request body too large"}.get(
+            status, exc.description or exc.name
+        )
+        body = {"code": code, "message": message, "details": details}
+        log.info("request refused: %s %s", status, code, extra=fields)
+    else:
+        log.error("unexpected error", exc_info=exc, extra=fields)
+        status = 500
+        body = {"code": "internal", "message": "internal error", "details": {"request_id": rid}}
+    return json_reply({"error": body}, status, headers)
+
+
+def _validation_details(error: ValidationError) -> dict[str, Any]:
+    return {
+        "fields": [
+            {"path": ".".join(str(p) for p in e["loc"]), "message": e["msg"], "type": e["type"]} for e in error.errors()
+        ]
+    }
+
+
+def parse_body(model: type[BaseModel], raw: bytes) -> BaseModel:
+    """Raises InvalidRequest for malformed JSON, Invalid (with field paths) for the rest."""
+    try:
+        return model.model_validate_json(raw or b"", strict=True)
+    except ValidationError as e:
+        if any(err["type"] == "json_invalid" for err in e.errors()):
+            raise InvalidRequest("request body is not valid JSON") from None
+        raise Invalid("request body is invalid", details=_validation_details(e)) from None
+
+
+def parse_query(model: type[BaseModel], args: Any) -> BaseModel:
+    values = {k: (v[0] if len(v) == 1 else v) for k, v in args.lists()}
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        raise Invalid("query parameters are invalid", details=_validation_details(e)) from None
+
+
+def run_route(route: Route, services: Services, path_values: dict[str, str]) -> flask.Response:
+    request = flask.request
+    call = Call(services=services, request_id=request_id())
+    if route.scope is not None:
+        key = authenticate(services.store, request.headers.get("Authorization"))
+        require_scope(key, route.scope)
+        call.caller = Caller(key)
+    for param in route.params:
+        if not matches_id(param.prefix, path_values[param.name]):
+            raise NotFound(f"{path_values[param.name]!r} is not a {param.prefix}_… id", details={"id": path_values[param.name]})
+    kwargs: dict[str, Any] = dict(path_values)
+    if route.query is not None:
+        kwargs["query"] = parse_query(route.query, request.args)
+    if route.body is not None:
+        kwargs["body"] = parse_body(route.body, request.get_data())
+    result = route.handler(call, **kwargs)
+    status = route.status
+    if isinstance(result, tuple):
+        result, status = result
+    return json_reply(result, status)

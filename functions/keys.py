@@ -1,0 +1,57 @@
+"""API keys an account makes for itself: narrower keys for CI, notebooks, colleagues.
+
+A new key's scopes must be ones the calling key holds; its secret is returned once and
+only its hash is stored. Revoking is immediate for every later request.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from shared import apikeys
+from shared.api import CreateApiKey
+from shared.entities import ApiKey, ApiKeyStatus, utcnow
+from shared.errors import Forbidden, Invalid, NotFound, TransitionConflict
+from shared.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def create(store: Store, request: CreateApiKey, *, caller: ApiKey) -> tuple[ApiKey, str]:
+    """Raises Forbidden for a scope the caller lacks, Invalid for an expiry in the past."""
+    missing = sorted(str(s) for s in set(request.scopes) - caller.granted())
+    if missing:
+        raise Forbidden(f"a key cannot grant scopes it lacks: {', '.join(missing)}", details={"missing": missing})
+    if request.expires_at is not None:
+        if request.expires_at.tzinfo is None:
+            raise Invalid(
+                "expires_at needs a time zone",
+                details={"fields": [{"path": "expires_at", "message": "use an offset, e.g. Z", "type": "timezone_naive"}]},
+            )
+        if request.expires_at <= utcnow():
+            raise Invalid(
+                "expires_at is in the past",
+                details={"fields": [{"path": "expires_at", "message": "must be in the future", "type": "past"}]},
+            )
+    key, plaintext = apikeys.new_key(
+        account=caller.account, name=request.name, scopes=list(dict.fromkeys(request.scopes)),
+        expires_at=request.expires_at, labels=request.labels,
+    )
+    store.create(key)
+    log.info("API key created", extra={"account": caller.account, "key": key.id, "by": caller.id})
+    return key, plaintext
+
+
+def revoke(store: Store, key_id: str, *, account: str) -> ApiKey:
+    """Revoke a key of the account; idempotent. Raises NotFound."""
+    try:
+        key = store.transition(
+            ApiKey, key_id, account=account, expected=ApiKeyStatus.active, to=ApiKeyStatus.revoked,
+            reason="revoked", revoked_at=utcnow(),
+        )
+    except TransitionConflict as e:
+        if e.current is None:
+            raise NotFound(f"ApiKey {key_id} not found", details={"kind": "ApiKey", "id": key_id}) from None
+        return store.get(ApiKey, key_id, account=account)
+    log.info("API key revoked", extra={"account": account, "key": key_id})
+    return key

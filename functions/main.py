@@ -1,0 +1,57 @@
+"""Cloud Functions entry points.
+
+- ``api``: the HTTP API (``functions-framework --target=api``): the flask app built by
+  ``create_app`` serves the request.
+- ``storage_events``: a CloudEvent function for Cloud Storage object-finalize events (or
+  the Pub/Sub messages that carry them): marks the model or dataset ``uploaded``.
+
+Settings and clients are built once per instance, on the first request.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import flask
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from functions.app import create_app
+from functions.services import Services
+from functions.uploads import object_finalized, parse_event
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["api", "storage_events", "create_app"]
+
+
+@functools.cache
+def services() -> Services:
+    return Services.from_settings(Settings())
+
+
+@functools.cache
+def app() -> flask.Flask:
+    return create_app(services=services())
+
+
+@functions_framework.http
+def api(request: flask.Request) -> flask.Response:
+    # functions-framework serves every path to this function; the API app routes it.
+    inner = app()
+    with inner.request_context(request.environ):
+        return inner.full_dispatch_request()
+
+
+@functions_framework.cloud_event
+def storage_events(cloud_event: CloudEvent) -> None:
+    """Raises only for a temporary failure (Datastore down), so the event is redelivered."""
+    svc = services()
+    obj = parse_event(cloud_event.data)
+    if obj is None:
+        return
+    outcome, hints = object_finalized(svc.store, obj, bucket=svc.settings.bucket)
+    svc.hint(hints)
+    log.info("storage event handled", extra={"object": obj.name, "outcome": str(outcome), "event_id": cloud_event["id"]})

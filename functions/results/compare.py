@@ -1,0 +1,134 @@
+"""Two models on the same dataset split, and a dataset's evaluations ranked.
+
+The comparison joins the two result sets on ``instance_id``. Agreement compares predicted
+label *names*, since two models may order their classes differently. McNemar's test looks
+at the discordant pairs only (one right, the other wrong); the exact test is the two-sided
+binomial test of those counts at p = ½, the χ² one has Edwards' continuity correction.
+The accuracy difference's interval is a paired bootstrap: instances are resampled with
+both verdicts, which is a multinomial draw over the four (a right?, b right?) cells.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from functions.results.metrics import bootstrap_weights, percentile_interval
+from functions.results.resultset import ResultSet
+from functions.results.schemas import (
+    LOWER_IS_BETTER,
+    AccuracyDifference,
+    BootstrapSpec,
+    Discordant,
+    McNemar,
+)
+
+_DIFFERENCE_BOOTSTRAP = BootstrapSpec(samples=2000, confidence=0.95, seed=0)
+
+
+def binomial_two_sided_p(k: int, n: int) -> float:
+    """Two-sided exact p-value of k successes in n trials at p = ½ (scipy's ``binomtest``)."""
+    if n == 0:
+        return 1.0
+    low = min(k, n - k)
+    if 2 * low == n:
+        return 1.0
+    i = np.arange(1, low + 1, dtype=np.float64)
+    # log C(n, i) by a running sum of log((n - i + 1) / i); then log-sum-exp.
+    log_terms = np.concatenate([[0.0], np.cumsum(np.log((n - i + 1) / i))]) - n * math.log(2)
+    peak = log_terms.max()
+    tail = math.exp(peak) * float(np.exp(log_terms - peak).sum())
+    return min(1.0, 2 * tail)
+
+
+def mcnemar(only_a: int, only_b: int) -> McNemar:
+    """McNemar's test on the discordant counts (a right b wrong, a wrong b right)."""
+    n = only_a + only_b
+    chi2 = (abs(only_a - only_b) - 1) ** 2 / n if n else 0.0  # as statsmodels' mcnemar(exact=False)
+    chi2_p = math.erfc(math.sqrt(chi2 / 2))  # survival function of χ² with 1 degree of freedom
+    return McNemar(p_value=binomial_two_sided_p(only_a, n), chi2=chi2, chi2_p_value=chi2_p)
+
+
+def accuracy_difference(cells: dict[tuple[bool, bool], int], spec: BootstrapSpec = _DIFFERENCE_BOOTSTRAP):
+    """acc(a) − acc(b) over paired instances, with a paired percentile bootstrap interval."""
+    keys = [(True, True), (True, False), (False, True), (False, False)]
+    counts = np.array([cells.get(k, 0) for k in keys], dtype=np.int64)
+    n = counts.sum()
+    value = float((counts[1] - counts[2]) / n) if n else 0.0
+    draws = [np.array([])]
+    if n:
+        draws = [(w[:, 1] - w[:, 2]) / n for w in bootstrap_weights(counts, samples=spec.samples, seed=spec.seed)]
+    return AccuracyDifference(value=value, interval=percentile_interval(np.concatenate(draws), spec))
+
+
+def compare(a: ResultSet, b: ResultSet, *, limit: int) -> dict[str, Any]:
+    """The figures of ``CompareResult`` that come from the predictions.
+
+    ``a`` and ``b`` must be views of one connection. Lists at most ``limit`` instance ids
+    per side, in instance id order.
+    """
+    assert a.con is b.con, "compare needs both result sets in one connection"
+    joined = "{a} AS x JOIN {b} AS y USING (instance_id)".format(a=a.view, b=b.view)
+    rows = a.execute(
+        "SELECT x.label = x.prediction AS ra, y.label = y.prediction AS rb,"
+        f" x.prediction AS pa, y.prediction AS pb, count(*) AS n FROM {joined} GROUP BY ALL"
+    ).fetchnumpy()
+    a.check_indices(rows["pa"])
+    b.check_indices(rows["pb"])
+    verdicts: dict[tuple[bool, bool], int] = {}
+    for ra, rb, n in zip(rows["ra"], rows["rb"], rows["n"]):
+        verdicts[(bool(ra), bool(rb))] = verdicts.get((bool(ra), bool(rb)), 0) + int(n)
+    # b's class index -> a's index of the same name (a negative, unmatched index otherwise)
+    position = {name: i for i, name in enumerate(a.label_names)}
+    b_to_a = np.array([position.get(name, -1 - j) for j, name in enumerate(b.label_names)], dtype=np.int64)
+    same = rows["pa"].astype(np.int64) == b_to_a[rows["pb"].astype(np.int64)] if len(rows["n"]) else np.array([], bool)
+    instances = int(rows["n"].sum())
+    agree = int(rows["n"][same].sum()) if instances else 0
+
+    totals = a.execute("SELECT (SELECT count(*) FROM {a}), (SELECT count(*) FROM {b})".format(a=a.view, b=b.view))
+    total_a, total_b = totals.fetchone()
+
+    def discordant(a_right: bool) -> Discordant:
+        count = verdicts.get((a_right, not a_right), 0)
+        ids: list[str] = []
+        if limit and count:
+            found = a.execute(
+                f"SELECT instance_id FROM {joined} WHERE (x.label = x.prediction) = $ra"
+                " AND (y.label = y.prediction) = $rb ORDER BY instance_id LIMIT $limit",
+                {"ra": a_right, "rb": not a_right, "limit": limit},
+            )
+            ids = [row[0] for row in found.fetchall()]
+        return Discordant(count=count, instance_ids=ids, truncated=len(ids) < count)
+
+    only_a, only_b = discordant(True), discordant(False)
+    return {
+        "instances": instances,
+        "unmatched": {"a": int(total_a) - instances, "b": int(total_b) - instances},
+        "agreement": agree / instances if instances else 0.0,
+        "both_correct": verdicts.get((True, True), 0),
+        "both_wrong": verdicts.get((False, False), 0),
+        "only_a_correct": only_a,
+        "only_b_correct": only_b,
+        "accuracy_a": (verdicts.get((True, True), 0) + only_a.count) / instances if instances else 0.0,
+        "accuracy_b": (verdicts.get((True, True), 0) + only_b.count) / instances if instances else 0.0,
+        "accuracy_difference": accuracy_difference(verdicts),
+        "mcnemar": mcnemar(only_a.count, only_b.count),
+    }
+
+
+def metric_value(summary: dict[str, Any] | None, metric: str) -> float | None:
+    """A finite number from an evaluation's summary, or None."""
+    value = (summary or {}).get(metric)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def rank(evaluations: Iterable[Any], metric: str) -> list[tuple[Any, float]]:
+    """Evaluations that report ``metric``, best first; ties go to the earlier evaluation."""
+    scored = [(e, v) for e in evaluations if (v := metric_value(e.summary, metric)) is not None]
+    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
+    return sorted(scored, key=lambda ev: (sign * ev[1], ev[0].created_at, ev[0].id))

@@ -1,0 +1,216 @@
+"""Queries over one opened result set: per-instance rows, per-class metrics, confusion.
+
+Per-class figures follow scikit-learn (``precision_recall_fscore_support`` with
+``labels=range(len(label_names))`` and ``zero_division=0``): every class of the model is
+listed, a class never predicted has precision 0, one never seen has recall 0.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+
+from functions.results.resultset import ResultSet
+from functions.results.schemas import (
+    ClassesResult,
+    ClassMetrics,
+    ConfusionResult,
+    InstanceRow,
+    InstancesPage,
+    InstancesQuery,
+    TopKEntry,
+)
+from shared.errors import Invalid, InvalidRequest
+
+_ROW_COLUMNS = "instance_id, label, prediction, correct, confidence, label_score, topk_ids, topk_scores"
+# ORDER BY per order; instance_id breaks ties so that keyset pagination is total.
+_ORDER = {
+    "instance_id": ("instance_id ASC", None),
+    "-instance_id": ("instance_id DESC", None),
+    "confidence": ("confidence ASC, instance_id ASC", ">"),
+    "-confidence": ("confidence DESC, instance_id DESC", "<"),
+}
+
+
+# --- page tokens --------------------------------------------------------------------------
+
+
+def _filters_digest(query: InstancesQuery) -> str:
+    material = json.dumps(query.filter_fields(), sort_keys=True, default=str)
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def _encode_token(query: InstancesQuery, last: tuple[Any, ...]) -> str:
+    """Opaque to clients: the last row's sort key, bound to the filters and order."""
+    body = {"v": 1, "f": _filters_digest(query), "k": list(last)}
+    return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _decode_token(query: InstancesQuery) -> list[Any] | None:
+    if not query.page_token:
+        return None
+    try:
+        padded = query.page_token + "=" * (-len(query.page_token) % 4)
+        body = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        key = body["k"]
+        valid = body.get("v") == 1 and isinstance(key, list)
+    except (binascii.Error, ValueError, TypeError, KeyError) as e:
+        raise InvalidRequest("invalid page_token") from e
+    if not valid:
+        raise InvalidRequest("invalid page_token")
+    if body.get("f") != _filters_digest(query):
+        raise InvalidRequest("page_token was made for other filters or another order")
+    expected = 1 if _ORDER[query.order_by][1] is None else 2
+    if len(key) != expected or not isinstance(key[-1], str):
+        raise InvalidRequest("invalid page_token")
+    if expected == 2 and not isinstance(key[0], (int, float)):
+        raise InvalidRequest("invalid page_token")
+    return key
+
+
+# --- per-instance rows --------------------------------------------------------------------
+
+
+def class_index(result_set: ResultSet, value: str, *, field: str) -> int:
+    """A label name, or a class index when no label name matches.
+
+    Raises:
+        Invalid: neither a label name nor a class index of this result set.
+    """
+    names = result_set.label_names
+    if value in names:
+        return names.index(value)
+    if value.isdigit() and int(value) < len(names):
+        return int(value)
+    raise Invalid(f"{field}: {value!r} is not a label of this evaluation", details={"field": field, "value": value})
+
+
+def instances(result_set: ResultSet, query: InstancesQuery) -> InstancesPage:
+    """One page of per-instance rows matching ``query``, in its order.
+
+    Keyset pagination: each page starts strictly after the previous page's last sort key,
+    so every row appears exactly once across pages however large the result set.
+
+    Raises:
+        Invalid: a label or prediction that this result set does not have.
+        InvalidRequest: a page token not made for these filters.
+    """
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    if query.label is not None:
+        where.append("label = $label")
+        params["label"] = class_index(result_set, query.label, field="label")
+    if query.prediction is not None:
+        where.append("prediction = $prediction")
+        params["prediction"] = class_index(result_set, query.prediction, field="prediction")
+    if query.correct is not None:
+        where.append("correct = $correct")
+        params["correct"] = query.correct
+    if query.min_confidence is not None:
+        where.append("confidence >= $min_confidence")
+        params["min_confidence"] = query.min_confidence
+    if query.max_confidence is not None:
+        where.append("confidence <= $max_confidence")
+        params["max_confidence"] = query.max_confidence
+    order_sql, comparison = _ORDER[query.order_by]
+    key = _decode_token(query)
+    if key is not None:
+        params["after_id"] = key[-1]
+        id_cmp = ">" if query.order_by in ("instance_id", "confidence") else "<"
+        if comparison is None:
+            where.append(f"instance_id {id_cmp} $after_id")
+        else:
+            params["after_confidence"] = float(key[0])
+            where.append(
+                f"(confidence {comparison} $after_confidence"
+                f" OR (confidence = $after_confidence AND instance_id {id_cmp} $after_id))"
+            )
+    params["limit"] = query.limit + 1  # one more tells whether another page exists
+    sql = (
+        f"SELECT {_ROW_COLUMNS} FROM {{view}}"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + f" ORDER BY {order_sql} LIMIT $limit"
+    )
+    rows = result_set.execute(sql, params).fetchall()
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    items = [_row(result_set, row) for row in rows]
+    token = None
+    if more:
+        last = rows[-1]
+        token = _encode_token(query, (last[0],) if comparison is None else (float(last[4]), last[0]))
+    return InstancesPage(items=items, next_page_token=token)
+
+
+def _row(result_set: ResultSet, row: tuple) -> InstanceRow:
+    instance_id, label, prediction, correct, confidence, label_score, topk_ids, topk_scores = row
+    return InstanceRow(
+        instance_id=instance_id,
+        label=result_set.name_of(label),
+        label_index=label,
+        prediction=result_set.name_of(prediction),
+        prediction_index=prediction,
+        correct=correct,
+        confidence=confidence,
+        label_score=label_score,
+        top_k=[
+            TopKEntry(class_index=c, label=result_set.name_of(c), score=s) for c, s in zip(topk_ids, topk_scores)
+        ],
+    )
+
+
+# --- confusion and per-class metrics ------------------------------------------------------
+
+
+def confusion_counts(result_set: ResultSet) -> np.ndarray:
+    """The ``C x C`` count matrix (rows: true class, columns: predicted), C = label names."""
+    cells = result_set.execute(
+        "SELECT label, prediction, count(*) AS n FROM {view} GROUP BY label, prediction"
+    ).fetchnumpy()
+    labels, predictions = cells["label"], cells["prediction"]
+    result_set.check_indices(labels, predictions)
+    size = len(result_set.label_names)
+    matrix = np.zeros((size, size), dtype=np.int64)
+    matrix[labels.astype(np.int64), predictions.astype(np.int64)] = cells["n"]
+    return matrix
+
+
+def confusion(result_set: ResultSet) -> ConfusionResult:
+    return ConfusionResult(labels=list(result_set.label_names), matrix=confusion_counts(result_set).tolist())
+
+
+def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    out = np.zeros(np.broadcast(numerator, denominator).shape, dtype=np.float64)
+    np.divide(numerator, denominator, out=out, where=denominator != 0)
+    return out
+
+
+def classes(result_set: ResultSet) -> ClassesResult:
+    """Precision, recall, F1, support (and predicted count) of every class."""
+    matrix = confusion_counts(result_set)
+    tp = np.diag(matrix).astype(np.float64)
+    support = matrix.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+    precision = _divide(tp, predicted)
+    recall = _divide(tp, support)
+    f1 = _divide(2 * tp, support + predicted)  # = 2PR/(P+R), and 0 where both are 0
+    return ClassesResult(
+        instances=int(support.sum()),
+        classes=[
+            ClassMetrics(
+                label=name,
+                class_index=i,
+                precision=float(precision[i]),
+                recall=float(recall[i]),
+                f1=float(f1[i]),
+                support=int(support[i]),
+                predicted=int(predicted[i]),
+            )
+            for i, name in enumerate(result_set.label_names)
+        ],
+    )

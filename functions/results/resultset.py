@@ -1,0 +1,212 @@
+"""A result set opened for querying: prediction Parquet files behind a DuckDB connection
+that can read those files and nothing else.
+
+The connection is locked before any query runs: ``allowed_paths`` names the result set's
+files, ``enable_external_access`` is off and ``lock_configuration`` on, so no statement
+can read another file, write one, reach the network, load an extension or undo the lock.
+Every query is parameterized besides; only view names of our own enter SQL text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from shared.errors import Conflict
+from shared.results import PREDICTION_SCHEMA
+
+log = logging.getLogger(__name__)
+
+PART_NAME = re.compile(r"^part-\d{5,}\.parquet$")
+SUMMARY_FILE = "summary.json"
+VIEW_NAME = re.compile(r"^[a-z_]{1,32}$")
+
+
+class ResultsNotReady(Conflict):
+    """The evaluation has no results yet (or will never have: failed, cancelled)."""
+
+    code = "results_not_ready"
+
+
+class ResultSetMissing(Conflict):
+    """The evaluation is complete but its result set is not in Cloud Storage."""
+
+    code = "result_set_missing"
+
+
+class ResultSetCorrupt(Conflict):
+    """The stored result set cannot be read, or does not follow ``shared/results.py``."""
+
+    code = "result_set_corrupt"
+
+
+def _kind(t: pa.DataType) -> str:
+    if pa.types.is_list(t):
+        return f"list<{_kind(t.value_type)}>"
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_boolean(t):
+        return "boolean"
+    return str(t)
+
+
+def _duckdb_kind(t: str) -> str:
+    t = t.upper()
+    if t.endswith("[]"):
+        return f"list<{_duckdb_kind(t[:-2])}>"
+    if t in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"):
+        return "integer"
+    if t in ("FLOAT", "DOUBLE"):
+        return "float"
+    if t == "VARCHAR":
+        return "string"
+    return t.lower()
+
+
+# Column -> kind the contract requires. Integer widths are not pinned: int32 and int64
+# read the same way, and a writer choosing either is no reason to refuse its results.
+REQUIRED_COLUMNS = {field.name: _kind(field.type) for field in PREDICTION_SCHEMA}
+
+
+_FILE_ERRORS = (duckdb.IOException, duckdb.InvalidInputException, duckdb.ConversionException)
+
+
+@contextlib.contextmanager
+def translated_duckdb_errors(what: str, *, opening: bool = False) -> Iterator[None]:
+    """DuckDB errors caused by the files (unreadable, truncated, mismatched) become
+    ``ResultSetCorrupt``; errors in our own SQL stay what they are, a bug. While opening
+    (reading footers and schemas, no SQL of ours) any DuckDB error is the files' fault."""
+    try:
+        yield
+    except (duckdb.Error if opening else _FILE_ERRORS) as e:
+        log.warning("result set unreadable", extra={"what": what, "error": str(e)})
+        raise ResultSetCorrupt(f"{what}: the stored result set cannot be read", details={"error": str(e)}) from e
+
+
+def prediction_files(directory: Path) -> list[Path]:
+    """The ``part-NNNNN.parquet`` files of a local result set, in order."""
+    files = sorted(p for p in Path(directory).iterdir() if PART_NAME.match(p.name))
+    if not files:
+        raise ResultSetMissing("the result set has no prediction files")
+    return [p.resolve() for p in files]
+
+
+def read_label_names(directory: Path) -> list[str] | None:
+    """``label_names`` from the result set's summary.json, or None when it has none."""
+    path = Path(directory) / SUMMARY_FILE
+    if not path.exists():
+        return None
+    try:
+        names = json.loads(path.read_text()).get("label_names")
+    except (ValueError, AttributeError) as e:
+        raise ResultSetCorrupt("summary.json is not a JSON object", details={"error": str(e)}) from e
+    if names is None:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ResultSetCorrupt("summary.json: label_names is not a list of strings")
+    return names
+
+
+@dataclass
+class ResultSet:
+    """One evaluation's predictions as the view ``view`` of a locked connection."""
+
+    con: duckdb.DuckDBPyConnection
+    view: str
+    label_names: list[str]
+    files: list[Path]
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+        """Run ``sql`` (``{view}`` stands for this result set's view) with bound ``params``."""
+        with translated_duckdb_errors("result set"):
+            return self.con.execute(sql.format(view=self.view), params or {})
+
+    def name_of(self, index: int) -> str:
+        if not 0 <= index < len(self.label_names):
+            raise ResultSetCorrupt(
+                f"class index {index} is outside the {len(self.label_names)} label names",
+                details={"index": int(index), "classes": len(self.label_names)},
+            )
+        return self.label_names[index]
+
+    def check_indices(self, *arrays: Any) -> None:
+        """Raise ``ResultSetCorrupt`` unless every class index has a label name."""
+        for values in arrays:
+            if len(values) and (values.min() < 0 or values.max() >= len(self.label_names)):
+                bad = values.max() if values.max() >= len(self.label_names) else values.min()
+                self.name_of(int(bad))
+
+
+def locked_connection(files: list[Path]) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection that may read exactly ``files``, then nothing else."""
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    try:
+        con.execute("SET allowed_paths = $paths", {"paths": [str(p) for p in files]})
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _check_schema(con: duckdb.DuckDBPyConnection, view: str) -> None:
+    found = {row[0]: _duckdb_kind(row[1]) for row in con.execute(f"DESCRIBE {view}").fetchall()}
+    problems = {
+        name: {"expected": kind, "found": found.get(name)}
+        for name, kind in REQUIRED_COLUMNS.items()
+        if found.get(name) != kind
+    }
+    if problems:
+        raise ResultSetCorrupt(
+            "the result set does not follow the prediction schema (shared/results.py)", details={"columns": problems}
+        )
+
+
+def open_result_sets(sets: dict[str, tuple[Path, list[str]]]) -> dict[str, ResultSet]:
+    """Open several local result sets in one locked connection (``view -> (dir, names)``).
+
+    The caller closes the connection (``ResultSet.con``), shared by all of them.
+
+    Raises:
+        ResultSetMissing: a directory has no prediction files.
+        ResultSetCorrupt: a file is unreadable or does not follow the schema.
+    """
+    files = {view: prediction_files(directory) for view, (directory, _) in sets.items()}
+    con = locked_connection([f for fs in files.values() for f in fs])
+    try:
+        out = {}
+        for view, (_, names) in sets.items():
+            if not VIEW_NAME.match(view):
+                raise ValueError(f"bad view name {view!r}")
+            with translated_duckdb_errors("result set", opening=True):
+                con.read_parquet([str(f) for f in files[view]]).create_view(view)
+                _check_schema(con, view)
+            out[view] = ResultSet(con, view, list(names), files[view])
+        return out
+    except BaseException:
+        con.close()
+        raise
+
+
+@contextlib.contextmanager
+def opened(directory: Path, label_names: list[str]) -> Iterator[ResultSet]:
+    """One result set as the view ``predictions``, closed on exit."""
+    result_set = open_result_sets({"predictions": (directory, label_names)})["predictions"]
+    try:
+        yield result_set
+    finally:
+        result_set.con.close()

@@ -1,0 +1,237 @@
+"""The results of an account's evaluations: what the routes call, with no flask in sight.
+
+Each function checks ownership (another account's evaluation is a ``NotFound``) and state
+(results exist only for a ``complete`` evaluation), takes the result set from the local
+cache and runs one query family on it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from functions.results import compare as comparing
+from functions.results import metrics as more_metrics
+from functions.results import queries
+from functions.results.cache import ResultCache
+from functions.results.resultset import (
+    ResultSet,
+    ResultSetCorrupt,
+    ResultSetMissing,
+    ResultsNotReady,
+    open_result_sets,
+    read_label_names,
+)
+from functions.results.schemas import (
+    LOWER_IS_BETTER,
+    ClassesResult,
+    CompareQuery,
+    CompareResult,
+    ConfusionResult,
+    DownloadFile,
+    DownloadResult,
+    InstancesPage,
+    InstancesQuery,
+    LeaderboardEntry,
+    LeaderboardPage,
+    LeaderboardQuery,
+    MetricsRequest,
+    MetricsResult,
+)
+from shared.entities import Dataset, Evaluation, EvaluationStatus, Model
+from shared.errors import Invalid, InvalidRequest
+from shared.settings import Settings
+from shared.storage import Storage, evaluation_prefix, evaluation_summary
+from shared.store import Store
+
+_caches: dict[tuple[str, str], ResultCache] = {}
+_caches_lock = threading.Lock()
+
+
+def cache_for(settings: Settings, storage: Storage) -> ResultCache:
+    """The process's cache of result sets (one per cache folder and bucket)."""
+    key = (str(Path(settings.cache_dir).resolve()), settings.bucket)
+    with _caches_lock:
+        if key not in _caches:
+            _caches[key] = ResultCache(storage, settings.cache_dir)
+        return _caches[key]
+
+
+def complete_evaluation(store: Store, evaluation_id: str, *, account: str) -> Evaluation:
+    """Raises NotFound (missing or another account's) or ResultsNotReady."""
+    evaluation = store.get(Evaluation, evaluation_id, account=account)
+    if evaluation.status != EvaluationStatus.complete:
+        raise ResultsNotReady(
+            f"evaluation {evaluation_id} is {evaluation.status}: results exist once it is complete",
+            details={"status": str(evaluation.status)},
+        )
+    return evaluation
+
+
+def _version(evaluation: Evaluation) -> str:
+    return evaluation.status_changed_at.isoformat()
+
+
+def _label_names(evaluation: Evaluation, directory: Path) -> list[str]:
+    names = (evaluation.summary or {}).get("label_names") or read_label_names(directory)
+    if not names:
+        raise ResultSetCorrupt("the result set names no labels (summary.json has no label_names)")
+    return list(names)
+
+
+@contextlib.contextmanager
+def _opened(cache: ResultCache, evaluations: dict[str, Evaluation]) -> Iterator[dict[str, ResultSet]]:
+    """The evaluations' result sets as views of one locked connection."""
+    with contextlib.ExitStack() as stack:
+        folders = {view: stack.enter_context(cache.open(e.id, version=_version(e))) for view, e in evaluations.items()}
+        sets = open_result_sets({view: (folders[view], _label_names(e, folders[view])) for view, e in evaluations.items()})
+        try:
+            yield sets
+        finally:
+            next(iter(sets.values())).con.close()
+
+
+@contextlib.contextmanager
+def opened(store: Store, cache: ResultCache, evaluation_id: str, *, account: str) -> Iterator[ResultSet]:
+    evaluation = complete_evaluation(store, evaluation_id, account=account)
+    with _opened(cache, {"predictions": evaluation}) as sets:
+        yield sets["predictions"]
+
+
+def summary(store: Store, cache: ResultCache, evaluation_id: str, *, account: str) -> dict[str, Any]:
+    """The summary metrics the evaluate worker wrote (on the entity, else summary.json)."""
+    evaluation = complete_evaluation(store, evaluation_id, account=account)
+    if evaluation.summary:
+        return {"evaluation_id": evaluation.id, **evaluation.summary}
+    with cache.open(evaluation.id, version=_version(evaluation)) as folder:
+        path = folder / "summary.json"
+        if not path.exists():
+            raise ResultSetMissing(f"evaluation {evaluation_id} has no summary", details={"evaluation_id": evaluation_id})
+        try:
+            found = json.loads(path.read_text())
+        except ValueError as e:
+            raise ResultSetCorrupt("summary.json is not JSON") from e
+    if not isinstance(found, dict):
+        raise ResultSetCorrupt("summary.json is not a JSON object")
+    return {"evaluation_id": evaluation.id, **found}
+
+
+def instances(store: Store, cache: ResultCache, evaluation_id: str, query: InstancesQuery, *, account: str) -> InstancesPage:
+    with opened(store, cache, evaluation_id, account=account) as rs:
+        return queries.instances(rs, query)
+
+
+def classes(store: Store, cache: ResultCache, evaluation_id: str, *, account: str) -> ClassesResult:
+    with opened(store, cache, evaluation_id, account=account) as rs:
+        return queries.classes(rs)
+
+
+def confusion(store: Store, cache: ResultCache, evaluation_id: str, *, account: str) -> ConfusionResult:
+    with opened(store, cache, evaluation_id, account=account) as rs:
+        return queries.confusion(rs)
+
+
+def metrics(store: Store, cache: ResultCache, evaluation_id: str, request: MetricsRequest, *, account: str) -> MetricsResult:
+    with opened(store, cache, evaluation_id, account=account) as rs:
+        return more_metrics.compute(rs, request)
+
+
+def compare(store: Store, cache: ResultCache, query: CompareQuery, *, account: str) -> CompareResult:
+    """Raises Invalid unless a and b are two evaluations of the same dataset split."""
+    if query.a == query.b:
+        raise Invalid("compare two different evaluations", details={"a": query.a, "b": query.b})
+    a = complete_evaluation(store, query.a, account=account)
+    b = complete_evaluation(store, query.b, account=account)
+    if (a.dataset_id, a.split) != (b.dataset_id, b.split):
+        raise Invalid(
+            "a and b must evaluate the same dataset split",
+            details={"a": {"dataset_id": a.dataset_id, "split": a.split}, "b": {"dataset_id": b.dataset_id, "split": b.split}},
+        )
+    with _opened(cache, {"a": a, "b": b}) as sets:
+        figures = comparing.compare(sets["a"], sets["b"], limit=query.limit)
+    return CompareResult(a=a.id, b=b.id, dataset_id=a.dataset_id, split=a.split, **figures)
+
+
+def _offset(token: str | None) -> int:
+    if not token:
+        return 0
+    try:
+        offset = int(base64.urlsafe_b64decode(token.encode() + b"==").decode())
+    except (binascii.Error, ValueError, UnicodeDecodeError) as e:
+        raise InvalidRequest("invalid page_token") from e
+    if offset < 0:
+        raise InvalidRequest("invalid page_token")
+    return offset
+
+
+def leaderboard(store: Store, dataset_id: str, query: LeaderboardQuery, *, account: str) -> LeaderboardPage:
+    """The dataset's complete evaluations ranked by ``query.metric`` (best first).
+
+    Raises NotFound when the dataset is missing or another account's.
+    """
+    store.get(Dataset, dataset_id, account=account)
+    filters = {"dataset_id": dataset_id, "status": EvaluationStatus.complete, "split": query.split}
+    ranked = comparing.rank(store.iterate(Evaluation, account=account, filters=filters, order=None), query.metric)
+    start = _offset(query.page_token)
+    window = ranked[start : start + query.limit]
+    models: dict[str, Model | None] = {}
+    for evaluation, _ in window:
+        if evaluation.model_id not in models:
+            models[evaluation.model_id] = store.find(Model, evaluation.model_id, account=account)
+    items = [
+        LeaderboardEntry(
+            rank=start + i + 1,
+            evaluation_id=evaluation.id,
+            evaluation_name=evaluation.name,
+            model_id=evaluation.model_id,
+            model_name=m.name if (m := models[evaluation.model_id]) else None,
+            split=evaluation.split,
+            value=value,
+            instances=n if isinstance(n := (evaluation.summary or {}).get("instances"), int) else None,
+        )
+        for i, (evaluation, value) in enumerate(window)
+    ]
+    end = start + len(window)
+    token = base64.urlsafe_b64encode(str(end).encode()).decode().rstrip("=") if end < len(ranked) else None
+    return LeaderboardPage(
+        dataset_id=dataset_id,
+        metric=query.metric,
+        higher_is_better=query.metric not in LOWER_IS_BETTER,
+        items=items,
+        next_page_token=token,
+    )
+
+
+def download(store: Store, storage: Storage, evaluation_id: str, *, account: str) -> DownloadResult:
+    """Signed GET URLs for the result set's Parquet files and its summary.json."""
+    evaluation = complete_evaluation(store, evaluation_id, account=account)
+    prefix = evaluation_prefix(evaluation.id)
+    objects = [
+        (name, size)
+        for name, size in storage.list(prefix + "predictions/")
+        if name.endswith(".parquet")
+    ]
+    if not objects:
+        raise ResultSetMissing(f"evaluation {evaluation_id} is complete but its result set is missing")
+    summary_size = storage.size(evaluation_summary(evaluation.id))
+    if summary_size is not None:
+        objects.append((evaluation_summary(evaluation.id), summary_size))
+    files = []
+    for name, size in objects:
+        signed = storage.signed_get(name)
+        files.append(
+            DownloadFile(
+                name=name[len(prefix) :],
+                size=size,
+                url=signed.url,
+                method=signed.method,
+                expires_at=signed.expires_at.isoformat(),
+            )
+        )
+    return DownloadResult(files=files)

@@ -1,0 +1,12 @@
+"""Every router the API serves, in the order the OpenAPI document lists them.
+
+To add routes: write a module here with ``router = Router("tag")`` and handlers declared
+with ``@router.get/post/delete(path, scope=…, response=…, …)``, then append its router to
+``ROUTERS``.
+"""
+
+from __future__ import annotations
+
+from functions.routes import api_keys, datasets, evaluations, meta, models
+
+ROUTERS = [meta.router, api_keys.router, models.router, datasets.router, evaluations.router]

@@ -1,0 +1,279 @@
+"""Request and response bodies of the HTTP API: the one definition the server and the SDK share.
+
+Request bodies are strict (a string where a number belongs is an error, not a coercion)
+and refuse unknown fields, so a typo is a 422 naming the field rather than a silently
+ignored option. Responses are *views* of the entities: the same fields minus what only
+the platform needs (secret hashes, leases, storage paths), and they ignore fields they do
+not know, so an older SDK keeps working when the server adds one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from shared.entities import (
+    ApiKey,
+    ApiKeyStatus,
+    ArchiveFormat,
+    ArtifactStatus,
+    DatasetFormat,
+    Dataset,
+    Evaluation,
+    EvaluationStatus,
+    InferenceConfig,
+    Labels,
+    Model,
+    ModelFramework,
+    ModelTask,
+    Name,
+    Scope,
+)
+
+# JSON Schema mirrors of the checks in shared.entities, so the OpenAPI document tells a
+# client what the server will accept (the validators stay the authority).
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$"
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
+SPLIT_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+MAX_SPLITS = 32
+
+ApiName = Annotated[Name, Field(json_schema_extra={"pattern": NAME_PATTERN, "maxLength": 63})]
+ApiLabels = Annotated[
+    Labels,
+    Field(
+        json_schema_extra={
+            "maxProperties": 64,
+            "propertyNames": {"pattern": LABEL_KEY_PATTERN}, "additionalProperties": {"type": "string", "pattern": LABEL_VALUE_PATTERN},
+        }
+    ),
+]
+SplitName = Annotated[str, Field(pattern=SPLIT_PATTERN)]
+
+
+def id_pattern(prefix: str) -> str:
+    return rf"^{prefix}_[0-9a-z]{{20}}$"
+
+
+def id_type(prefix: str) -> Any:
+    return Annotated[str, Field(pattern=id_pattern(prefix))]
+
+
+def matches_id(prefix: str, value: str) -> bool:
+    return re.match(id_pattern(prefix), value) is not None
+
+
+# --- content types ------------------------------------------------------------------------
+
+# Content types accepted per archive format; the first is the default. The one chosen is
+# signed into the upload URL, so the client must send exactly it.
+CONTENT_TYPES: dict[str, tuple[str, ...]] = {
+    "zip": ("application/zip", "application/x-zip-compressed"),
+    "tar.gz": ("application/gzip", "application/x-gzip", "application/x-tar+gzip"),
+    "parquet": ("application/vnd.apache.parquet", "application/x-parquet", "application/octet-stream"),
+}
+MODEL_ARCHIVE: dict[str, str] = {"zip": "zip", "tar.gz": "tar.gz"}
+DATASET_ARCHIVE: dict[str, str] = {"imagefolder-zip": "zip", "imagefolder-tar.gz": "tar.gz", "parquet": "parquet"}
+
+
+# --- requests -----------------------------------------------------------------------------
+
+
+class ApiRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CreateModel(ApiRequest):
+    name: ApiName
+    labels: ApiLabels = Field(default_factory=dict)
+    task: ModelTask = "image-classification"
+    framework: ModelFramework = "transformers"
+    archive_format: ArchiveFormat = "zip"
+    size: int = Field(gt=0, description="Size of the archive in bytes; the upload may not exceed it.")
+    content_type: str | None = Field(default=None, description="Defaults to the archive format's usual type.")
+
+
+class CreateDataset(ApiRequest):
+    name: ApiName
+    labels: ApiLabels = Field(default_factory=dict)
+    task: ModelTask = "image-classification"
+    format: DatasetFormat = "imagefolder-zip"
+    size: int = Field(gt=0, description="Size of the upload in bytes; the upload may not exceed it.")
+    content_type: str | None = Field(default=None, description="Defaults to the format's usual type.")
+
+
+class CreateEvaluations(ApiRequest):
+    model_id: id_type("mdl")  # type: ignore[valid-type]
+    dataset_id: id_type("dst")  # type: ignore[valid-type]
+    splits: list[SplitName] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SPLITS,
+        description="Defaults to every split of the dataset; required while the dataset is not ready yet.",
+    )
+    config: InferenceConfig = Field(default_factory=InferenceConfig)
+    name: ApiName | None = None
+    labels: ApiLabels = Field(default_factory=dict)
+
+
+class CreateApiKey(ApiRequest):
+    name: ApiName
+    scopes: list[Scope] = Field(min_length=1, max_length=3)
+    expires_at: dt.datetime | None = None
+    labels: ApiLabels = Field(default_factory=dict)
+
+
+class ListQuery(ApiRequest):
+    """Query parameters of every list route."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    name: ApiName | None = None
+    labels: str | None = Field(
+        default=None, description="Equality selector: 'key=value,key2=value2' (all must match).", max_length=4096
+    )
+    limit: int = Field(default=50, ge=1, le=200)
+    page_token: str | None = Field(default=None, max_length=4096)
+
+
+class ModelListQuery(ListQuery):
+    status: ArtifactStatus | None = None
+
+
+class DatasetListQuery(ListQuery):
+    status: ArtifactStatus | None = None
+
+
+class EvaluationListQuery(ListQuery):
+    status: EvaluationStatus | None = None
+    model_id: id_type("mdl") | None = None  # type: ignore[valid-type]
+    dataset_id: id_type("dst") | None = None  # type: ignore[valid-type]
+
+
+class ApiKeyListQuery(ListQuery):
+    status: ApiKeyStatus | None = None
+
+
+# --- responses ----------------------------------------------------------------------------
+
+
+class View(BaseModel):
+    model_config = ConfigDict(extra="ignore", json_schema_serialization_defaults_required=True)
+
+
+def _view_of(entity: type[BaseModel], name: str, *, private: frozenset[str]) -> type[View]:
+    """A response model with the entity's fields minus the private ones."""
+    fields = {n: (f.annotation, f) for n, f in entity.model_fields.items() if n not in private}
+    return create_model(name, __base__=View, __doc__=entity.__doc__, **fields)  # type: ignore[call-overload]
+
+
+# What only the platform needs: the daemon's lease, job names, storage paths, secret hashes.
+_TASK_PRIVATE = frozenset({"lease_owner", "lease_expires_at", "heartbeat_at", "job_name"})
+ModelView = _view_of(Model, "ModelView", private=_TASK_PRIVATE | {"upload_object"})
+DatasetView = _view_of(Dataset, "DatasetView", private=_TASK_PRIVATE | {"upload_object"})
+EvaluationView = _view_of(Evaluation, "EvaluationView", private=_TASK_PRIVATE | {"result_prefix"})
+ApiKeyView = _view_of(ApiKey, "ApiKeyView", private=frozenset({"secret_hash"}))
+
+
+class UploadTicket(View):
+    """Send the bytes with ``method`` to ``url`` with exactly ``headers``, before ``expires_at``."""
+
+    url: str
+    method: Literal["PUT"] = "PUT"
+    headers: dict[str, str]
+    expires_at: dt.datetime
+
+
+class ModelCreated(View):
+    model: ModelView  # type: ignore[valid-type]
+    upload: UploadTicket
+
+
+class DatasetCreated(View):
+    dataset: DatasetView  # type: ignore[valid-type]
+    upload: UploadTicket
+
+
+class EvaluationOutcome(StrEnum):
+    created = "created"
+    reused = "reused"
+    restarted = "restarted"
+
+
+class OrderedEvaluation(View):
+    outcome: EvaluationOutcome
+    evaluation: EvaluationView  # type: ignore[valid-type]
+
+
+class EvaluationsOrdered(View):
+    evaluations: list[OrderedEvaluation]
+
+
+class ApiKeyCreated(View):
+    api_key: ApiKeyView  # type: ignore[valid-type]
+    secret: str = Field(description="The full key, 'assay_<key id>_<secret>'. Shown once; store it now.")
+
+
+class Whoami(View):
+    account: str
+    account_name: str
+    api_key: str
+    scopes: list[Scope]
+
+
+class Health(View):
+    status: Literal["ok"] = "ok"
+
+
+T = TypeVar("T")
+
+
+class Page(View, Generic[T]):
+    items: list[T]
+    next_page_token: str | None = None
+
+
+class ModelPage(Page[ModelView]):  # type: ignore[valid-type]
+    pass
+
+
+class DatasetPage(Page[DatasetView]):  # type: ignore[valid-type]
+    pass
+
+
+class EvaluationPage(Page[EvaluationView]):  # type: ignore[valid-type]
+    pass
+
+
+class ApiKeyPage(Page[ApiKeyView]):  # type: ignore[valid-type]
+    pass
+
+
+class ErrorDetail(View):
+    code: str = Field(description="Stable and machine-readable, e.g. 'not_found', 'invalid'.")
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(View):
+    error: ErrorDetail
+
+
+def parse_labels_selector(text: str | None) -> dict[str, str]:
+    """``'a=1,b=2'`` → ``{'a': '1', 'b': '2'}``; raises ValueError on anything else."""
+    if not text:
+        return {}
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"label selector {part!r}: expected key=value")
+        out[key.strip()] = value.strip()
+    return out

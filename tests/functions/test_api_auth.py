@@ -1,0 +1,130 @@
+"""Authentication, scopes, API key management, and the assay-admin bootstrap command."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from conftest import bearer
+from shared import admin, apikeys
+from shared.entities import ApiKey, Scope, utcnow
+from shared.store import ANY_ACCOUNT
+
+
+def test_health_and_openapi_need_no_key(client):
+    assert client.get("/v1/health").json == {"status": "ok"}
+    assert client.get("/v1/openapi.json").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": ""},
+        {"Authorization": "Basic dXNlcjpwdw=="},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Bearer assay_garbage"},
+        {"Authorization": "Bearer assay_key_00000000000000000000_" + "A" * 43},
+    ],
+    ids=["missing", "empty", "basic", "empty-bearer", "malformed", "unknown"],
+)
+def test_missing_malformed_or_unknown_keys_are_401(client, alice, headers):
+    for method, path in [("get", "/v1/models"), ("post", "/v1/evaluations"), ("get", "/v1/api-keys")]:
+        r = getattr(client, method)(path, headers=headers, json={})
+        assert r.status_code == 401, (path, r.json)
+        assert r.json["error"]["code"] == "unauthenticated"
+
+
+def test_expired_and_revoked_keys_are_401(client, services, alice):
+    key, plaintext = apikeys.new_key(
+        account=alice.account, name="old", scopes=[Scope.read], expires_at=utcnow() - dt.timedelta(seconds=1)
+    )
+    services.store.put(key)
+    assert client.get("/v1/models", headers=bearer(plaintext)).status_code == 401
+
+    r = client.post("/v1/api-keys", json={"name": "ci", "scopes": ["read"]}, headers=alice.admin)
+    ci = r.json
+    assert client.get("/v1/models", headers=bearer(ci["secret"])).status_code == 200
+    r = client.delete(f"/v1/api-keys/{ci['api_key']['id']}", headers=alice.admin)
+    assert r.status_code == 200 and r.json["status"] == "revoked"
+    r = client.get("/v1/models", headers=bearer(ci["secret"]))
+    assert r.status_code == 401 and "revoked" in r.json["error"]["message"]
+
+
+def test_scopes_are_enforced_with_403(client, alice):
+    assert client.get("/v1/models", headers=alice.read).status_code == 200
+    r = client.post("/v1/models", json={"name": "m", "size": 10}, headers=alice.read)
+    assert r.status_code == 403 and r.json["error"]["details"] == {"required": "write"}
+    assert client.post("/v1/models", json={"name": "m", "size": 10}, headers=alice.write).status_code == 201
+    for headers in (alice.read, alice.write):
+        assert client.get("/v1/api-keys", headers=headers).status_code == 403
+        assert client.post("/v1/api-keys", json={"name": "x", "scopes": ["read"]}, headers=headers).status_code == 403
+    assert client.get("/v1/api-keys", headers=alice.admin).status_code == 200
+
+
+def test_api_keys_are_made_listed_and_revoked_and_the_secret_is_shown_once(client, services, alice):
+    expires = (utcnow() + dt.timedelta(days=1)).isoformat()
+    r = client.post(
+        "/v1/api-keys", json={"name": "notebook", "scopes": ["write"], "expires_at": expires}, headers=alice.admin
+    )
+    assert r.status_code == 201
+    created = r.json
+    key_id = created["api_key"]["id"]
+    assert created["secret"].startswith(f"assay_{key_id}_")
+    assert created["api_key"]["scopes"] == ["write"]
+    assert "secret_hash" not in created["api_key"]
+
+    # the new key works, with exactly its scopes
+    assert client.post("/v1/models", json={"name": "m", "size": 1}, headers=bearer(created["secret"])).status_code == 201
+    assert client.get("/v1/api-keys", headers=bearer(created["secret"])).status_code == 403
+
+    listed = client.get("/v1/api-keys", headers=alice.admin).json
+    assert key_id in [k["id"] for k in listed["items"]]
+    text = json.dumps(listed) + json.dumps(client.get(f"/v1/api-keys/{key_id}", headers=alice.admin).json)
+    assert created["secret"].split("_")[-1] not in text and "secret_hash" not in text
+
+    stored = services.store.get(ApiKey, key_id, account=ANY_ACCOUNT)
+    assert stored.secret_hash == apikeys.hash_secret(created["secret"].split("_")[-1])
+
+    assert client.delete(f"/v1/api-keys/{key_id}", headers=alice.admin).json["status"] == "revoked"
+    assert client.delete(f"/v1/api-keys/{key_id}", headers=alice.admin).status_code == 200  # idempotent
+    revoked = client.get("/v1/api-keys?status=revoked", headers=alice.admin).json["items"]
+    assert [k["id"] for k in revoked] == [key_id]
+
+
+@pytest.mark.parametrize(
+    "body,path",
+    [
+        ({"name": "x", "scopes": []}, "scopes"),
+        ({"name": "x", "scopes": ["root"]}, "scopes.0"),
+        ({"name": "Bad Name", "scopes": ["read"]}, "name"),
+        ({"name": "x", "scopes": ["read"], "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
+        ({"name": "x", "scopes": ["read"], "secret": "mine"}, "secret"),
+    ],
+)
+def test_invalid_key_requests_are_422_with_the_field(client, alice, body, path):
+    r = client.post("/v1/api-keys", json=body, headers=alice.admin)
+    assert r.status_code == 422, r.json
+    assert path in [f["path"] for f in r.json["error"]["details"]["fields"]]
+
+
+def test_whoami_names_the_account_and_key(client, alice):
+    r = client.get("/v1/whoami", headers=alice.read)
+    assert r.status_code == 200
+    assert r.json["account"] == alice.account and r.json["account_name"] == "alice" and r.json["scopes"] == ["read"]
+
+
+def test_assay_admin_create_account_prints_a_working_admin_key(client, settings, monkeypatch, capsys):
+    monkeypatch.setenv("DATASTORE_EMULATOR_HOST", settings.datastore_emulator_host)
+    monkeypatch.setenv("ASSAY_PROJECT", settings.project)
+    assert admin.main(["create-account", "acme", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["name"] == "acme" and printed["account"].startswith("acc_")
+    r = client.get("/v1/api-keys", headers=bearer(printed["api_key"]))
+    assert r.status_code == 200 and r.json["items"][0]["scopes"] == ["admin"]
+
+    assert admin.main(["create-account", "acme"]) == 0
+    assert "shown once" in capsys.readouterr().out
+    assert admin.main(["create-account", "Not A Name"]) == 2
