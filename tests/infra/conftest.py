@@ -47,33 +47,48 @@ def gcloud_sdk_root() -> Path | None:
     return root if (root / "lib" / "googlecloudsdk").is_dir() else None
 
 
-def _gcloud_verdicts(argvs: list[list[str]], tmp_path: Path) -> list[dict]:
-    """Each argv (after "gcloud") run through the installed SDK's parser; see gcloud_parse.py."""
-    sdk = gcloud_sdk_root()
-    if sdk is None:
-        pytest.skip("the Google Cloud SDK is not installed: gcloud syntax not checked")
-    bundled = sdk / "platform" / "bundledpythonunix" / "bin" / "python"
-    python = os.environ.get("CLOUDSDK_PYTHON") or (str(bundled) if bundled.exists() else "python3")
-    config = tmp_path / "gcloud-config"
-    config.mkdir(exist_ok=True)
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "CLOUDSDK_CONFIG": str(config),
-        "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
-        "CLOUDSDK_CORE_CHECK_GCE_METADATA": "false",
-        "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
-        "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "true",
-        "ASSAY_GCLOUD_SDK_ROOT": str(sdk),
-        "ASSAY_GCLOUD_TMP": str(tmp_path),
-    }
-    stdin = "".join(json.dumps(argv) + "\n" for argv in argvs)
-    result = subprocess.run(
-        [python, str(Path(__file__).with_name("gcloud_parse.py"))],
-        input=stdin, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+class _GcloudParser:
+    """One long-lived gcloud_parse.py process: the CLI loads once per test session."""
+
+    def __init__(self, sdk: Path, workdir: Path):
+        bundled = sdk / "platform" / "bundledpythonunix" / "bin" / "python"
+        python = os.environ.get("CLOUDSDK_PYTHON") or (str(bundled) if bundled.exists() else "python3")
+        config = workdir / "gcloud-config"
+        config.mkdir(exist_ok=True)
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(workdir),
+            "CLOUDSDK_CONFIG": str(config),
+            "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+            "CLOUDSDK_CORE_CHECK_GCE_METADATA": "false",
+            "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
+            "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "true",
+            "ASSAY_GCLOUD_SDK_ROOT": str(sdk),
+            "ASSAY_GCLOUD_TMP": str(workdir),
+        }
+        self.process = subprocess.Popen(
+            [python, str(Path(__file__).with_name("gcloud_parse.py"))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=env, cwd=ROOT, text=True,
+        )
+
+    def verdicts(self, argvs: list[list[str]]) -> list[dict]:
+        out = []
+        for argv in argvs:
+            self.process.stdin.write(json.dumps(argv) + "\n")
+            self.process.stdin.flush()
+            line = self.process.stdout.readline()
+            assert line, f"gcloud_parse.py died (exit {self.process.poll()})"
+            out.append(json.loads(line))
+        return out
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def _unparsed(verdicts: list[dict]) -> list[str]:
@@ -97,8 +112,11 @@ def gcloud_refusals(tmp_path_factory):
 
     Skips when no Cloud SDK is installed.
     """
-
-    def check(argvs: list[list[str]]) -> list[str]:
-        return _unparsed(_gcloud_verdicts(argvs, tmp_path_factory.mktemp("gcloud")))
-
-    return check
+    sdk = gcloud_sdk_root()
+    if sdk is None:
+        pytest.skip("the Google Cloud SDK is not installed: gcloud syntax not checked")
+    parser = _GcloudParser(sdk, tmp_path_factory.mktemp("gcloud"))
+    try:
+        yield lambda argvs: _unparsed(parser.verdicts(argvs))
+    finally:
+        parser.close()

@@ -1,8 +1,8 @@
 """Check gcloud command lines against the installed Cloud SDK's own argument parser.
 
 Run with the SDK's Python (see conftest.py): reads one JSON argv (without "gcloud") per line
-on stdin, runs each through gcloud's CLI in this one process, and prints one JSON verdict
-per line: {"argv", "exit", "stderr"}. With no account configured, a command whose arguments
+on stdin, runs each through gcloud's CLI in this one process, and answers each line at once
+with one JSON verdict line: {"argv", "exit", "stderr"}. With no account configured, a command whose arguments
 parse stops at authentication (exit 1, "active account"); one that does not parse exits 2
 before reaching it. Loading the CLI once makes a few dozen checks take seconds, not minutes.
 """
@@ -19,11 +19,13 @@ sys.path[:0] = [os.path.join(sdk, "lib"), os.path.join(sdk, "lib", "third_party"
 from googlecloudsdk import gcloud_main  # noqa: E402
 
 cli = gcloud_main.CreateCLI([])
-argvs = [json.loads(line) for line in sys.stdin if line.strip()]
 # gcloud logs its errors through a handler bound to the process's stderr; swap the file
 # descriptor itself to capture each command's share.
 real_stderr = os.dup(2)
-for argv in argvs:
+for line in sys.stdin:
+    if not line.strip():
+        continue
+    argv = json.loads(line)
     with open(os.devnull, "w") as sink, io.StringIO() as captured:
         tmp = os.open(os.path.join(os.environ["ASSAY_GCLOUD_TMP"], "stderr"), os.O_RDWR | os.O_CREAT | os.O_TRUNC)
         os.dup2(tmp, 2)
