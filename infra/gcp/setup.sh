@@ -35,6 +35,16 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 gc() { gcloud --project="$PROJECT_ID" --quiet "$@"; }
 exists() { gc "$@" >/dev/null 2>&1; }
+# IAM can take a minute to see a service account created a moment ago.
+retry() {
+  local attempt
+  for attempt in 1 2 3 4 5 6; do
+    "$@" && return 0
+    [[ $attempt == 6 ]] && return 1
+    echo "   retrying in 10s: ${*:1:4} ..." >&2
+    sleep 10
+  done
+}
 step() { echo "== $*" >&2; }
 sa_email() { echo "$1@${PROJECT_ID}.iam.gserviceaccount.com"; }
 
@@ -45,21 +55,21 @@ WORKER_SA=$(sa_email assay-worker)
 DEPLOYER_SA=$(sa_email assay-deployer)
 
 grant_project() { # MEMBER ROLE
-  gc projects add-iam-policy-binding "$PROJECT_ID" --member="$1" --role="$2" --condition=None >/dev/null
+  retry gc projects add-iam-policy-binding "$PROJECT_ID" --member="$1" --role="$2" --condition=None >/dev/null
 }
 grant_bucket() { # MEMBER ROLE [CONDITION]
   local extra=()
   [[ $# -ge 3 ]] && extra=(--condition="$3")
-  gc storage buckets add-iam-policy-binding "gs://$BUCKET" --member="$1" --role="$2" "${extra[@]}" >/dev/null
+  retry gc storage buckets add-iam-policy-binding "gs://$BUCKET" --member="$1" --role="$2" "${extra[@]}" >/dev/null
 }
 grant_topic() { # TOPIC MEMBER ROLE
-  gc pubsub topics add-iam-policy-binding "$1" --member="$2" --role="$3" >/dev/null
+  retry gc pubsub topics add-iam-policy-binding "$1" --member="$2" --role="$3" >/dev/null
 }
 grant_subscription() { # SUBSCRIPTION MEMBER ROLE
-  gc pubsub subscriptions add-iam-policy-binding "$1" --member="$2" --role="$3" >/dev/null
+  retry gc pubsub subscriptions add-iam-policy-binding "$1" --member="$2" --role="$3" >/dev/null
 }
 grant_service_account() { # SA_EMAIL MEMBER ROLE
-  gc iam service-accounts add-iam-policy-binding "$1" --member="$2" --role="$3" >/dev/null
+  retry gc iam service-accounts add-iam-policy-binding "$1" --member="$2" --role="$3" >/dev/null
 }
 
 step "APIs"
@@ -169,7 +179,7 @@ grant_project "serviceAccount:$DEPLOYER_SA" roles/cloudfunctions.developer
 grant_project "serviceAccount:$DEPLOYER_SA" roles/run.admin
 grant_project "serviceAccount:$DEPLOYER_SA" roles/container.developer
 grant_project "serviceAccount:$DEPLOYER_SA" roles/datastore.indexAdmin
-gc artifacts repositories add-iam-policy-binding "$REPOSITORY" --location="$REGION" \
+retry gc artifacts repositories add-iam-policy-binding "$REPOSITORY" --location="$REGION" \
   --member="serviceAccount:$DEPLOYER_SA" --role=roles/artifactregistry.writer >/dev/null
 # Deploying a function that runs as (or is triggered as) an account is acting as it.
 grant_service_account "$FUNCTIONS_SA" "serviceAccount:$DEPLOYER_SA" roles/iam.serviceAccountUser
