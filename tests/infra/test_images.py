@@ -143,11 +143,6 @@ def _distribution_closure(requirements: list[str]) -> set[str]:
     return seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pyproject.toml: shared/indexes.py imports yaml (no pyyaml in the core or cloud deps) and "
-    "functions/results imports numpy (not in the api extra); remove this mark once both are declared",
-)
 def test_staged_functions_import_only_what_their_requirements_install(tmp_path):
     """A module imported at the top of functions/ or shared/ but installed by nothing in
     requirements.txt would pass every local test and fail on the first cold start."""
