@@ -16,6 +16,7 @@ import logging
 import flask
 import functions_framework
 from cloudevents.http import CloudEvent
+from flask.ctx import RequestContext
 
 from functions.app import create_app
 from functions.services import Services
@@ -39,9 +40,10 @@ def app() -> flask.Flask:
 
 @functions_framework.http
 def api(request: flask.Request) -> flask.Response:
-    # functions-framework serves every path to this function; the API app routes it.
+    # functions-framework serves every path to this function; the API app routes it. The
+    # request object is handed over as it is: its body stream can only be read once.
     inner = app()
-    with inner.request_context(request.environ):
+    with RequestContext(inner, request.environ, request=request):
         return inner.full_dispatch_request()
 
 
