@@ -91,7 +91,11 @@ def translated_duckdb_errors(what: str, *, opening: bool = False) -> Iterator[No
     (reading footers and schemas, no SQL of ours) any DuckDB error is the files' fault."""
     try:
         yield
-    except (duckdb.Error if opening else _FILE_ERRORS) as e:
+    except duckdb.Error as e:
+        # A bare ``duckdb.Error`` is what a damaged Parquet page raises ("don't know what
+        # type"); our own mistakes come as its subclasses (binder, catalog, parser errors).
+        if not (opening or isinstance(e, _FILE_ERRORS) or type(e) is duckdb.Error):
+            raise
         log.warning("result set unreadable", extra={"what": what, "error": str(e)})
         raise ResultSetCorrupt(f"{what}: the stored result set cannot be read", details={"error": str(e)}) from e
 
@@ -155,6 +159,9 @@ def locked_connection(files: list[Path]) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     try:
         con.execute("SET allowed_paths = $paths", {"paths": [str(p) for p in files]})
+        # A page (at most 1,000 rows + 1) is sorted on narrow columns first and only its
+        # rows are read whole; DuckDB's default stops doing that above 50 rows.
+        con.execute("SET late_materialization_max_rows = 1024")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     except BaseException:

@@ -125,12 +125,12 @@ class MetricSpec(BaseModel):
     def _shorthand_and_defaults(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = {"name": value}
-        if isinstance(value, dict):
+        if isinstance(value, dict) and isinstance(value.get("name"), str):
             value = dict(value)
-            if value.get("name") == "f_beta":
-                value.setdefault("beta", 1.0)
-            if value.get("name") in _AVERAGED:
-                value.setdefault("average", "macro")
+            if value["name"] == "f_beta" and value.get("beta") is None:
+                value["beta"] = 1.0
+            if value["name"] in _AVERAGED and value.get("average") is None:
+                value["average"] = "macro"
         return value
 
     @model_validator(mode="after")
@@ -155,12 +155,20 @@ class BootstrapSpec(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
 
 
+DEFAULT_METRICS = ("accuracy", "balanced_accuracy", "f_beta", "cohen_kappa", "matthews_corrcoef")
+
+
 class MetricsRequest(BaseModel):
     """``POST …/results/metrics``. A metric may be given as its name alone."""
 
     model_config = ConfigDict(extra="forbid")
 
-    metrics: list[MetricSpec] = Field(min_length=1, max_length=32)
+    metrics: list[MetricSpec] = Field(
+        default_factory=lambda: [MetricSpec(name=n) for n in DEFAULT_METRICS],
+        min_length=1,
+        max_length=32,
+        description="default: accuracy, balanced_accuracy, f_beta (β=1, macro), cohen_kappa, matthews_corrcoef",
+    )
     bootstrap: BootstrapSpec | None = Field(default=None, description="percentile interval for every metric")
 
 
