@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import yaml
 from kubernetes.client import ApiClient
 from kubernetes_validate import validate
 
@@ -94,3 +99,16 @@ def test_build_job_is_pure_same_inputs_same_job():
     assert as_manifest(build_job(EVALUATE, GPU_POOL, env={"A": "1"})) == as_manifest(
         build_job(EVALUATE, GPU_POOL, env={"A": "1"})
     )
+
+
+def test_the_command_line_validator_accepts_the_jobs_too(tmp_path):
+    """The same check as a deploy pipeline would run: ``kubernetes-validate --strict``."""
+    manifests = [as_manifest(build_job(task, GPU_POOL, env={"ASSAY_BUCKET": "b"})) for task in (EVALUATE, VERIFY)]
+    path = tmp_path / "jobs.yaml"
+    path.write_text(yaml.safe_dump_all(manifests))
+    validator = Path(sys.executable).with_name("kubernetes-validate")
+    done = subprocess.run(
+        [str(validator), "--strict", "-k", "1.33.0", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (done.stdout + done.stderr).count("passed for resource job/") == 2
