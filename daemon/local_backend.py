@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -67,10 +68,16 @@ class LocalBackend:
         self.max_processes = max_processes
         self.ttl_s = ttl_s
         self._children: dict[str, subprocess.Popen] = {}
+        # Claims submit from several threads: the room check and the start are one step.
+        self._submitting = threading.Lock()
 
     # -- the backend verbs --
 
     def submit(self, task: Task) -> None:
+        with self._submitting:
+            self._submit(task)
+
+    def _submit(self, task: Task) -> None:
         name = task.job_name
         job_dir = self.state_dir / name
         if job_dir.exists():

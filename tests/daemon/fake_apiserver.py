@@ -15,6 +15,7 @@ import itertools
 import json
 import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +31,7 @@ class Request:
     path: str
     query: dict[str, str]
     body: Any
+    received_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
