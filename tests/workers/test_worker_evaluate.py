@@ -153,3 +153,32 @@ def test_a_label_mapping_resolves_a_mismatch():
     with pytest.raises(WorkerFailure) as info:
         align_labels(["0"], digits.LABEL_NAMES, {"0": "zero", "7": "seven"})
     assert info.value.details["mapping_keys_not_in_dataset"] == ["7"]
+
+
+@pytest.mark.parametrize("resample", [2, 3, 0])
+def test_fast_preprocessing_is_bit_for_bit_the_image_processor(resample):
+    from PIL import Image
+    from transformers import ViTImageProcessor
+
+    from workers.evaluate import FixedSizePreprocess
+
+    processor = ViTImageProcessor(
+        size={"height": 24, "width": 40}, resample=resample, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]
+    )
+    fast = FixedSizePreprocess.for_processor(processor)
+    assert fast is not None
+    rng = np.random.default_rng(resample)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(7, 9), (32, 32), (300, 120), (24, 40)]]
+    expected = np.asarray(processor(images=images, return_tensors="np")["pixel_values"])
+    got = fast(images)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    assert np.array_equal(got, expected)
+
+
+def test_processors_the_fast_path_does_not_cover_fall_back():
+    from transformers import ViTImageProcessor
+
+    from workers.evaluate import FixedSizePreprocess
+
+    assert FixedSizePreprocess.for_processor(ViTImageProcessor(do_normalize=False)) is None
+    assert FixedSizePreprocess.for_processor(ViTImageProcessor(size={"shortest_edge": 32})) is None
