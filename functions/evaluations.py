@@ -83,9 +83,27 @@ def order(store: Store, request: CreateEvaluations, *, account: str) -> tuple[li
     failed or is being deleted; an evaluation is being deleted), Invalid (splits).
     """
 
+    def ids_of(splits: list[str]) -> list[str]:
+        return [
+            evaluation_id(
+                account=account,
+                fingerprint=evaluation_fingerprint(
+                    model_id=request.model_id, dataset_id=request.dataset_id, split=s, config=request.config
+                ),
+            )
+            for s in splits
+        ]
+
     def work(txn: Txn) -> list[tuple[EvaluationOutcome, Evaluation]]:
-        model = txn.get(Model, request.model_id, account=account)
-        dataset = txn.get(Dataset, request.dataset_id, account=account)
+        # One round trip when the splits are named; otherwise the dataset says which.
+        named = list(dict.fromkeys(request.splits)) if request.splits is not None else []
+        wanted: list = [(Model, request.model_id), (Dataset, request.dataset_id)]
+        found = txn.find_many(wanted + [(Evaluation, eid) for eid in ids_of(named)], account=account)
+        model, dataset = found[0], found[1]
+        if model is None:
+            raise NotFound(f"Model {request.model_id} not found", details={"kind": "Model", "id": request.model_id})
+        if dataset is None:
+            raise NotFound(f"Dataset {request.dataset_id} not found", details={"kind": "Dataset", "id": request.dataset_id})
         _usable(model, "model_id")
         _usable(dataset, "dataset_id")
         waiting_for = None
@@ -96,13 +114,18 @@ def order(store: Store, request: CreateEvaluations, *, account: str) -> tuple[li
         start = E.waiting if waiting_for else E.pending
         reason = str(waiting_for or QueueReason.queued)
         now = utcnow()
+        splits = _splits(request, dataset)
+        if splits == named:
+            existing_by_split = dict(zip(named, found[2:]))
+        else:
+            existing_by_split = dict(zip(splits, txn.find_many([(Evaluation, e) for e in ids_of(splits)], account=account)))
         out = []
-        for split in _splits(request, dataset):
+        for split in splits:
             fingerprint = evaluation_fingerprint(
                 model_id=model.id, dataset_id=dataset.id, split=split, config=request.config
             )
             eid = evaluation_id(account=account, fingerprint=fingerprint)
-            existing = txn.find(Evaluation, eid, account=account)
+            existing = existing_by_split[split]
             if existing is not None and existing.status in REUSED:
                 out.append((EvaluationOutcome.reused, existing))
                 continue

@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 from functions.routing import Route
 from functions.services import Call, Caller, Services
 from shared.api import matches_id
-from shared.apikeys import authenticate, require_scope
+from shared.apikeys import require_scope
 from shared.errors import AssayError, Invalid, InvalidRequest, NotFound, RateLimited, Unavailable
 
 log = logging.getLogger("functions.api")
@@ -111,7 +111,7 @@ def run_route(route: Route, services: Services, path_values: dict[str, str]) -> 
     request = flask.request
     call = Call(services=services, request_id=request_id())
     if route.scope is not None:
-        key = authenticate(services.store, request.headers.get("Authorization"))
+        key = services.keys.authenticate(services.store, request.headers.get("Authorization"))
         require_scope(key, route.scope)
         call.caller = Caller(key)
     for param in route.params:

@@ -4,8 +4,10 @@ and Pub/Sub, built once per process and shared by every request."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
+from functions.auth import KeyCache
 from shared.entities import ApiKey
 from shared.indexes import Index
 from shared.pubsub import Hint, Hints
@@ -22,6 +24,9 @@ class Services:
     store: Store
     storage: Storage
     hints: Hints
+    keys: KeyCache = field(default_factory=lambda: KeyCache(0))
+    # Hints are published off the request path: a reply never waits on Pub/Sub.
+    _publisher: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="hints"))
 
     @classmethod
     def from_settings(cls, settings: Settings, *, indexes: list[Index] | None = None) -> "Services":
@@ -30,13 +35,22 @@ class Services:
             store=Store.from_settings(settings, indexes=indexes, deadline_s=settings.api_datastore_deadline_s),
             storage=Storage.from_settings(settings),
             hints=Hints(settings),
+            keys=KeyCache(settings.api_auth_cache_s),
         )
 
     def hint(self, hints: list[Hint]) -> None:
-        """Wake the daemon after a commit that created work; a failure is logged, not raised
-        (the daemon polls, so a lost hint only delays the work)."""
-        if hints and not self.hints.publish(hints, timeout_s=self.settings.api_hint_timeout_s):
+        """Wake the daemon after a commit that created work. Published in the background;
+        a failure is logged, never raised (the daemon polls, so a lost hint only delays)."""
+        if hints:
+            self._publisher.submit(self._publish, hints)
+
+    def _publish(self, hints: list[Hint]) -> None:
+        if not self.hints.publish(hints, timeout_s=self.settings.api_hint_timeout_s):
             log.warning("wake-up hint lost; the daemon's poll will pick the work up", extra={"ids": [h.id for h in hints]})
+
+    def drain(self) -> None:
+        """Wait for hints already handed to the publisher (tests, shutdown)."""
+        self._publisher.submit(lambda: None).result()
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=64 * 1024, gt=0)
     api_datastore_deadline_s: float = Field(default=10.0, gt=0)
     api_hint_timeout_s: float = Field(default=2.0, gt=0)
+    # An instance trusts a verified key this long before reading it again (0: always
+    # read). A revocation through this instance applies at once; elsewhere within this.
+    api_auth_cache_s: float = Field(default=10.0, ge=0)
 
     @property
     def emulated(self) -> bool:

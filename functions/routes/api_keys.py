@@ -39,4 +39,6 @@ def get_api_key(call: Call, *, key_id: str) -> ApiKeyView:
 @router.delete("/v1/api-keys/{key_id}", scope=Scope.admin, response=ApiKeyView, params={"key_id": "key"})
 def revoke_api_key(call: Call, *, key_id: str) -> ApiKeyView:
     """Revoke a key: every later request with it is refused."""
-    return view(ApiKeyView, keys.revoke(call.store, key_id, account=call.account))
+    revoked = keys.revoke(call.store, key_id, account=call.account)
+    call.services.keys.forget(key_id)
+    return view(ApiKeyView, revoked)

@@ -128,3 +128,16 @@ def test_assay_admin_create_account_prints_a_working_admin_key(client, settings,
     assert admin.main(["create-account", "acme"]) == 0
     assert "shown once" in capsys.readouterr().out
     assert admin.main(["create-account", "Not A Name"]) == 2
+
+
+def test_a_remembered_key_still_expires_on_time(client, services, alice):
+    key, plaintext = apikeys.new_key(
+        account=alice.account, name="brief", scopes=[Scope.read], expires_at=utcnow() + dt.timedelta(seconds=1.5)
+    )
+    services.store.put(key)
+    assert client.get("/v1/models", headers=bearer(plaintext)).status_code == 200  # verified, remembered
+    import time
+
+    time.sleep(1.6)
+    r = client.get("/v1/models", headers=bearer(plaintext))
+    assert r.status_code == 401 and "expired" in r.json["error"]["message"]

@@ -158,4 +158,5 @@ def test_a_failed_hint_is_logged_and_the_request_still_succeeds(services, settin
     model_id, dataset_id = make_inputs(client, services, alice)
     r = order(client, alice, model_id=model_id, dataset_id=dataset_id)
     assert r.status_code == 201
+    degraded.drain()
     assert "hint" in caplog.text

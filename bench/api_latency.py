@@ -1,0 +1,178 @@
+"""API latency: the API served by functions-framework on the emulators, 16 concurrent
+clients ordering evaluations and reading them back; and, in the same run, a bare Datastore
+transaction (one get, one put, commit) against the same emulator at the same concurrency.
+
+The aim: create-evaluation p50 within 1.5x the bare transaction's p50.
+
+    .venv/bin/python bench/api_latency.py [--clients 16] [--requests 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shared.admin import create_account  # noqa: E402
+from shared.emulators import Emulators, free_port  # noqa: E402
+from shared.entities import Dataset, Model  # noqa: E402
+from shared.pubsub import Hints  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+from shared.storage import Storage  # noqa: E402
+from shared.store import Store  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_concurrently(clients: int, work) -> None:
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def ready_inputs(store: Store, account: str) -> tuple[str, str]:
+    model = Model(id=Model.new_id(), account=account, name="bench-model", status="ready", declared_size=1,
+                  content_type="application/zip", upload_object="x")
+    dataset = Dataset(id=Dataset.new_id(), account=account, name="bench-data", status="ready", declared_size=1,
+                      content_type="application/zip", upload_object="y", splits={"test": 10})
+    store.put(model)
+    store.put(dataset)
+    return model.id, dataset.id
+
+
+def bench_api(base: str, key: str, model_id: str, dataset_id: str, clients: int, n: int, *, tag: str) -> tuple[list[float], list[float]]:
+    creates: list[float] = []
+    reads: list[float] = []
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {key}"
+        mine_c, mine_r = [], []
+        for i in range(n):
+            body = {"model_id": model_id, "dataset_id": dataset_id, "splits": ["test"],
+                    "config": {"label_mapping": {"bench": f"{tag}-c{c}-{i}"}}}
+            t0 = time.perf_counter()
+            r = session.post(f"{base}/v1/evaluations", json=body, timeout=30)
+            mine_c.append(time.perf_counter() - t0)
+            assert r.status_code == 201, r.text
+            eid = r.json()["evaluations"][0]["evaluation"]["id"]
+            t0 = time.perf_counter()
+            r = session.get(f"{base}/v1/evaluations/{eid}", timeout=30)
+            mine_r.append(time.perf_counter() - t0)
+            assert r.status_code == 200, r.text
+        with lock:
+            creates.extend(mine_c)
+            reads.extend(mine_r)
+
+    run_concurrently(clients, client)
+    return creates, reads
+
+
+def bench_bare_transaction(store: Store, account: str, clients: int, n: int) -> list[float]:
+    """begin, get one entity, put one entity, commit: the least a create can cost."""
+    times: list[float] = []
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        mine = []
+        for i in range(n):
+            entity = Model(id=Model.new_id(), account=account, name="bare", declared_size=1,
+                           content_type="application/zip", upload_object="z")
+
+            def txn_fn(txn):
+                txn.find(Model, entity.id, account=account)
+                txn.put(entity)
+
+            t0 = time.perf_counter()
+            store.run_in_transaction(txn_fn)
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            times.extend(mine)
+
+    run_concurrently(clients, client)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=40, help="evaluations each client orders")
+    args = parser.parse_args()
+
+    state = Path(tempfile.mkdtemp(prefix="assay-bench-"))
+    emulators = Emulators(state).start()
+    api = None
+    try:
+        env = {**os.environ, **emulators.env(), "ASSAY_BUCKET": "assay-bench", "ASSAY_HINT_TOPIC": "bench-hints",
+               "WORKERS": os.environ.get("WORKERS", "1")}
+        settings = Settings(
+            project=emulators.project, bucket="assay-bench", hint_topic="bench-hints",
+            datastore_emulator_host=emulators.datastore_host, pubsub_emulator_host=emulators.pubsub_host,
+            storage_emulator_host=emulators.storage_host,
+        )
+        Storage.from_settings(settings).ensure_bucket()
+        Hints(settings).ensure()
+        store = Store.from_settings(settings)
+        account, key = create_account(store, "bench")
+        model_id, dataset_id = ready_inputs(store, account.id)
+
+        port = free_port()
+        log = open(state / "api.log", "wb")
+        api = subprocess.Popen(
+            [str(Path(sys.executable).parent / "functions-framework"), "--target=api", "--source=functions/main.py",
+             "--host=127.0.0.1", f"--port={port}"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{base}/v1/health", timeout=5).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline or api.poll() is not None:
+                raise RuntimeError(f"the API did not start; see {state / 'api.log'}")
+            time.sleep(0.2)
+
+        bench_api(base, key, model_id, dataset_id, args.clients, 3, tag="warm")  # warm up connections and caches
+        bench_bare_transaction(store, account.id, args.clients, 3)
+        bare = bench_bare_transaction(store, account.id, args.clients, args.requests)
+        creates, reads = bench_api(base, key, model_id, dataset_id, args.clients, args.requests, tag="run")
+        bare_after = bench_bare_transaction(store, account.id, args.clients, args.requests)
+        bare += bare_after
+
+        ms = lambda s: f"{s * 1000:7.1f} ms"  # noqa: E731
+        print(f"{args.clients} concurrent clients, {len(creates)} evaluations ordered, {len(bare)} bare transactions")
+        print(f"create evaluation  p50 {ms(pct(creates, 0.5))}  p95 {ms(pct(creates, 0.95))}")
+        print(f"get evaluation     p50 {ms(pct(reads, 0.5))}  p95 {ms(pct(reads, 0.95))}")
+        print(f"bare transaction   p50 {ms(pct(bare, 0.5))}  p95 {ms(pct(bare, 0.95))}")
+        ratio = statistics.median(creates) / statistics.median(bare)
+        print(f"create p50 / bare transaction p50 = {ratio:.2f} (aim: <= 1.5)")
+        return 0
+    finally:
+        if api is not None and api.poll() is None:
+            os.killpg(api.pid, 15)
+            api.wait(timeout=10)
+        emulators.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
