@@ -26,6 +26,9 @@ import urllib.request
 from pathlib import Path
 
 from shared.emulators import Emulators, Process, free_port
+from shared.pubsub import Hints
+from shared.settings import Settings
+from shared.storage import Storage
 
 DEFAULT_STATE = Path(".assay")
 
@@ -82,6 +85,14 @@ def serve(state: Path) -> int:
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         }
+        # What `infra/gcp/setup.sh` creates in production: the bucket, the hint topic and
+        # the daemon's subscription.
+        settings = Settings(**{k.removeprefix("ASSAY_").lower(): v for k, v in env.items() if k.startswith("ASSAY_") and not k.startswith("ASSAY_DAEMON_")},
+                            datastore_emulator_host=emulators.datastore_host,
+                            pubsub_emulator_host=emulators.pubsub_host,
+                            storage_emulator_host=emulators.storage_host)
+        Storage.from_settings(settings).ensure_bucket()
+        Hints(settings).ensure()
         python = sys.executable
         bin_dir = Path(python).parent
         logs = state / "logs"

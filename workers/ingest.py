@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workers.archive import ArchiveLimits, extract_archive, strip_common_root
+from workers.archive import ArchiveLimits, extract_archive
 from workers.failures import FailureReason, WorkerFailure
 from workers.images import DEFAULT_MAX_PIXELS, InvalidImage, decode_image
 
@@ -65,6 +65,18 @@ def _is_parquet(path: Path) -> bool:
 
 
 # --- reading the two input formats ---------------------------------------------------------
+
+
+def _imagefolder_root(root: Path) -> Path:
+    """Descend through a lone wrapper directory only while images sit deeper than
+    ``split/class/file``: a zip holding just ``test/…`` has one split, not a wrapper."""
+    while True:
+        entries = [p for p in root.iterdir() if p.name != "__MACOSX"]
+        depth = max((len(p.relative_to(root).parts) for p in root.rglob("*") if p.is_file()), default=0)
+        if depth > 3 and len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
+            root = entries[0]
+        else:
+            return root
 
 
 def _imagefolder_rows(root: Path) -> tuple[dict[str, list[_Row]], int]:
@@ -239,7 +251,7 @@ def ingest_dataset(
     else:
         fmt = "imagefolder"
         extracted = extract_archive(source, work_dir, limits=limits.archive)
-        splits, ignored = _imagefolder_rows(strip_common_root(extracted))
+        splits, ignored = _imagefolder_rows(_imagefolder_root(extracted.root))
         declared = None
     total = sum(len(rows) for rows in splits.values())
     if total == 0:

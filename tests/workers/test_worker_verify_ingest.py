@@ -94,6 +94,18 @@ def test_imagefolder_archives_become_canonical_shards(digits_test, tmp_path, fmt
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test", "validation"]
 
 
+@pytest.mark.parametrize("wrapped", [False, True], ids=["bare", "inside-a-folder"])
+def test_an_archive_with_a_single_split_keeps_its_name(digits_test, tmp_path, wrapped):
+    """``test/class/file`` is one split called test, not a wrapper folder around classes."""
+    images, labels = digits_test
+    archive = digits.write_imagefolder_archive(tmp_path / "one.zip", {"test": (images[:20], labels[:20])})
+    if wrapped:
+        shutil.unpack_archive(archive, tmp_path / "unpacked" / "my-digits")
+        archive = digits.archive_directory(tmp_path / "unpacked", tmp_path / "wrapped.zip")
+    manifest = ingest_dataset(archive, tmp_path / "out", work_dir=tmp_path / "work")
+    assert {s: v["instances"] for s, v in manifest["splits"].items()} == {"test": 20}
+
+
 @pytest.mark.parametrize("as_struct", [True, False], ids=["struct", "bytes"])
 def test_hf_parquet_becomes_canonical_shards(digits_test, tmp_path, as_struct):
     images, labels = digits_test
