@@ -150,8 +150,8 @@ def cmd_rm(args, out: Output) -> int:
 def cmd_results(args, out: Output) -> int:
     client = Client(progress=False)
     if args.misclassified or args.instances:
-        filters = {"correct": "false"} if args.misclassified else {}
-        filters["order"] = "confidence_desc" if args.misclassified else None
+        # Misclassified: the most confident mistakes first, the ones worth a look.
+        filters = {"correct": "false", "order_by": "-confidence"} if args.misclassified else {}
         rows = []
         for row in client.evaluations.instances(args.id, page_size=min(args.limit, 500), **filters):
             rows.append(row)

@@ -274,7 +274,9 @@ class Evaluations(_Resource):
 
         body = self.downloads(evaluation_id)
         tables = []
-        for item in body.get("files", body.get("items", [])):
+        for item in body["files"]:
+            if not item["name"].endswith(".parquet"):
+                continue  # summary.json travels with the result set
             response = with_retries(lambda url=item["url"]: requests.get(url, timeout=120))
             raise_for_status(response)
             tables.append(pq.read_table(io.BytesIO(response.content)))
