@@ -136,11 +136,28 @@ class _Uploadable(_Resource):
             response = with_retries(send)
         raise_for_status(response)
 
-    def _upload(self, body: dict[str, Any], archive: Path, *, wait: bool, progress: bool | None):
+    def _format_fields(self, path: Path, archive: Path) -> dict[str, str]:
+        """The request fields that say what kind of file ``archive`` is."""
+        raise NotImplementedError
+
+    def upload(self, path: str | os.PathLike, *, name: str, labels: dict[str, str] | None = None,
+               wait: bool = False, progress: bool | None = None):
+        """Register, PUT the bytes with a progress bar, and (``wait=True``) wait until verified.
+
+        A directory is zipped first (into a temporary file, removed afterwards).
+        """
+        path = Path(path)
         show = self.client.progress if progress is None else progress
-        reply = self.created.model_validate(self.http.request("POST", self.path, json=body))
-        entity = getattr(reply, self.kind)
-        self._put(reply.upload, archive, show)
+        archive = pack_directory(path) if path.is_dir() else path
+        try:
+            body = {"name": name, "labels": labels or {}, "size": archive.stat().st_size,
+                    **self._format_fields(path, archive)}
+            reply = self.created.model_validate(self.http.request("POST", self.path, json=body))
+            entity = getattr(reply, self.kind)
+            self._put(reply.upload, archive, show)
+        finally:
+            if archive != path:
+                archive.unlink(missing_ok=True)
         return self.wait(entity.id, progress=show) if wait else self.get(entity.id)
 
 
@@ -169,18 +186,9 @@ class Models(_Uploadable):
         body = {"name": name, "labels": labels or {}, "archive_format": archive_format, "size": size}
         return api.ModelCreated.model_validate(self.http.request("POST", self.path, json=body))
 
-    def upload(self, path: str | os.PathLike, *, name: str, labels: dict[str, str] | None = None,
-               wait: bool = False, progress: bool | None = None):
-        """Upload a ``save_pretrained`` directory (zipped here) or a .zip/.tar.gz of one."""
-        path = Path(path)
-        archive = pack_directory(path) if path.is_dir() else path
-        fmt = "tar.gz" if archive.name.endswith((".tar.gz", ".tgz")) else "zip"
-        try:
-            body = {"name": name, "labels": labels or {}, "archive_format": fmt, "size": archive.stat().st_size}
-            return self._upload(body, archive, wait=wait, progress=progress)
-        finally:
-            if archive != path:
-                archive.unlink(missing_ok=True)
+    def _format_fields(self, path: Path, archive: Path) -> dict[str, str]:
+        """A ``save_pretrained`` directory (zipped here) or a .zip/.tar.gz of one."""
+        return {"archive_format": "tar.gz" if archive.name.endswith((".tar.gz", ".tgz")) else "zip"}
 
 
 class Datasets(_Uploadable):
@@ -193,19 +201,10 @@ class Datasets(_Uploadable):
         body = {"name": name, "labels": labels or {}, "format": format, "size": size}
         return api.DatasetCreated.model_validate(self.http.request("POST", self.path, json=body))
 
-    def upload(self, path: str | os.PathLike, *, name: str, labels: dict[str, str] | None = None,
-               wait: bool = False, progress: bool | None = None):
-        """Upload an image folder ``split/class/file.png`` (zipped here), a zip or .tar.gz of
-        one, or a Parquet file as Hugging Face ``datasets`` writes it."""
-        path = Path(path)
-        fmt = dataset_format(path)
-        archive = pack_directory(path) if path.is_dir() else path
-        try:
-            body = {"name": name, "labels": labels or {}, "format": fmt, "size": archive.stat().st_size}
-            return self._upload(body, archive, wait=wait, progress=progress)
-        finally:
-            if archive != path:
-                archive.unlink(missing_ok=True)
+    def _format_fields(self, path: Path, archive: Path) -> dict[str, str]:
+        """An image folder ``split/class/file.png`` (zipped here), a zip or .tar.gz of one,
+        or a Parquet file as Hugging Face ``datasets`` writes it."""
+        return {"format": dataset_format(path)}
 
 
 class Evaluations(_Resource):

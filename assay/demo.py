@@ -52,7 +52,7 @@ def main() -> int:
             print(f"  {key:<28} {summary[key]}")
     efficiency = summary.get("efficiency") or {}
     if efficiency:
-        print(f"  {'throughput (instances/s)':<28} {efficiency.get('instances_per_s')}")
+        print(f"  {'throughput (instances/s)':<28} {efficiency.get('instances_per_second')}")
     classes = client.evaluations.classes(evaluation.id)
     rows = classes.get("classes", classes.get("items", []))
     print("\nper class\n" + table(rows, ["label", "precision", "recall", "f1", "support"]))

@@ -88,13 +88,13 @@ def retry_or_fail(ctx: Context, entity: Artifact | Evaluation, *, why: str, canc
         lease_owner=None,
         lease_expires_at=None,
     )
-    if attempt >= ctx.daemon.max_attempts:
+    if attempt - entity.retry_base >= ctx.daemon.max_attempts:
         ctx.store.transition(
             cls,
             entity.id,
             to="failed",
             reason="attempts_exhausted",
-            message=f"failed after {attempt} attempts; the last: {why}",
+            message=f"failed after {attempt - entity.retry_base} attempts; the last: {why}",
             finished_at=utcnow(),
             **common,
         )

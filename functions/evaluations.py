@@ -141,7 +141,7 @@ def order(store: Store, request: CreateEvaluations, *, account: str) -> tuple[li
                         **existing.model_dump(),
                         "status": start, "reason": reason, "message": "restarted on request",
                         "updated_at": now, "status_changed_at": now,
-                        "attempts": 0, "lease_owner": None, "lease_expires_at": None, "heartbeat_at": None,
+                        "retry_base": existing.attempts, "lease_owner": None, "lease_expires_at": None, "heartbeat_at": None,
                         "job_name": None, "progress": None, "progress_message": None, "started_at": None,
                         "finished_at": None, "summary": None, "queue_position": None,
                     }

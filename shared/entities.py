@@ -181,7 +181,11 @@ class Entity(BaseModel):
 class TaskState(BaseModel):
     """What the daemon and the workers keep on an entity they run a job for."""
 
+    # Attempts only ever grow (job names carry the attempt, so a restarted task never
+    # meets a Job of its past); the retry budget counts from ``retry_base``, which a
+    # restart on request moves up to the attempts made so far.
     attempts: int = 0
+    retry_base: int = 0
     lease_owner: str | None = None
     lease_expires_at: dt.datetime | None = None
     heartbeat_at: dt.datetime | None = None

@@ -80,6 +80,8 @@ def serve(state: Path) -> int:
             "ASSAY_DAEMON_LOCAL_STATE_DIR": str((state / "jobs").resolve()),
             "ASSAY_DAEMON_LOCAL_MAX_PROCESSES": "2",
             "ASSAY_DAEMON_POLL_INTERVAL_S": "2",
+            # Frequent heartbeats so progress bars move on short local evaluations.
+            "ASSAY_HEARTBEAT_SECONDS": "1",
             "ASSAY_DAEMON_HEALTH_FILE": str((state / "daemon.alive").resolve()),
             "HF_HOME": str((state / "huggingface").resolve()),
             "HF_HUB_OFFLINE": "1",

@@ -299,9 +299,9 @@ class Store:
         """Move an entity from one of the ``expected`` statuses to ``to``, with ``changes``.
 
         ``check`` (optional) is a further precondition on the current entity, e.g. that the
-        attempt is still the caller's. Raises ``TransitionConflict`` when the current status
-        is not expected or ``check`` fails (a lost race), ``InvalidTransition`` semantics are
-        the same class with code ``transition_not_allowed`` when the lifecycle forbids it.
+        attempt is still the caller's. Raises ``TransitionConflict`` when the lifecycle does
+        not allow ``expected -> to``, or when the current status is not expected or ``check``
+        fails (a lost race: ``.current`` says what was found).
         """
         expected_set = {expected} if isinstance(expected, str) else set(expected)
         for source in expected_set:
@@ -312,31 +312,8 @@ class Store:
                     details={"from": source, "to": to, "allowed": sorted(cls.transitions.get(cls.status_enum(source), ()))},
                 )
 
-        def cas(txn: Txn) -> E:
-            current = txn.find(cls, entity_id, account=account)
-            if current is None:
-                raise TransitionConflict(f"{cls.kind} {entity_id} is gone", current=None)
-            if current.status not in expected_set or (check is not None and not check(current)):
-                raise TransitionConflict(
-                    f"{cls.kind} {entity_id} is {current.status}, expected {sorted(expected_set)}",
-                    current=str(current.status),
-                )
-            now = utcnow()
-            updated = current.model_copy(
-                update={
-                    **changes,
-                    "status": cls.status_enum(to),
-                    "reason": reason,
-                    "message": message,
-                    "updated_at": now,
-                    "status_changed_at": now,
-                }
-            )
-            updated = cls.model_validate(updated.model_dump())
-            txn.put(updated)
-            return updated
-
-        return self.run_in_transaction(cas)
+        status_change = {"status": cls.status_enum(to), "reason": reason, "message": message, "status_changed_at": utcnow()}
+        return self._compare_and_set(cls, entity_id, account, expected_set, check, {**changes, **status_change})
 
     def update(
         self,
@@ -350,15 +327,28 @@ class Store:
     ) -> E:
         """Change fields other than the status, if the status is still an expected one."""
         expected_set = None if expected is None else ({expected} if isinstance(expected, str) else set(expected))
+        return self._compare_and_set(cls, entity_id, account, expected_set, check, changes)
+
+    def _compare_and_set(
+        self,
+        cls: type[E],
+        entity_id: str,
+        account: str,
+        expected: set[str] | None,
+        check: Callable[[E], bool] | None,
+        changes: dict[str, Any],
+    ) -> E:
+        """Read, check the status (and ``check``), write ``changes``: one transaction."""
 
         def cas(txn: Txn) -> E:
             current = txn.find(cls, entity_id, account=account)
             if current is None:
                 raise TransitionConflict(f"{cls.kind} {entity_id} is gone", current=None)
-            if (expected_set is not None and current.status not in expected_set) or (
-                check is not None and not check(current)
-            ):
-                raise TransitionConflict(f"{cls.kind} {entity_id} changed under us", current=str(current.status))
+            if (expected is not None and current.status not in expected) or (check is not None and not check(current)):
+                raise TransitionConflict(
+                    f"{cls.kind} {entity_id} is {current.status}, expected {sorted(expected or [])}",
+                    current=str(current.status),
+                )
             updated = cls.model_validate({**current.model_dump(), **changes, "updated_at": utcnow()})
             txn.put(updated)
             return updated

@@ -102,6 +102,23 @@ def test_a_worker_that_dies_is_retried_up_to_the_maximum_then_failed(make_daemon
     assert runs(runs_dir, evaluation.id) == ["evaluate 1", "evaluate 2", "evaluate 3"]
 
 
+def test_a_restarted_evaluation_gets_a_fresh_retry_budget_and_new_job_names(make_daemon, fast_store, runs_dir):
+    model, dataset = put_inputs(fast_store)
+    evaluation = make_evaluation(model, dataset, labels={"standin": "die"})
+    fast_store.put(evaluation)
+    daemon = make_daemon()
+    turn_until(daemon, lambda: status_of(fast_store, Evaluation, evaluation.id) == "failed")
+    # What POST /v1/evaluations does to a failed one: keep attempts, move the budget's base.
+    fast_store.transition(
+        Evaluation, evaluation.id, account=ANY_ACCOUNT, expected="failed", to="pending", retry_base=3, job_name=None
+    )
+    turn_until(daemon, lambda: status_of(fast_store, Evaluation, evaluation.id) == "failed")
+
+    failed = fast_store.get(Evaluation, evaluation.id, account=ANY_ACCOUNT)
+    assert failed.attempts == 6 and failed.reason == "attempts_exhausted"
+    assert runs(runs_dir, evaluation.id) == [f"evaluate {n}" for n in range(1, 7)]
+
+
 def test_a_worker_that_dies_once_succeeds_on_its_second_attempt(make_daemon, fast_store, runs_dir):
     model, dataset = put_inputs(fast_store)
     evaluation = make_evaluation(model, dataset, labels={"standin": "die-once"})
