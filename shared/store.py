@@ -130,6 +130,20 @@ def decode(cls: type[E], ds_entity: datastore.Entity) -> E:
 # --- the store ----------------------------------------------------------------------------
 
 
+def _owned(cls: type[E], raw: datastore.Entity | None, account: str) -> E | None:
+    """The decoded entity, or None when it is missing or another account's."""
+    if raw is None:
+        return None
+    entity = decode(cls, raw)
+    return entity if account == ANY_ACCOUNT or entity.account == account else None
+
+
+def _found(cls: type[E], entity_id: str, entity: E | None) -> E:
+    if entity is None:
+        raise NotFound(f"{cls.kind} {entity_id} not found", details={"kind": cls.kind, "id": entity_id})
+    return entity
+
+
 class Txn:
     """Reads and writes inside one Datastore transaction, scoped to an account."""
 
@@ -138,20 +152,12 @@ class Txn:
         self._transaction = transaction
 
     def get(self, cls: type[E], entity_id: str, *, account: str) -> E:
-        found = self.find(cls, entity_id, account=account)
-        if found is None:
-            raise NotFound(f"{cls.kind} {entity_id} not found", details={"kind": cls.kind, "id": entity_id})
-        return found
+        return _found(cls, entity_id, self.find(cls, entity_id, account=account))
 
     def find(self, cls: type[E], entity_id: str, *, account: str) -> E | None:
         """The entity, or None when it is missing or belongs to another account."""
         raw = self._store.client.get(self._store.client.key(cls.kind, entity_id), transaction=self._transaction)
-        if raw is None:
-            return None
-        entity = decode(cls, raw)
-        if account != ANY_ACCOUNT and entity.account != account:
-            return None
-        return entity
+        return _owned(cls, raw, account)
 
     def find_many(self, wanted: list[tuple[type[Entity], str]], *, account: str) -> list[Any]:
         """Several entities in one round trip, in the order asked; None for each one that
@@ -161,9 +167,7 @@ class Txn:
         raws = {raw.key.flat_path: raw for raw in client.get_multi(keys, transaction=self._transaction)}
         out: list[Any] = []
         for (cls, _), key in zip(wanted, keys):
-            raw = raws.get(key.flat_path)
-            entity = None if raw is None else decode(cls, raw)
-            out.append(None if entity is None or (account != ANY_ACCOUNT and entity.account != account) else entity)
+            out.append(_owned(cls, raws.get(key.flat_path), account))
         return out
 
     def put(self, entity: Entity) -> None:
@@ -243,20 +247,12 @@ class Store:
 
     def get(self, cls: type[E], entity_id: str, *, account: str) -> E:
         """Raises NotFound when missing or another account's."""
-        found = self.find(cls, entity_id, account=account)
-        if found is None:
-            raise NotFound(f"{cls.kind} {entity_id} not found", details={"kind": cls.kind, "id": entity_id})
-        return found
+        return _found(cls, entity_id, self.find(cls, entity_id, account=account))
 
     def find(self, cls: type[E], entity_id: str, *, account: str) -> E | None:
         with translated_google_errors("datastore"):
             raw = self.client.get(self.client.key(cls.kind, entity_id))
-        if raw is None:
-            return None
-        entity = decode(cls, raw)
-        if account != ANY_ACCOUNT and entity.account != account:
-            return None
-        return entity
+        return _owned(cls, raw, account)
 
     def create(self, entity: E) -> E:
         """Insert a new entity; a Conflict if its id exists already."""
