@@ -38,7 +38,6 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     edges = np.linspace(0.0, 1.0, bins + 1)
     # Bin b holds confidences in (edges[b], edges[b+1]]; 0 goes to the first bin.
     index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
-    counts = np.bincount(index, minlength=bins)
     conf_sum = np.bincount(index, weights=confidence.astype(np.float64), minlength=bins)
     correct_sum = np.bincount(index, weights=correct.astype(np.float64), minlength=bins)
     return float(np.abs(correct_sum - conf_sum).sum() / len(confidence))
