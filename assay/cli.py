@@ -157,6 +157,7 @@ def cmd_results(args, out: Output) -> int:
             rows.append(row)
             if len(rows) >= args.limit:
                 break
+        rows = [_plain(r) for r in rows]
         out.emit(rows, columns=["instance_id", "label", "prediction", "confidence", "correct"], rows=rows)
         return 0
     summary = client.evaluations.summary(args.id)
@@ -165,8 +166,7 @@ def cmd_results(args, out: Output) -> int:
         return 0
     headline = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
     out.emit(headline)
-    classes = client.evaluations.classes(args.id)
-    rows = classes.get("classes", classes.get("items", []))
+    rows = _plain(client.evaluations.classes(args.id).classes)
     print()
     out.emit(rows, columns=["label", "precision", "recall", "f1", "support"], rows=rows)
     return 0
@@ -175,8 +175,11 @@ def cmd_results(args, out: Output) -> int:
 def cmd_leaderboard(args, out: Output) -> int:
     client = Client(progress=False)
     board = client.evaluations.leaderboard(args.dataset, split=args.split, metric=args.metric)
-    rows = board.get("entries", board.get("items", []))
-    out.emit(board if out.as_json else rows, columns=None if out.as_json else ["rank", "model_id", "model_name", "evaluation_id", "split", "value"], rows=rows)
+    if out.as_json:
+        out.emit(board)
+    else:
+        print(f"{board.metric} ({'higher' if board.higher_is_better else 'lower'} is better)")
+        out.emit(board.items, columns=["rank", "model_id", "model_name", "evaluation_id", "split", "value"])
     return 0
 
 

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from assay import config as _config
 from assay.http import Http, raise_for_status, with_retries
 from assay.packing import dataset_format, pack_directory
-from shared import api
+from shared import api, results_api
 from shared.entities import ARTIFACT_TERMINAL, EVALUATION_TERMINAL, InferenceConfig
 from shared.errors import AssayError
 
@@ -234,49 +234,59 @@ class Evaluations(_Resource):
     # -- results --
 
     def summary(self, evaluation_id: str) -> dict:
+        """The summary metrics (``summary.json``): accuracy, top-k, F1, calibration, efficiency…"""
         return self.http.request("GET", f"{self.path}/{evaluation_id}/results")
 
-    def instances(self, evaluation_id: str, *, page_size: int = 500, **filters: Any) -> Iterator[dict]:
+    def instances(self, evaluation_id: str, *, page_size: int = 500, **filters: Any) -> Iterator[results_api.InstanceRow]:
+        """Per-instance rows; filters as ``InstancesQuery`` (label, prediction, correct,
+        min_confidence, max_confidence, order_by). Pages by itself."""
         token = None
         while True:
-            body = self.http.request(
+            page = results_api.InstancesPage.model_validate(self.http.request(
                 "GET", f"{self.path}/{evaluation_id}/results/instances",
                 params={**filters, "limit": page_size, "page_token": token},
-            )
-            yield from body["items"]
-            token = body.get("next_page_token")
+            ))
+            yield from page.items
+            token = page.next_page_token
             if not token:
                 return
 
-    def classes(self, evaluation_id: str) -> dict:
-        return self.http.request("GET", f"{self.path}/{evaluation_id}/results/classes")
+    def classes(self, evaluation_id: str) -> results_api.ClassesResult:
+        return results_api.ClassesResult.model_validate(
+            self.http.request("GET", f"{self.path}/{evaluation_id}/results/classes"))
 
-    def confusion(self, evaluation_id: str) -> dict:
-        return self.http.request("GET", f"{self.path}/{evaluation_id}/results/confusion")
+    def confusion(self, evaluation_id: str) -> results_api.ConfusionResult:
+        return results_api.ConfusionResult.model_validate(
+            self.http.request("GET", f"{self.path}/{evaluation_id}/results/confusion"))
 
-    def metrics(self, evaluation_id: str, **request: Any) -> dict:
-        return self.http.request("POST", f"{self.path}/{evaluation_id}/results/metrics", json=request)
+    def metrics(self, evaluation_id: str, **request: Any) -> results_api.MetricsResult:
+        """Further metrics from the stored predictions, e.g. ``metrics=[{"name": "f_beta",
+        "beta": 2}], bootstrap={"samples": 1000}`` (no new inference)."""
+        return results_api.MetricsResult.model_validate(
+            self.http.request("POST", f"{self.path}/{evaluation_id}/results/metrics", json=request))
 
-    def downloads(self, evaluation_id: str) -> dict:
-        return self.http.request("GET", f"{self.path}/{evaluation_id}/results/download")
+    def downloads(self, evaluation_id: str) -> results_api.DownloadResult:
+        return results_api.DownloadResult.model_validate(
+            self.http.request("GET", f"{self.path}/{evaluation_id}/results/download"))
 
-    def compare(self, a: str, b: str) -> dict:
-        return self.http.request("GET", f"{self.path}/compare", params={"a": a, "b": b})
+    def compare(self, a: str, b: str) -> results_api.CompareResult:
+        return results_api.CompareResult.model_validate(
+            self.http.request("GET", f"{self.path}/compare", params={"a": a, "b": b}))
 
-    def leaderboard(self, dataset_id: str, *, split: str | None = None, metric: str | None = None) -> dict:
-        return self.http.request("GET", f"/v1/datasets/{dataset_id}/leaderboard", params={"split": split, "metric": metric})
+    def leaderboard(self, dataset_id: str, *, split: str | None = None, metric: str | None = None) -> results_api.LeaderboardPage:
+        return results_api.LeaderboardPage.model_validate(self.http.request(
+            "GET", f"/v1/datasets/{dataset_id}/leaderboard", params={"split": split, "metric": metric}))
 
     def results_table(self, evaluation_id: str):
         """Every per-instance row as a pyarrow Table, read from the signed Parquet URLs."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        body = self.downloads(evaluation_id)
         tables = []
-        for item in body["files"]:
-            if not item["name"].endswith(".parquet"):
+        for item in self.downloads(evaluation_id).files:
+            if not item.name.endswith(".parquet"):
                 continue  # summary.json travels with the result set
-            response = with_retries(lambda url=item["url"]: requests.get(url, timeout=120))
+            response = with_retries(lambda url=item.url: requests.get(url, timeout=120))
             raise_for_status(response)
             tables.append(pq.read_table(io.BytesIO(response.content)))
         return pa.concat_tables(tables) if tables else pa.table({})

@@ -53,12 +53,11 @@ def main() -> int:
     efficiency = summary.get("efficiency") or {}
     if efficiency:
         print(f"  {'throughput (instances/s)':<28} {efficiency.get('instances_per_second')}")
-    classes = client.evaluations.classes(evaluation.id)
-    rows = classes.get("classes", classes.get("items", []))
+    rows = [c.model_dump() for c in client.evaluations.classes(evaluation.id).classes]
     print("\nper class\n" + table(rows, ["label", "precision", "recall", "f1", "support"]))
     board = client.evaluations.leaderboard(dataset.id, split="test", metric="accuracy")
-    entries = board.get("entries", board.get("items", []))
-    print("\nleaderboard (digits, test, accuracy)\n" + table(entries, ["rank", "model_id", "evaluation_id", "value"]))
+    entries = [e.model_dump() for e in board.items]
+    print("\nleaderboard (digits, test, accuracy)\n" + table(entries, ["rank", "model_name", "model_id", "evaluation_id", "value"]))
     return 0
 
 

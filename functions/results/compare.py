@@ -18,7 +18,7 @@ import numpy as np
 
 from functions.results.metrics import bootstrap_weights, percentile_interval
 from functions.results.resultset import ResultSet
-from functions.results.schemas import (
+from shared.results_api import (
     LOWER_IS_BETTER,
     AccuracyDifference,
     BootstrapSpec,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from functions.results.resultset import ResultSet
-from functions.results.schemas import BootstrapSpec, Interval, MetricSpec, MetricsRequest, MetricsResult, MetricValue
+from shared.results_api import BootstrapSpec, Interval, MetricSpec, MetricsRequest, MetricsResult, MetricValue
 from shared.errors import Invalid
 
 # Bootstrap samples are drawn in blocks of about this many cells, to bound memory.

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from functions.results.resultset import ResultSet
-from functions.results.schemas import (
+from shared.results_api import (
     ClassesResult,
     ClassMetrics,
     ConfusionResult,

@@ -8,7 +8,7 @@ from typing import Any
 
 from functions.results import service
 from functions.results.cache import ResultCache
-from functions.results.schemas import (
+from shared.results_api import (
     ClassesResult,
     CompareQuery,
     CompareResult,

@@ -28,7 +28,7 @@ from functions.results.resultset import (
     open_result_sets,
     read_label_names,
 )
-from functions.results.schemas import (
+from shared.results_api import (
     LOWER_IS_BETTER,
     ClassesResult,
     CompareQuery,

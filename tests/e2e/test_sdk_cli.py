@@ -80,13 +80,16 @@ def test_upload_evaluate_and_query_through_the_sdk(client, evaluated):
     assert len(frame) == 449
     assert abs(frame["correct"].mean() - summary["accuracy"]) < 1e-9
     rows = list(client.evaluations.instances(handle.id, page_size=100))
-    assert sorted(r["instance_id"] for r in rows) == sorted(frame["instance_id"])
+    assert sorted(r.instance_id for r in rows) == sorted(frame["instance_id"])
+    classes = client.evaluations.classes(handle.id)
+    assert sum(c.support for c in classes.classes) == 449
+    extra = client.evaluations.metrics(handle.id, metrics=["balanced_accuracy"], bootstrap={"samples": 200})
+    assert extra.metrics[0].interval.low <= extra.metrics[0].value <= extra.metrics[0].interval.high
     # Asking again reuses the complete evaluation.
     [again] = client.evaluations.create(model.id, dataset.id, splits=["test"])
     assert again.outcome == "reused" and again.id == handle.id
     board = client.evaluations.leaderboard(dataset.id, split="test", metric="accuracy")
-    entries = board.get("entries", board.get("items"))
-    assert entries[0]["evaluation_id"] == handle.id
+    assert board.items[0].evaluation_id == handle.id
     assert [m.id for m in client.models.list(labels={"suite": "e2e"})] == [model.id]
 
 

@@ -8,7 +8,7 @@ from sklearn import metrics as sk
 
 from functions.results import metrics
 from functions.results.resultset import opened
-from functions.results.schemas import BootstrapSpec, MetricsRequest
+from shared.results_api import BootstrapSpec, MetricsRequest
 from shared.errors import Invalid
 from tests.results.conftest import generate
 

@@ -8,7 +8,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from functions.results import queries
 from functions.results.resultset import opened
-from functions.results.schemas import InstancesQuery
+from shared.results_api import InstancesQuery
 from shared.errors import Invalid, InvalidRequest
 
 

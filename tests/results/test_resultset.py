@@ -43,7 +43,7 @@ def test_connection_reads_nothing_but_the_result_set(generated, tmp_path, statem
 
 
 def test_user_text_is_bound_not_spliced(generated):
-    from functions.results.schemas import InstancesQuery
+    from shared.results_api import InstancesQuery
     from shared.errors import Invalid
 
     with opened(generated.directory, generated.label_names) as rs:

@@ -1,4 +1,5 @@
-"""Request and response models of the results routes (the OpenAPI document reads them).
+"""Request and response models of the results routes: the one definition the server (its
+OpenAPI document included) and the SDK share.
 
 Query strings arrive as text; these models validate and convert them, so nothing below
 sees an unchecked value, and user text only ever reaches DuckDB as a bound parameter.
