@@ -243,11 +243,13 @@ def evaluate_shards(
     label_map: np.ndarray,
     options: EvalOptions = EvalOptions(),
     on_shard: Callable[[int, Path, RunStats], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> RunStats:
     """Write ``out_dir/part-NNNNN.parquet`` predictions for each input shard not done yet.
 
     ``label_map`` maps dataset label indices to model label indices (``align_labels``).
-    ``on_shard(index, path, stats)`` is called after each prediction shard is written.
+    ``on_shard(index, path, stats)`` is called after each prediction shard is written, and
+    ``on_batch(instances)`` after each batch (for progress within a shard).
 
     Raises:
         WorkerFailure: ``inference_error`` when a batch cannot be decoded or run.
@@ -304,6 +306,8 @@ def evaluate_shards(
             rows["top_ids"].append(top_ids)
             rows["top_scores"].append(top_scores)
             rows["label_score"].append(label_score)
+            if on_batch is not None:
+                on_batch(len(batch["instance_ids"]))
             if batch["last"]:
                 index = batch["shard"]
                 path = prediction_shard_path(out_dir, shards[index])

@@ -177,15 +177,22 @@ def evaluate(ctx: JobContext, evaluation: Evaluation, *, model: Model, dataset: 
     prediction_prefix = paths.evaluation_prefix(evaluation.id) + "predictions/"
     _fetch_prefix(ctx, prediction_prefix, out, only=lambda rel: rel.endswith(".parquet"))
 
+    shard_rows = {s["name"]: s["rows"] for s in manifest["splits"][split]["shards"]}
+    total = max(1, sum(shard_rows.values()))
+    done = sum(rows for name, rows in shard_rows.items() if (out / name).exists())  # resumed shards
+
+    def on_batch(instances: int) -> None:
+        nonlocal done
+        done += instances
+        ctx.progress(done / total, f"{done}/{total} instances")
+
     def on_shard(index: int, path: Path, stats) -> None:
         ctx.storage.upload_file(paths.prediction_shard(evaluation.id, index), path)
-        done = stats.shards_done + stats.shards_skipped
-        ctx.progress(done / len(shards), f"{done}/{len(shards)} shards")
         ctx.checkpoint()
 
     tick = time.perf_counter()
     options = EvalOptions(batch_size=evaluation.config.batch_size, top_k=evaluation.config.top_k)
-    stats = evaluate_shards(model_obj, processor, shards, out, label_map=label_map, options=options, on_shard=on_shard)
+    stats = evaluate_shards(model_obj, processor, shards, out, label_map=label_map, options=options, on_shard=on_shard, on_batch=on_batch)
     timings["inference_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()

@@ -182,3 +182,17 @@ def test_processors_the_fast_path_does_not_cover_fall_back():
 
     assert FixedSizePreprocess.for_processor(ViTImageProcessor(do_normalize=False)) is None
     assert FixedSizePreprocess.for_processor(ViTImageProcessor(size={"shortest_edge": 32})) is None
+
+
+def test_progress_is_reported_batch_by_batch(loaded, ingested_digits, tmp_path):
+    """Progress moves within a shard, not only when a shard is done."""
+    model, processor = loaded
+    dataset, manifest = ingested_digits
+    shards = sorted((dataset / "train").glob("part-*.parquet"))
+    batches: list[int] = []
+    label_map = align_labels(manifest["label_names"], label_names(model))
+    stats = evaluate_shards(
+        model, processor, shards, tmp_path, label_map=label_map, options=EvalOptions(batch_size=32), on_batch=batches.append
+    )
+    assert sum(batches) == stats.instances == 449
+    assert len(batches) == sum(-(-s["rows"] // 32) for s in manifest["splits"]["train"]["shards"])
