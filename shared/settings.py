@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     # Local cache for inputs fetched from Cloud Storage (keyed by digest) and result sets.
     cache_dir: str = ".cache/assay"
+    # Bound on the API's local cache of result sets (Cloud Functions' disk counts against
+    # the instance's memory, so keep it well under the memory setting there).
+    results_cache_bytes: int = Field(default=2 * 1024**3, gt=0)
 
     # The HTTP API (functions/): request body cap, how long one Datastore call may retry
     # before the request answers 503, and how long a hint publish may hold a reply.

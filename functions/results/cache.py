@@ -35,7 +35,7 @@ from shared.storage import Storage, evaluation_prefix
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = 2 * 1024**3
+DEFAULT_MAX_BYTES = 2 * 1024**3  # Settings.results_cache_bytes sets it for the API
 _STALE_PARTIAL_S = 3600.0
 
 

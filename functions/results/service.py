@@ -59,7 +59,7 @@ def cache_for(settings: Settings, storage: Storage) -> ResultCache:
     key = (str(Path(settings.cache_dir).resolve()), settings.bucket)
     with _caches_lock:
         if key not in _caches:
-            _caches[key] = ResultCache(storage, settings.cache_dir)
+            _caches[key] = ResultCache(storage, settings.cache_dir, max_bytes=settings.results_cache_bytes)
         return _caches[key]
 
 

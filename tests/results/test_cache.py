@@ -115,3 +115,10 @@ def test_concurrent_requests_download_once(storage, settings, tmp_path, monkeypa
     assert not errors and len(set(folders)) == 1
     assert len(downloads) == 4
     assert not list((cache.root / ".partial").iterdir())
+
+
+def test_the_api_cache_takes_its_bound_from_settings(storage, settings):
+    from functions.results.service import cache_for
+
+    bounded = settings.model_copy(update={"results_cache_bytes": 12345})
+    assert cache_for(bounded, storage).max_bytes == 12345
