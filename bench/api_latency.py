@@ -92,58 +92,59 @@ def bench_api(base: str, key: str, model_id: str, dataset_id: str, clients: int,
     return creates, reads
 
 
-def bench_bare_transaction(store: Store, account: str, clients: int, n: int) -> list[float]:
-    """begin, get one entity, put one entity, commit: the least a create can cost."""
+def time_transactions(store: Store, clients: int, n: int, work) -> list[float]:
+    """Seconds per transaction, ``clients`` threads each running ``work(c, i)``'s function n times."""
     times: list[float] = []
     lock = threading.Lock()
 
     def client(c: int) -> None:
         mine = []
         for i in range(n):
-            entity = Model(id=Model.new_id(), account=account, name="bare", declared_size=1,
-                           content_type="application/zip", upload_object="z")
-
-            def txn_fn(txn):
-                txn.find(Model, entity.id, account=account)
-                txn.put(entity)
-
+            fn = work(c, i)
             t0 = time.perf_counter()
-            store.run_in_transaction(txn_fn)
+            store.run_in_transaction(fn)
             mine.append(time.perf_counter() - t0)
         with lock:
             times.extend(mine)
 
     run_concurrently(clients, client)
     return times
+
+
+def bench_bare_transaction(store: Store, account: str, clients: int, n: int) -> list[float]:
+    """begin, get one entity, put one entity, commit: the least a create can cost."""
+
+    def work(c: int, i: int):
+        entity = Model(id=Model.new_id(), account=account, name="bare", declared_size=1,
+                       content_type="application/zip", upload_object="z")
+
+        def txn_fn(txn):
+            txn.find(Model, entity.id, account=account)
+            txn.put(entity)
+
+        return txn_fn
+
+    return time_transactions(store, clients, n, work)
 
 
 def bench_create_transaction(store: Store, account: str, model_id: str, dataset_id: str, clients: int, n: int) -> list[float]:
     """The create's own Datastore work, without HTTP: one lookup of the model, the dataset
     and the evaluation's key, then a put of the new evaluation. Tells how much of a create
     is the transaction itself and how much the API around it."""
-    times: list[float] = []
-    lock = threading.Lock()
 
-    def client(c: int) -> None:
-        mine = []
-        for i in range(n):
-            config = InferenceConfig(label_mapping={"bench": f"txn-c{c}-{i}"})
-            fp = evaluation_fingerprint(model_id=model_id, dataset_id=dataset_id, split="test", config=config)
-            evaluation = Evaluation(id=evaluation_id(account=account, fingerprint=fp), account=account, name="bench",
-                                    model_id=model_id, dataset_id=dataset_id, split="test", config=config, fingerprint=fp)
+    def work(c: int, i: int):
+        config = InferenceConfig(label_mapping={"bench": f"txn-c{c}-{i}"})
+        fp = evaluation_fingerprint(model_id=model_id, dataset_id=dataset_id, split="test", config=config)
+        evaluation = Evaluation(id=evaluation_id(account=account, fingerprint=fp), account=account, name="bench",
+                                model_id=model_id, dataset_id=dataset_id, split="test", config=config, fingerprint=fp)
 
-            def txn_fn(txn):
-                txn.find_many([(Model, model_id), (Dataset, dataset_id), (Evaluation, evaluation.id)], account=account)
-                txn.put(evaluation)
+        def txn_fn(txn):
+            txn.find_many([(Model, model_id), (Dataset, dataset_id), (Evaluation, evaluation.id)], account=account)
+            txn.put(evaluation)
 
-            t0 = time.perf_counter()
-            store.run_in_transaction(txn_fn)
-            mine.append(time.perf_counter() - t0)
-        with lock:
-            times.extend(mine)
+        return txn_fn
 
-    run_concurrently(clients, client)
-    return times
+    return time_transactions(store, clients, n, work)
 
 
 def main() -> int:
