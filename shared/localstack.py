@@ -89,10 +89,14 @@ def serve(state: Path) -> int:
         }
         # What `infra/gcp/setup.sh` creates in production: the bucket, the hint topic and
         # the daemon's subscription.
-        settings = Settings(**{k.removeprefix("ASSAY_").lower(): v for k, v in env.items() if k.startswith("ASSAY_") and not k.startswith("ASSAY_DAEMON_")},
-                            datastore_emulator_host=emulators.datastore_host,
-                            pubsub_emulator_host=emulators.pubsub_host,
-                            storage_emulator_host=emulators.storage_host)
+        settings = Settings(
+            project=emulators.project,
+            bucket=env["ASSAY_BUCKET"],
+            storage_topic=emulators.storage_topic,
+            datastore_emulator_host=emulators.datastore_host,
+            pubsub_emulator_host=emulators.pubsub_host,
+            storage_emulator_host=emulators.storage_host,
+        )
         Storage.from_settings(settings).ensure_bucket()
         Hints(settings).ensure()
         python = sys.executable
