@@ -1,15 +1,24 @@
 """Evaluate an image classifier on canonical dataset shards, resumably and fast.
 
-Decoding and preprocessing run in DataLoader worker processes (off the main thread and
-off the GIL) with the model's own image-processor semantics (bit-for-bit, see
-``FixedSizePreprocess``), after the same ``exif_transpose`` +
-RGB conversion the ``transformers`` pipeline applies, so the model sees exactly the
-tensors the pipeline would give it. The main process only runs the model: batched, under
+Images are decoded to ``uint8`` pixels at the model's input size (``workers.decoding``);
+the process that runs the model normalizes each batch in torch (``workers.pixels``:
+bit-for-bit the image processor's output, after the same EXIF orientation and RGB
+conversion the ``transformers`` pipeline applies) and runs it batched under
 ``torch.inference_mode()``, with bf16 autocast on CUDA.
 
+How the work shares the machine depends on the device (the defaults of ``EvalOptions``):
+- on CUDA, one process runs the model and decoder processes keep batches ready for it;
+  batches are launched without waiting for the one before, and results are read back
+  when a shard is written, after the next batch is launched, so the GPU does not wait;
+- on the CPU, every core runs a replica of the model in a process of its own
+  (``workers.replicas``), each decoding and evaluating whole shards, one torch thread
+  each. Decoding and inference then never compete for a core, and no core waits at
+  the barriers of a multi-threaded forward pass (measured: ~1.6x the throughput of one
+  process with two threads fed by a decoder process, on 2 cores).
+
 Batches never span shards, and each input shard ``part-NNNNN`` yields one prediction
-shard of the same name, written atomically. A run that is killed resumes at the first
-shard without predictions and ends with byte-identical files.
+shard of the same name, written atomically. A run that is killed resumes at the shards
+without predictions and ends with byte-identical files.
 """
 
 from __future__ import annotations
@@ -25,14 +34,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from PIL import ImageOps
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shared.results import PREDICTION_SCHEMA
+from workers.decoding import Batch, Decoded, DecodePool, Plan, batch_plan, decoded_batches, read_batches
 from workers.failures import FailureReason, WorkerFailure
-from workers.images import InvalidImage, decode_image
 from workers.metrics import classification_metrics, percentile
+from workers.pixels import recipe_for
+from workers.replicas import run_in_replicas
 
+MAX_CPU_REPLICAS = 8  # each holds a batch's activations: bounds memory on large machines
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which a cpuset narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -40,18 +55,23 @@ class EvalOptions:
     batch_size: int = 64
     top_k: int = 5
     device: str | None = None  # "cuda" when available, else "cpu"
-    # On 2 cores one decode worker plus one torch thread measured fastest; more of
-    # either oversubscribes. With more cores, decoding gets half of them.
+    # None means the device's default (module docstring): CUDA -> one model process fed
+    # by (cores - 1) decoders; CPU -> one single-threaded replica per core (at most
+    # MAX_CPU_REPLICAS), each decoding its own images. Decoders and threads are per model
+    # process.
+    replicas: int | None = None
     decode_workers: int | None = None
     torch_threads: int | None = None
-    prefetch_batches: int = 4
+    batches_per_decoder: int = 2  # decoded ahead of the model, per decoder
 
     def resolved(self) -> EvalOptions:
-        cores = os.cpu_count() or 1
+        cores = usable_cores()
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        workers = self.decode_workers if self.decode_workers is not None else max(1, min(12, cores // 2))
-        threads = self.torch_threads if self.torch_threads is not None else max(1, cores - workers)
-        return EvalOptions(self.batch_size, self.top_k, device, workers, threads, self.prefetch_batches)
+        cuda = torch.device(device).type == "cuda"
+        replicas = 1 if cuda else (self.replicas or min(cores, MAX_CPU_REPLICAS))
+        workers = self.decode_workers if self.decode_workers is not None else (max(1, min(32, cores - 1)) if cuda else 0)
+        threads = self.torch_threads or (1 if cuda or replicas > 1 else cores)
+        return EvalOptions(self.batch_size, self.top_k, device, replicas, workers, threads, self.batches_per_decoder)
 
 
 @dataclass
@@ -60,6 +80,7 @@ class RunStats:
     shards_done: int = 0
     shards_skipped: int = 0
     wall_seconds: float = 0.0
+    first_batch_seconds: float = 0.0  # start-up: until the first batch's predictions are in
     batch_seconds: list[float] = field(default_factory=list)
     device: str = "cpu"
     device_name: str = "cpu"
@@ -70,6 +91,8 @@ class RunStats:
             "instances_per_second": self.instances / self.wall_seconds if self.wall_seconds else None,
             "instances_timed": self.instances,
             "wall_seconds": self.wall_seconds,
+            "first_batch_seconds": self.first_batch_seconds,
+            "model_seconds": sum(self.batch_seconds),
             "batch_latency_p50_ms": percentile(self.batch_seconds, 50) * 1000,
             "batch_latency_p95_ms": percentile(self.batch_seconds, 95) * 1000,
             "batches": len(self.batch_seconds),
@@ -113,106 +136,207 @@ def prediction_shard_path(out_dir: Path, shard: Path) -> Path:
     return out_dir / shard.name
 
 
-class FixedSizePreprocess:
-    """The PIL image processors' resize -> rescale -> normalize, vectorised over a batch.
+def evaluate_shards(
+    model,
+    processor,
+    shards: list[Path],
+    out_dir: str | Path,
+    *,
+    label_map: np.ndarray,
+    options: EvalOptions = EvalOptions(),
+    on_shard: Callable[[int, Path, RunStats], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> RunStats:
+    """Write ``out_dir/part-NNNNN.parquet`` predictions for each input shard not done yet.
 
-    For the common case (a fixed ``height × width`` resize, no crop, no padding) the
-    processor's per-image numpy steps cost more than decoding. This does the same
-    operations in the same order and dtypes — PIL resize with the processor's filter,
-    ``uint8 -> float64 * rescale_factor -> float32``, ``(x - mean) / std`` in float32 — on
-    the whole batch at once, so its output is bit-for-bit the processor's (tested).
-    ``for_processor`` returns None for any processor it does not cover, and the processor
-    itself is used.
+    ``label_map`` maps dataset label indices to model label indices (``align_labels``).
+    ``on_batch(instances)`` is called after each batch (for progress within a shard), and
+    ``on_shard(index, path, stats)`` after each prediction shard is written; both in
+    the calling process, however many replicas run.
+
+    Raises:
+        WorkerFailure: ``inference_error`` when a batch cannot be decoded or run.
     """
-
-    def __init__(self, height: int, width: int, resample: int, scale: float, mean, std):
-        self.size = (width, height)  # PIL order
-        self.resample = resample
-        self.scale = scale
-        self.mean = np.asarray(mean, dtype=np.float32)
-        self.std = np.asarray(std, dtype=np.float32)
-
-    @classmethod
-    def for_processor(cls, processor) -> FixedSizePreprocess | None:
-        size = getattr(processor, "size", None)
-        height, width = (getattr(size, "height", None), getattr(size, "width", None)) if size is not None else (None, None)
-        eligible = (
-            getattr(processor, "backend", None) == "pil"
-            and processor.do_resize
-            and height
-            and width
-            and not getattr(processor, "do_center_crop", None)
-            and not getattr(processor, "do_pad", None)
-            and processor.do_rescale
-            and processor.do_normalize
-            and len(processor.image_mean) == len(processor.image_std) == 3
-        )
-        if not eligible:
-            return None
-        resample = processor.resample if processor.resample is not None else 2  # PIL BILINEAR, the default
-        return cls(height, width, int(resample), processor.rescale_factor, processor.image_mean, processor.image_std)
-
-    def __call__(self, images: list) -> np.ndarray:
-        pixels = np.stack([np.asarray(image.resize(self.size, resample=self.resample)) for image in images])
-        values = (pixels.astype(np.float64) * self.scale).astype(np.float32)
-        values = (values - self.mean) / self.std
-        return np.ascontiguousarray(values.transpose(0, 3, 1, 2))
+    options = options.resolved()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(options.device)
+    todo = [(i, p) for i, p in enumerate(shards) if not prediction_shard_path(out_dir, p).exists()]
+    stats = RunStats(
+        shards_skipped=len(shards) - len(todo),
+        device=device.type,
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    )
+    if not todo:
+        return stats
+    plan = batch_plan(todo, options.batch_size)
+    predictor = Predictor(model, processor, label_map=label_map, options=options)
+    writer = ShardWriter(out_dir, shards, plan, stats, on_shard)
+    if options.replicas > 1 and len(plan) > 1:
+        run_in_replicas(predictor, plan, writer, replicas=min(options.replicas, len(plan)), on_batch=on_batch)
+    else:
+        _evaluate_here(predictor, plan, writer, on_batch=on_batch)
+    stats.wall_seconds = time.perf_counter() - writer.started
+    if device.type == "cuda":
+        stats.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
+    return stats
 
 
-class ShardBatches(IterableDataset):
-    """Preprocessed batches of the given shards; worker ``j`` of ``n`` takes shards ``j::n``."""
+@dataclass
+class Predictions:
+    """The model's verdict on one batch: tensors on the model's device, or numpy arrays
+    (``on_host``) to travel from a replica."""
 
-    def __init__(self, shards: list[tuple[int, Path]], processor, batch_size: int):
-        self.shards = shards
-        self.processor = processor
-        self.fast = FixedSizePreprocess.for_processor(processor)
-        self.batch_size = batch_size
+    shard: int
+    start: int
+    instance_ids: list[str]
+    labels: torch.Tensor | np.ndarray
+    top_ids: torch.Tensor | np.ndarray
+    top_scores: torch.Tensor | np.ndarray
+    label_score: torch.Tensor | np.ndarray
 
-    def preprocess(self, images: list) -> np.ndarray:
-        if self.fast is not None:
-            return self.fast(images)
-        return np.asarray(self.processor(images=images, return_tensors="np")["pixel_values"])
+    def on_host(self) -> Predictions:
+        arrays = {name: getattr(self, name).cpu().numpy() for name in _VALUES}
+        return Predictions(self.shard, self.start, self.instance_ids, **arrays)
 
-    def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        mine = self.shards if info is None else self.shards[info.id :: info.num_workers]
-        for index, path in mine:
-            table = pq.read_table(path, columns=["instance_id", "image", "label"])
-            ids = table.column("instance_id").to_pylist()
-            images = table.column("image").to_pylist()
-            labels = table.column("label").to_numpy()
-            for start in range(0, len(ids), self.batch_size):
-                stop = min(start + self.batch_size, len(ids))
-                pixels = [self._load(ids[i], images[i]) for i in range(start, stop)]
-                values = self.preprocess(pixels)
-                yield {
-                    "shard": index,
-                    "last": stop == len(ids),
-                    "instance_ids": ids[start:stop],
-                    "labels": torch.from_numpy(labels[start:stop].copy()),
-                    "pixel_values": torch.from_numpy(np.ascontiguousarray(values)),
-                }
 
-    @staticmethod
-    def _load(instance_id: str, data: bytes):
+_VALUES = ("labels", "top_ids", "top_scores", "label_score")
+
+
+class Predictor:
+    """The model's side of an evaluation: a decoded batch in, ``Predictions`` out."""
+
+    def __init__(self, model, processor, *, label_map: np.ndarray, options: EvalOptions):
+        self.options = options
+        self.device = torch.device(options.device)
+        self.model = model.to(self.device).eval()
+        self.recipe = recipe_for(processor)
+        self.k = min(options.top_k, model.config.num_labels)
+        self.label_map = torch.from_numpy(label_map)
+        self.timer: BatchTimer | None = None
+
+    def start(self) -> None:
+        """Ready this process to predict (torch threads, device tensors, timers)."""
+        torch.set_num_threads(self.options.torch_threads)
+        self.label_lookup = self.label_map.to(self.device)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        self.timer = BatchTimer(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def __call__(self, batch: Batch, decoded: Decoded) -> Predictions:
+        mark = self.timer.start()
+        values = self.recipe.normalize(decoded.to(self.device))
+        decoded.release()
+        labels = self.label_lookup[torch.from_numpy(batch.labels).to(self.device, non_blocking=True)]
+        with torch.inference_mode(), self.autocast:
+            probs = self.model(pixel_values=values).logits.float().softmax(dim=-1)
+            top_scores, top_ids = probs.topk(self.k, dim=-1)
+            label_score = probs.gather(1, labels[:, None])[:, 0]
+        self.timer.stop(mark)
+        return Predictions(batch.shard, batch.start, batch.instance_ids, labels, top_ids, top_scores, label_score)
+
+    def batches(self, batches: Iterator[Batch]) -> Iterator[Predictions]:
+        """Predictions for each batch, in order; decoding runs ahead in the decoder
+        processes (or, with none, in this one).
+
+        Raises:
+            WorkerFailure: ``inference_error`` when a batch cannot be decoded or run.
+        """
+        options = self.options
+        depth = max(1, options.decode_workers) * options.batches_per_decoder
         try:
-            image = decode_image(data)
-        except InvalidImage as e:  # ingest validated every image: this is a corrupted shard
-            raise RuntimeError(f"instance {instance_id}: {e}") from e
-        return ImageOps.exif_transpose(image).convert("RGB")
+            with DecodePool(self.recipe, workers=options.decode_workers, slots=depth + 2, batch_size=options.batch_size) as pool:
+                for batch, decoded in decoded_batches(pool, batches, depth=depth):
+                    yield self(batch, decoded)
+        except RuntimeError as e:  # a damaged image, a dead decoder (DecodeError), torch's own errors
+            raise WorkerFailure(FailureReason.inference_error, str(e)) from e
 
 
-def _write_predictions(path: Path, rows: dict[str, list]) -> int:
+class ShardWriter:
+    """Collects predictions per shard and writes each shard (atomically) once all its rows
+    are in, in row order whatever order its batches came in."""
+
+    def __init__(self, out_dir: Path, shards: list[Path], plan: Plan, stats: RunStats, on_shard):
+        self.out_dir, self.shards, self.stats, self.on_shard = out_dir, shards, stats, on_shard
+        self.pending: dict[int, list[Predictions]] = {}
+        self.missing: dict[int, int] = {}  # rows of each shard not yet predicted
+        for index, _, start, stop in plan:
+            self.missing[index] = self.missing.get(index, 0) + stop - start
+        self.started = time.perf_counter()
+
+    def add(self, predictions: Predictions) -> bool:
+        """Keep one batch's predictions; True when its shard is now complete."""
+        self.stats.first_batch_seconds = self.stats.first_batch_seconds or time.perf_counter() - self.started
+        self.pending.setdefault(predictions.shard, []).append(predictions)
+        self.missing[predictions.shard] -= len(predictions.instance_ids)
+        return self.missing[predictions.shard] == 0
+
+    def write(self, index: int) -> None:
+        path = prediction_shard_path(self.out_dir, self.shards[index])
+        batches = sorted(self.pending.pop(index), key=lambda p: p.start)
+        self.stats.instances += _write_predictions(path, batches)
+        self.stats.shards_done += 1
+        self.stats.wall_seconds = time.perf_counter() - self.started
+        if self.on_shard is not None:
+            self.on_shard(index, path, self.stats)
+
+
+def _evaluate_here(predictor: Predictor, plan: Plan, writer: ShardWriter, *, on_batch) -> None:
+    """Every batch of ``plan`` in this process, fed by its decoder processes."""
+    predictor.start()
+    complete: list[int] = []  # shards whose last batch is launched, not yet written
+    for predictions in predictor.batches(read_batches(plan)):
+        if on_batch is not None:
+            on_batch(len(predictions.instance_ids))
+        # Written one batch late: on CUDA the GPU then has work while the host waits for
+        # the shard's results and writes them.
+        for index in complete:
+            writer.write(index)
+        complete = [predictions.shard] if writer.add(predictions) else []
+    for index in complete:
+        writer.write(index)
+    writer.stats.batch_seconds = predictor.timer.seconds()
+    writer.stats.peak_memory_bytes = _peak_memory()
+
+
+class BatchTimer:
+    """Per-batch model time: host clocks on the CPU, CUDA events on the GPU (read at the
+    end, so that timing never makes the host wait for the device)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def start(self):
+        return self._event() if self.cuda else time.perf_counter()
+
+    def _event(self):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def stop(self, started) -> None:
+        self.marks.append((started, self._event() if self.cuda else time.perf_counter()))
+
+    def seconds(self) -> list[float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) / 1000 for a, b in self.marks]
+        return [b - a for a, b in self.marks]
+
+
+def _write_predictions(path: Path, batches: list[Predictions]) -> int:
     """One prediction shard in the result-set contract (``shared.results``)."""
-    labels = np.concatenate(rows["labels"]).astype(np.int32)
-    top_ids = torch.cat(rows["top_ids"]).cpu().numpy().astype(np.int32)
-    top_scores = torch.cat(rows["top_scores"]).float().cpu().numpy()
-    label_score = torch.cat(rows["label_score"]).float().cpu().numpy()
+    labels = _joined(batches, "labels").astype(np.int32)
+    top_ids = _joined(batches, "top_ids").astype(np.int32)
+    top_scores = _joined(batches, "top_scores").astype(np.float32)
+    label_score = _joined(batches, "label_score").astype(np.float32)
     n, k = top_ids.shape
     predictions = top_ids[:, 0]
     offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
     columns = {
-        "instance_id": pa.array([i for chunk in rows["instance_ids"] for i in chunk], pa.string()),
+        "instance_id": pa.array([i for b in batches for i in b.instance_ids], pa.string()),
         "label": pa.array(labels, pa.int32()),
         "prediction": pa.array(predictions, pa.int32()),
         "confidence": pa.array(top_scores[:, 0], pa.float32()),
@@ -228,99 +352,16 @@ def _write_predictions(path: Path, rows: dict[str, list]) -> int:
     return len(labels)
 
 
-def _peak_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
+def _joined(batches: list[Predictions], name: str) -> np.ndarray:
+    values = [getattr(b, name) for b in batches]
+    if isinstance(values[0], torch.Tensor):
+        return torch.cat(values).cpu().numpy()  # one copy from the device for the whole shard
+    return np.concatenate(values)
+
+
+def _peak_memory() -> int:
+    """This process's peak resident memory (on CUDA, ``evaluate_shards`` reports the GPU's)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def evaluate_shards(
-    model,
-    processor,
-    shards: list[Path],
-    out_dir: str | Path,
-    *,
-    label_map: np.ndarray,
-    options: EvalOptions = EvalOptions(),
-    on_shard: Callable[[int, Path, RunStats], None] | None = None,
-    on_batch: Callable[[int], None] | None = None,
-) -> RunStats:
-    """Write ``out_dir/part-NNNNN.parquet`` predictions for each input shard not done yet.
-
-    ``label_map`` maps dataset label indices to model label indices (``align_labels``).
-    ``on_shard(index, path, stats)`` is called after each prediction shard is written, and
-    ``on_batch(instances)`` after each batch (for progress within a shard).
-
-    Raises:
-        WorkerFailure: ``inference_error`` when a batch cannot be decoded or run.
-    """
-    options = options.resolved()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(options.device)
-    torch.set_num_threads(options.torch_threads)
-    model = model.to(device).eval()
-    label_names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
-    k = min(options.top_k, len(label_names))
-    todo = [(i, p) for i, p in enumerate(shards) if not prediction_shard_path(out_dir, p).exists()]
-    stats = RunStats(
-        shards_skipped=len(shards) - len(todo),
-        device=device.type,
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-    )
-    if not todo:
-        return stats
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    workers = min(options.decode_workers, len(todo))
-    loader = DataLoader(
-        ShardBatches(todo, processor, options.batch_size),
-        batch_size=None,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=options.prefetch_batches if workers else None,
-        multiprocessing_context="fork" if workers else None,
-    )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    label_lookup = torch.from_numpy(label_map)
-    pending: dict[int, dict[str, list]] = {}
-    started = time.perf_counter()
-    try:
-        for batch in loader:
-            tick = time.perf_counter()
-            pixels = batch["pixel_values"].to(device, non_blocking=True)
-            labels = label_lookup[batch["labels"]]
-            with torch.inference_mode(), autocast:
-                logits = model(pixel_values=pixels).logits
-                probs = logits.float().softmax(dim=-1)
-                top_scores, top_ids = probs.topk(k, dim=-1)
-                label_score = probs.gather(1, labels.to(device)[:, None])[:, 0]
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            stats.batch_seconds.append(time.perf_counter() - tick)
-            rows = pending.setdefault(
-                batch["shard"], {"instance_ids": [], "labels": [], "top_ids": [], "top_scores": [], "label_score": []}
-            )
-            rows["instance_ids"].append(batch["instance_ids"])
-            rows["labels"].append(labels.numpy())
-            rows["top_ids"].append(top_ids)
-            rows["top_scores"].append(top_scores)
-            rows["label_score"].append(label_score)
-            if on_batch is not None:
-                on_batch(len(batch["instance_ids"]))
-            if batch["last"]:
-                index = batch["shard"]
-                path = prediction_shard_path(out_dir, shards[index])
-                stats.instances += _write_predictions(path, pending.pop(index))
-                stats.shards_done += 1
-                stats.wall_seconds = time.perf_counter() - started
-                if on_shard is not None:
-                    on_shard(index, path, stats)
-    except RuntimeError as e:
-        raise WorkerFailure(FailureReason.inference_error, str(e)) from e
-    stats.wall_seconds = time.perf_counter() - started
-    stats.peak_memory_bytes = _peak_memory(device)
-    return stats
 
 
 def read_predictions(paths: list[Path]) -> pa.Table:

@@ -145,7 +145,9 @@ def load_model(root: Path):
         model = AutoModelForImageClassification.from_pretrained(
             root, trust_remote_code=False, use_safetensors=True, local_files_only=True
         )
-        processor = AutoImageProcessor.from_pretrained(root, trust_remote_code=False, local_files_only=True)
+        # PIL, the reference backend, whatever else is installed: the same pixels everywhere,
+        # and the processors workers.pixels reproduces bit for bit.
+        processor = AutoImageProcessor.from_pretrained(root, trust_remote_code=False, local_files_only=True, backend="pil")
     except Exception as e:  # noqa: BLE001
         # Every earlier check passed, so whatever transformers or safetensors raise on these
         # files (SafetensorError, size mismatches, bad processor fields…) is the upload's fault.
