@@ -82,6 +82,7 @@ class PixelRecipe:
         self.scale = scale
         self.mean = tuple(float(m) for m in np.asarray(mean, dtype=np.float32))
         self.std = tuple(float(s) for s in np.asarray(std, dtype=np.float32))
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def for_processor(cls, processor) -> PixelRecipe | None:
@@ -123,10 +124,16 @@ class PixelRecipe:
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """``N x H x W x 3`` ``uint8`` (on any device) -> ``N x 3 x H x W`` float32 model input."""
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device)[:, None, None]
-        std = torch.tensor(self.std, dtype=torch.float32, device=pixels.device)[:, None, None]
+        mean, std = self._constants(pixels.device)
         values = pixels.permute(0, 3, 1, 2).to(torch.float64).mul_(self.scale).to(torch.float32)
         return values.sub_(mean).div_(std).contiguous()
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # Made once per device: a fresh small copy to a GPU per batch would wait for the GPU.
+        if device not in self._on_device:
+            as_tensor = lambda values: torch.tensor(values, dtype=torch.float32, device=device)[:, None, None]  # noqa: E731
+            self._on_device[device] = (as_tensor(self.mean), as_tensor(self.std))
+        return self._on_device[device]
 
 
 class ProcessorRecipe:
