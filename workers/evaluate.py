@@ -63,6 +63,9 @@ class EvalOptions:
     decode_workers: int | None = None
     torch_threads: int | None = None
     batches_per_decoder: int = 2  # decoded ahead of the model, per decoder
+    # A replica costs a fork and its start (~0.1 s, more on a busy machine): a run with
+    # fewer batches than this per replica uses fewer replicas, down to none.
+    min_batches_per_replica: int = 8
 
     def resolved(self) -> EvalOptions:
         cores = usable_cores()
@@ -71,7 +74,9 @@ class EvalOptions:
         replicas = 1 if cuda else (self.replicas or min(cores, MAX_CPU_REPLICAS))
         workers = self.decode_workers if self.decode_workers is not None else (max(1, min(32, cores - 1)) if cuda else 0)
         threads = self.torch_threads or (1 if cuda or replicas > 1 else cores)
-        return EvalOptions(self.batch_size, self.top_k, device, replicas, workers, threads, self.batches_per_decoder)
+        return EvalOptions(
+            self.batch_size, self.top_k, device, replicas, workers, threads, self.batches_per_decoder, self.min_batches_per_replica
+        )
 
 
 @dataclass
@@ -172,8 +177,9 @@ def evaluate_shards(
     plan = batch_plan(todo, options.batch_size)
     predictor = Predictor(model, processor, label_map=label_map, options=options)
     writer = ShardWriter(out_dir, shards, plan, stats, on_shard)
-    if options.replicas > 1 and len(plan) > 1:
-        run_in_replicas(predictor, plan, writer, replicas=min(options.replicas, len(plan)), on_batch=on_batch)
+    replicas = min(options.replicas, len(plan) // max(1, options.min_batches_per_replica))
+    if replicas > 1:
+        run_in_replicas(predictor, plan, writer, replicas=replicas, on_batch=on_batch)
     else:
         _evaluate_here(predictor, plan, writer, on_batch=on_batch)
     stats.wall_seconds = time.perf_counter() - writer.started

@@ -25,6 +25,8 @@ from workers.failures import FailureReason, WorkerFailure
 from workers.verify import label_names, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
+# Small batches, and replicas however few there are: the fixtures are 449 images.
+REPLICATED = EvalOptions(batch_size=32, replicas=2, min_batches_per_replica=1)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def evaluated(loaded, ingested_digits, tmp_path_factory):
     shards = sorted((dataset / "train").glob("part-*.parquet"))
     out = tmp_path_factory.mktemp("predictions")
     label_map = align_labels(manifest["label_names"], label_names(model))
-    stats = evaluate_shards(model, processor, shards, out, label_map=label_map, options=EvalOptions(batch_size=32))
+    stats = evaluate_shards(model, processor, shards, out, label_map=label_map, options=REPLICATED)
     paths = sorted(out.glob("part-*.parquet"))
     return paths, summarize(paths, label_names(model), stats), stats
 
@@ -114,7 +116,7 @@ def test_resumed_run_after_a_kill_is_byte_identical(evaluated, ingested_digits, 
                 os.kill(os.getpid(), signal.SIGKILL)
 
         evaluate_shards(model, processor, shards, Path({str(out)!r}), label_map=align_labels(names, names),
-                        options=EvalOptions(batch_size=32), on_shard=on_shard)
+                        options=EvalOptions(batch_size=32, replicas=2, min_batches_per_replica=1), on_shard=on_shard)
         """
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -265,7 +267,7 @@ def rgb_image_of(data: bytes):
 
 @pytest.mark.parametrize(
     "options",
-    [EvalOptions(batch_size=32, replicas=2), EvalOptions(batch_size=32, replicas=1, decode_workers=2)],
+    [REPLICATED, EvalOptions(batch_size=32, replicas=1, decode_workers=2)],
     ids=["a replica", "a decoder"],
 )
 def test_a_helper_process_that_dies_fails_the_evaluation(options, loaded, ingested_digits, tmp_path):
@@ -291,7 +293,7 @@ def test_a_helper_process_that_dies_fails_the_evaluation(options, loaded, ingest
 
 @pytest.mark.parametrize(
     "options",
-    [EvalOptions(replicas=1), EvalOptions(replicas=3), EvalOptions(replicas=1, decode_workers=2)],
+    [EvalOptions(replicas=1), EvalOptions(replicas=3, min_batches_per_replica=1), EvalOptions(replicas=1, decode_workers=2)],
     ids=["one process", "three replicas", "decoder processes"],
 )
 def test_every_layout_writes_the_same_predictions(options, evaluated, loaded, ingested_digits, tmp_path):
@@ -309,6 +311,26 @@ def test_every_layout_writes_the_same_predictions(options, evaluated, loaded, in
         assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
 
 
+def test_replicas_are_started_only_for_enough_batches(loaded, ingested_digits, tmp_path, monkeypatch):
+    """Forking costs more than a few batches gain: too few batches run in this process."""
+    from workers import evaluate
+
+    started: list[int] = []
+    monkeypatch.setattr(evaluate, "run_in_replicas", lambda *args, replicas, **kwargs: started.append(replicas))
+    model, processor = loaded
+    dataset, manifest = ingested_digits
+    shards = sorted((dataset / "train").glob("part-*.parquet"))
+    label_map = align_labels(manifest["label_names"], label_names(model))
+    batches = sum(-(-s["rows"] // 32) for s in manifest["splits"]["train"]["shards"])
+    assert batches == 18
+    options = EvalOptions(batch_size=32, replicas=4, min_batches_per_replica=batches + 1)
+    stats = evaluate_shards(model, processor, shards, tmp_path / "a", label_map=label_map, options=options)
+    assert started == [] and stats.instances == 449
+    options = EvalOptions(batch_size=32, replicas=4, min_batches_per_replica=6)
+    evaluate_shards(model, processor, shards, tmp_path / "b", label_map=label_map, options=options)
+    assert started == [3]  # 18 batches, at least 6 each
+
+
 def test_progress_is_reported_batch_by_batch(loaded, ingested_digits, tmp_path):
     """Progress moves within a shard, not only when a shard is done."""
     model, processor = loaded
@@ -317,7 +339,7 @@ def test_progress_is_reported_batch_by_batch(loaded, ingested_digits, tmp_path):
     batches: list[int] = []
     label_map = align_labels(manifest["label_names"], label_names(model))
     stats = evaluate_shards(
-        model, processor, shards, tmp_path, label_map=label_map, options=EvalOptions(batch_size=32), on_batch=batches.append
+        model, processor, shards, tmp_path, label_map=label_map, options=REPLICATED, on_batch=batches.append
     )
     assert sum(batches) == stats.instances == 449
     assert len(batches) == sum(-(-s["rows"] // 32) for s in manifest["splits"]["train"]["shards"])
