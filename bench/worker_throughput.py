@@ -211,7 +211,7 @@ def main() -> int:
     cores = len(os.sched_getaffinity(0))
     threads = args.baseline_threads or (1 if cores <= 2 else cores)
     options = EvalOptions(batch_size=args.batch, decode_workers=args.decode_workers)
-    resolved = options.resolved()
+    resolved = options.resolved(batches=-(-n // args.batch))
     print(
         f"{n} images, model {args.model} ({model_dir.name}), batch {args.batch}, device {device}, {cores} cores; "
         f"baselines on {threads} torch thread(s); Assay: {resolved.replicas} replica(s) x {resolved.torch_threads} torch thread(s), "

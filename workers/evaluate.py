@@ -67,11 +67,15 @@ class EvalOptions:
     # fewer batches than this per replica uses fewer replicas, down to none.
     min_batches_per_replica: int = 8
 
-    def resolved(self) -> EvalOptions:
+    def resolved(self, batches: int | None = None) -> EvalOptions:
+        """Every default filled in for this machine; ``batches``, the size of the run,
+        bounds the replicas (``min_batches_per_replica``)."""
         cores = usable_cores()
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         cuda = torch.device(device).type == "cuda"
         replicas = 1 if cuda else (self.replicas or min(cores, MAX_CPU_REPLICAS))
+        if batches is not None:
+            replicas = max(1, min(replicas, batches // max(1, self.min_batches_per_replica)))
         workers = self.decode_workers if self.decode_workers is not None else (max(1, min(32, cores - 1)) if cuda else 0)
         threads = self.torch_threads or (1 if cuda or replicas > 1 else cores)
         return EvalOptions(
@@ -162,7 +166,7 @@ def evaluate_shards(
     Raises:
         WorkerFailure: ``inference_error`` when a batch cannot be decoded or run.
     """
-    options = options.resolved()
+    requested, options = options, options.resolved()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(options.device)
@@ -175,11 +179,11 @@ def evaluate_shards(
     if not todo:
         return stats
     plan = batch_plan(todo, options.batch_size)
+    options = requested.resolved(batches=len(plan))
     predictor = Predictor(model, processor, label_map=label_map, options=options)
     writer = ShardWriter(out_dir, shards, plan, stats, on_shard)
-    replicas = min(options.replicas, len(plan) // max(1, options.min_batches_per_replica))
-    if replicas > 1:
-        run_in_replicas(predictor, plan, writer, replicas=replicas, on_batch=on_batch)
+    if options.replicas > 1:
+        run_in_replicas(predictor, plan, writer, replicas=options.replicas, on_batch=on_batch)
     else:
         _evaluate_here(predictor, plan, writer, on_batch=on_batch)
     stats.wall_seconds = time.perf_counter() - writer.started
