@@ -11,7 +11,8 @@
 
 Every path gets the images as PNG bytes and decodes them itself (except the limit). Each
 is timed from a loaded model to its results; only the evaluator loads the model inside
-its own call. Each path runs ``--repeat`` times, interleaved, and its best run counts:
+its own call. Each path runs ``--repeat`` times, in rounds of one run of every path, and
+its best run counts:
 on a shared 2-core VM a single run swings by 20-30%, and the best of a few is the
 steadiest estimate of what the code costs.
 
@@ -95,27 +96,30 @@ class Pipeline:
         return timed(lambda: self.pipe(open_images(encoded), batch_size=batch_size))
 
 
-def bench_evaluator(model_dir: Path, encoded: list[bytes], labels: list[int], device: str, threads: int) -> tuple[float, float]:
-    import datasets
-    import evaluate
+class Evaluator:
+    def __init__(self, model_dir: Path, encoded: list[bytes], labels: list[int], device: str, threads: int):
+        import datasets
+        import evaluate
 
-    torch.set_num_threads(threads)
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=digits.LABEL_NAMES)})
-    data = datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in encoded], "label": labels}, features=features)
-    metric = evaluate.load(str(ROOT / "bench" / "metrics" / "accuracy.py"))
-    task = evaluate.evaluator("image-classification")
-    mapping = {name: i for i, name in enumerate(digits.LABEL_NAMES)}
-    result = {}
-
-    def run():
-        result.update(
-            task.compute(
-                model_or_pipeline=str(model_dir), data=data, metric=metric, label_mapping=mapping,
-                device=0 if device == "cuda" else -1,
-            )
+        self.model_dir, self.device, self.threads = model_dir, device, threads
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=digits.LABEL_NAMES)})
+        self.data = datasets.Dataset.from_dict(
+            {"image": [{"bytes": b, "path": None} for b in encoded], "label": labels}, features=features
         )
+        self.metric = evaluate.load(str(ROOT / "bench" / "metrics" / "accuracy.py"))
+        self.task = evaluate.evaluator("image-classification")
+        self.mapping = {name: i for i, name in enumerate(digits.LABEL_NAMES)}
 
-    return timed(run), result["accuracy"]
+    def run(self) -> float:
+        torch.set_num_threads(self.threads)
+
+        def compute():
+            self.result = self.task.compute(
+                model_or_pipeline=str(self.model_dir), data=self.data, metric=self.metric, label_mapping=self.mapping,
+                device=0 if self.device == "cuda" else -1,
+            )
+
+        return timed(compute)
 
 
 class Assay:
@@ -195,7 +199,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--model", choices=["digits", "base"], default="digits")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each path; the best counts")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds; each path's best run counts")
     parser.add_argument("--skip", nargs="*", default=[], choices=["per_image", "batched", "evaluator"])
     parser.add_argument("--decode-workers", type=int, default=None, help="Assay's decoder processes (default: by device)")
     parser.add_argument("--json", type=Path)
@@ -224,24 +228,24 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         forward = ForwardOnly(model_dir, encoded, device, args.batch)
         assay = Assay(model_dir, encoded, labels, Path(tmp), options)
-        for _ in range(args.repeat):  # interleaved, so that a noisy spell hits both
-            runs.setdefault("forward_only", []).append(forward.best(cores))
-            runs.setdefault("assay", []).append(assay.run())
-        del forward
+        paths = {"forward_only": lambda: forward.best(cores), "assay": assay.run}
+        if not {"batched", "per_image"} <= set(args.skip):
+            pipe = Pipeline(model_dir, device, threads)
+            if "batched" not in args.skip:
+                paths["pipeline_batched"] = lambda: pipe.run(encoded, args.batch)
+            if "per_image" not in args.skip:
+                paths["pipeline_per_image"] = lambda: pipe.run(encoded, None)
+        if "evaluator" not in args.skip:
+            evaluator = Evaluator(model_dir, encoded, labels, device, threads)
+            paths["evaluator"] = evaluator.run
+        for _ in range(args.repeat):  # every path once a round: a noisy spell hits them all
+            for name, run in paths.items():
+                runs.setdefault(name, []).append(run())
         extra["assay_accuracy"] = assay.summary["accuracy"]
         extra["assay_efficiency"] = assay.summary["efficiency"]
         extra["assay_model_load_seconds"] = assay.load_seconds
-        if not {"batched", "per_image"} <= set(args.skip):
-            pipe = Pipeline(model_dir, device, threads)
-            for _ in range(args.repeat):
-                if "batched" not in args.skip:
-                    runs.setdefault("pipeline_batched", []).append(pipe.run(encoded, args.batch))
-                if "per_image" not in args.skip:
-                    runs.setdefault("pipeline_per_image", []).append(pipe.run(encoded, None))
-        if "evaluator" not in args.skip:
-            for _ in range(args.repeat):
-                seconds, extra["evaluator_accuracy"] = bench_evaluator(model_dir, encoded, labels, device, threads)
-                runs.setdefault("evaluator", []).append(seconds)
+        if "evaluator" in paths:
+            extra["evaluator_accuracy"] = evaluator.result["accuracy"]
 
     seconds = {name: min(times) for name, times in runs.items()}
     rate = {name: n / s for name, s in seconds.items()}
