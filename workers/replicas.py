@@ -55,6 +55,7 @@ def run_in_replicas(
                 except EOFError:
                     process = processes.pop(receiver)
                     process.join()
+                    receiver.close()
                     raise WorkerFailure(
                         FailureReason.inference_error,
                         f"an evaluation process died (exit code {process.exitcode}; out of memory?)",
@@ -67,6 +68,7 @@ def run_in_replicas(
                 elif kind == "done":
                     batch_seconds.extend(body)
                     processes.pop(receiver).join()
+                    receiver.close()
                 elif kind == "failed":
                     raise WorkerFailure(body[0], body[1], details=body[2])
                 else:  # "error": a bug in the replica, raised as one here
