@@ -11,10 +11,13 @@ How the work shares the machine depends on the device (the defaults of ``EvalOpt
   batches are launched without waiting for the one before, and results are read back
   when a shard is written, after the next batch is launched, so the GPU does not wait;
 - on the CPU, every core runs a replica of the model in a process of its own
-  (``workers.replicas``), each decoding and evaluating whole shards, one torch thread
-  each. Decoding and inference then never compete for a core, and no core waits at
-  the barriers of a multi-threaded forward pass (measured: ~1.6x the throughput of one
-  process with two threads fed by a decoder process, on 2 cores).
+  (``workers.replicas``), one torch thread each, each decoding the batches it claims.
+  Decoding and inference then never compete for a core, and no core waits at the
+  barriers of a multi-threaded forward pass (measured: ~1.6x the throughput of one
+  process with two threads fed by a decoder process, on 2 cores). A run too small to
+  repay the forks (``min_batches_per_replica``) runs in one process fed by a decoder.
+
+The process that calls ``evaluate_shards`` never decodes an image itself.
 
 Batches never span shards, and each input shard ``part-NNNNN`` yields one prediction
 shard of the same name, written atomically. A run that is killed resumes at the shards
@@ -57,8 +60,9 @@ class EvalOptions:
     device: str | None = None  # "cuda" when available, else "cpu"
     # None means the device's default (module docstring): CUDA -> one model process fed
     # by (cores - 1) decoders; CPU -> one single-threaded replica per core (at most
-    # MAX_CPU_REPLICAS), each decoding its own images. Decoders and threads are per model
-    # process.
+    # MAX_CPU_REPLICAS), each decoding its own images, or, for a run too small for
+    # replicas, one model process on (cores - 1) threads fed by one decoder. Decoders and
+    # threads are per model process.
     replicas: int | None = None
     decode_workers: int | None = None
     torch_threads: int | None = None
@@ -76,8 +80,12 @@ class EvalOptions:
         replicas = 1 if cuda else (self.replicas or min(cores, MAX_CPU_REPLICAS))
         if batches is not None:
             replicas = max(1, min(replicas, batches // max(1, self.min_batches_per_replica)))
-        workers = self.decode_workers if self.decode_workers is not None else (max(1, min(32, cores - 1)) if cuda else 0)
-        threads = self.torch_threads or (1 if cuda or replicas > 1 else cores)
+        if cuda or replicas == 1:  # one model process, fed by decoder processes
+            default_workers, default_threads = (max(1, min(32, cores - 1)), 1) if cuda else (1, max(1, cores - 1))
+        else:  # each replica decodes its own images
+            default_workers, default_threads = 0, 1
+        workers = self.decode_workers if self.decode_workers is not None else default_workers
+        threads = self.torch_threads or default_threads
         return EvalOptions(
             self.batch_size, self.top_k, device, replicas, workers, threads, self.batches_per_decoder, self.min_batches_per_replica
         )
