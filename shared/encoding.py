@@ -67,53 +67,49 @@ def encode(entity: Entity, key: Any) -> Any:
     return pb
 
 
+# The Value field for each scalar type, looked up by exact type (subclasses such as str
+# enums take the slower path below).
+_FIELD_OF_TYPE = {str: "string_value", int: "integer_value", float: "double_value", bool: "boolean_value"}
+
+
 def set_value(pb: Any, value: Any, *, indexed: bool = True) -> None:
     """Write a Python scalar (or a list of them) into a Datastore ``Value`` message."""
-    if isinstance(value, list):
-        array = pb.array_value
-        array.SetInParent()  # an empty list is an empty array, not a missing value
-        for item in value:
-            set_value(array.values.add(), item, indexed=indexed)
-        return  # an array carries no index flag of its own; its items do
-    if not indexed:
-        pb.exclude_from_indexes = True
-    if isinstance(value, Enum):
-        value = value.value
-    if value is None:
+    if not indexed and not isinstance(value, list):
+        pb.exclude_from_indexes = True  # an array carries no index flag of its own; its items do
+    field = _FIELD_OF_TYPE.get(type(value))
+    if field is not None:
+        setattr(pb, field, value)
+    elif value is None:
         pb.null_value = 0
-    elif isinstance(value, str):
-        pb.string_value = value
-    elif isinstance(value, bool):
-        pb.boolean_value = value
-    elif isinstance(value, int):
-        pb.integer_value = value
-    elif isinstance(value, float):
-        pb.double_value = value
+    elif isinstance(value, Enum):
+        set_value(pb, value.value)
     elif isinstance(value, dt.datetime):
         # Naive datetimes are UTC, as google-cloud-datastore takes them.
         aware = value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
         seconds, micros = divmod((aware - _EPOCH) // _MICROSECOND, 1_000_000)
         pb.timestamp_value.seconds = seconds
         pb.timestamp_value.nanos = micros * 1000
+    elif isinstance(value, list):
+        array = pb.array_value
+        array.SetInParent()  # an empty list is an empty array, not a missing value
+        for item in value:
+            set_value(array.values.add(), item, indexed=indexed)
     else:
         raise TypeError(f"no Datastore value for {type(value).__name__}")
 
 
+_PLAIN_FIELDS = frozenset({"string_value", "integer_value", "boolean_value", "double_value"})
+
+
 def get_value(pb: Any) -> Any:
     kind = pb.WhichOneof("value_type")
-    if kind == "string_value":
-        return pb.string_value
+    if kind in _PLAIN_FIELDS:
+        return getattr(pb, kind)
     if kind == "timestamp_value":
         ts = pb.timestamp_value
         return _EPOCH + dt.timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
-    if kind == "integer_value":
-        return pb.integer_value
     if kind == "null_value" or kind is None:
         return None
-    if kind == "boolean_value":
-        return pb.boolean_value
-    if kind == "double_value":
-        return pb.double_value
     if kind == "array_value":
         return [get_value(item) for item in pb.array_value.values]
     raise TypeError(f"Assay never stores a Datastore {kind}")
@@ -136,12 +132,12 @@ def _jsonable(value: Any) -> Any:
 def decode(cls: type[E], pb: Any) -> E:
     """The entity a Datastore ``Entity`` message holds."""
     json_fields = _json_fields(cls)
-    properties = pb.properties
+    fields = cls.model_fields
     data = {}
-    for name in cls.model_fields:
-        if name not in properties:
-            continue
-        value = get_value(properties[name])
+    for name, value_pb in pb.properties.items():
+        if name not in fields:
+            continue  # label_pairs, or a property a newer version wrote
+        value = get_value(value_pb)
         if name in json_fields and isinstance(value, str):
             value = json.loads(value)
         data[name] = value
