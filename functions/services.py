@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -20,6 +21,9 @@ log = logging.getLogger(__name__)
 
 # Pub/Sub takes at most 1,000 messages in one Publish request.
 MAX_HINTS_PER_PUBLISH = 1000
+# How long a publish waits for hints from concurrent requests to join it: the Pub/Sub
+# client library's own default batching window.
+HINT_BATCH_WINDOW_S = 0.01
 
 
 @dataclass
@@ -57,6 +61,7 @@ class Services:
             self._publisher.submit(self._publish)
 
     def _publish(self) -> None:
+        time.sleep(HINT_BATCH_WINDOW_S)
         with self._queue_lock:
             hints, self._queued = self._queued[:MAX_HINTS_PER_PUBLISH], self._queued[MAX_HINTS_PER_PUBLISH:]
             if self._queued:
