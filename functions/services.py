@@ -21,9 +21,6 @@ log = logging.getLogger(__name__)
 
 # Pub/Sub takes at most 1,000 messages in one Publish request.
 MAX_HINTS_PER_PUBLISH = 1000
-# How long a publish waits for hints from concurrent requests to join it: the Pub/Sub
-# client library's own default batching window.
-HINT_BATCH_WINDOW_S = 0.01
 
 
 @dataclass
@@ -33,11 +30,12 @@ class Services:
     storage: Storage
     hints: Hints
     keys: KeyCache = field(default_factory=lambda: KeyCache(0))
-    # Hints are published off the request path: a reply never waits on Pub/Sub. Hints that
-    # queue up while one publish is under way go together in the next one.
+    # Hints are published off the request path: a reply never waits on Pub/Sub. At most one
+    # publish per settings.api_hint_interval_s: the hints queued meanwhile go together.
     _publisher: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="hints"))
     _queued: list[Hint] = field(default_factory=list)
     _queue_lock: threading.Lock = field(default_factory=threading.Lock)
+    _last_publish: float = float("-inf")  # monotonic; only the publisher thread touches it
 
     @classmethod
     def from_settings(cls, settings: Settings, *, indexes: list[Index] | None = None) -> "Services":
@@ -61,7 +59,10 @@ class Services:
             self._publisher.submit(self._publish)
 
     def _publish(self) -> None:
-        time.sleep(HINT_BATCH_WINDOW_S)
+        wait = self._last_publish + self.settings.api_hint_interval_s - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._last_publish = time.monotonic()
         with self._queue_lock:
             hints, self._queued = self._queued[:MAX_HINTS_PER_PUBLISH], self._queued[MAX_HINTS_PER_PUBLISH:]
             if self._queued:
