@@ -4,6 +4,8 @@ and Pub/Sub, built once per process and shared by every request."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -17,6 +19,9 @@ from shared.store import Store
 
 log = logging.getLogger(__name__)
 
+# Pub/Sub takes at most 1,000 messages in one Publish request.
+MAX_HINTS_PER_PUBLISH = 1000
+
 
 @dataclass
 class Services:
@@ -25,8 +30,12 @@ class Services:
     storage: Storage
     hints: Hints
     keys: KeyCache = field(default_factory=lambda: KeyCache(0))
-    # Hints are published off the request path: a reply never waits on Pub/Sub.
+    # Hints are published off the request path: a reply never waits on Pub/Sub. At most one
+    # publish per settings.api_hint_interval_s: the hints queued meanwhile go together.
     _publisher: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="hints"))
+    _queued: list[Hint] = field(default_factory=list)
+    _queue_lock: threading.Lock = field(default_factory=threading.Lock)
+    _last_publish: float = float("-inf")  # monotonic; only the publisher thread touches it
 
     @classmethod
     def from_settings(cls, settings: Settings, *, indexes: list[Index] | None = None) -> "Services":
@@ -41,11 +50,24 @@ class Services:
     def hint(self, hints: list[Hint]) -> None:
         """Wake the daemon after a commit that created work. Published in the background;
         a failure is logged, never raised (the daemon polls, so a lost hint only delays)."""
-        if hints:
-            self._publisher.submit(self._publish, hints)
+        if not hints:
+            return
+        with self._queue_lock:
+            idle = not self._queued  # otherwise a publish already scheduled takes these too
+            self._queued.extend(hints)
+        if idle:
+            self._publisher.submit(self._publish)
 
-    def _publish(self, hints: list[Hint]) -> None:
-        if not self.hints.publish(hints, timeout_s=self.settings.api_hint_timeout_s):
+    def _publish(self) -> None:
+        wait = self._last_publish + self.settings.api_hint_interval_s - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._last_publish = time.monotonic()
+        with self._queue_lock:
+            hints, self._queued = self._queued[:MAX_HINTS_PER_PUBLISH], self._queued[MAX_HINTS_PER_PUBLISH:]
+            if self._queued:
+                self._publisher.submit(self._publish)
+        if hints and not self.hints.publish(hints, timeout_s=self.settings.api_hint_timeout_s):
             log.warning("wake-up hint lost; the daemon's poll will pick the work up", extra={"ids": [h.id for h in hints]})
 
     def drain(self) -> None:

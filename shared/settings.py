@@ -57,10 +57,14 @@ class Settings(BaseSettings):
     results_cache_bytes: int = Field(default=2 * 1024**3, gt=0)
 
     # The HTTP API (functions/): request body cap, how long one Datastore call may retry
-    # before the request answers 503, and how long a hint publish may hold a reply.
+    # before the request answers 503, how long a hint publish may take, and how often an
+    # instance publishes hints: a hint goes at once when none went within the interval,
+    # otherwise with the others that arrive before the interval ends (a hint only wakes
+    # the daemon, so one publish wakes it for all of them).
     api_max_body_bytes: int = Field(default=64 * 1024, gt=0)
     api_datastore_deadline_s: float = Field(default=10.0, gt=0)
     api_hint_timeout_s: float = Field(default=2.0, gt=0)
+    api_hint_interval_s: float = Field(default=0.05, ge=0)
     # An instance trusts a verified key this long before reading it again (0: always
     # read). A revocation through this instance applies at once; elsewhere within this.
     api_auth_cache_s: float = Field(default=10.0, ge=0)

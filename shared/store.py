@@ -4,9 +4,12 @@ Every read and write names an account: an entity of another account is indisting
 from a missing one (``NotFound``). System processes (the daemon, the workers, storage
 events) pass ``ANY_ACCOUNT`` explicitly.
 
-Status changes are compare-and-sets inside a transaction (``transition``). The Datastore
-client does not retry ``Aborted`` (contention), so ``run_in_transaction`` does, with a
-bounded, jittered backoff; a lost race surfaces as ``TransitionConflict``.
+Status changes are compare-and-sets inside a transaction (``transition``). Datastore
+leaves retrying ``Aborted`` (contention) to its caller, so ``run_in_transaction`` does,
+with a bounded, jittered backoff; a lost race surfaces as ``TransitionConflict``.
+
+The store talks to Datastore through ``shared.datastore_rpc`` (raw protobuf over gRPC)
+and encodes entities with ``shared.encoding``; nothing else in Assay does either.
 """
 
 from __future__ import annotations
@@ -22,10 +25,9 @@ from enum import Enum
 from typing import Any, NamedTuple, TypeVar
 
 from google.api_core import exceptions as gexc
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import datastore
 
-from shared.encoding import decode, encode, label_pairs
+from shared.datastore_rpc import CompositeFilter, DatastoreRpc, Mutation, PropertyFilter, PropertyOrder, Query, QueryResultBatch
+from shared.encoding import decode, encode, label_pairs, set_value
 from shared.entities import Entity, utcnow
 from shared.errors import Conflict, InvalidRequest, NotFound, TransitionConflict, Unavailable, translated_google_errors
 from shared.indexes import Index, QueryShape, covers
@@ -53,12 +55,16 @@ class Page(NamedTuple):
 # --- the store ----------------------------------------------------------------------------
 
 
-def _owned(cls: type[E], raw: datastore.Entity | None, account: str) -> E | None:
+def _owned(cls: type[E], raw: Any | None, account: str) -> E | None:
     """The decoded entity, or None when it is missing or another account's."""
     if raw is None:
         return None
     entity = decode(cls, raw)
     return entity if account == ANY_ACCOUNT or entity.account == account else None
+
+
+def _upsert(rpc: DatastoreRpc, entity: Entity) -> Any:
+    return Mutation(upsert=encode(entity, rpc.key(entity.kind, entity.id)))
 
 
 def _found(cls: type[E], entity_id: str, entity: E | None) -> E:
@@ -68,47 +74,46 @@ def _found(cls: type[E], entity_id: str, entity: E | None) -> E:
 
 
 class Txn:
-    """Reads and writes inside one Datastore transaction, scoped to an account."""
+    """Reads and writes inside one Datastore transaction, scoped to an account.
 
-    def __init__(self, store: "Store", transaction: datastore.Transaction):
+    Reads go to Datastore at once; writes are collected and sent with the commit.
+    """
+
+    def __init__(self, store: "Store", transaction: bytes):
         self._store = store
-        self._transaction = transaction
+        self.id = transaction
+        self.mutations: list[Any] = []
 
     def get(self, cls: type[E], entity_id: str, *, account: str) -> E:
         return _found(cls, entity_id, self.find(cls, entity_id, account=account))
 
     def find(self, cls: type[E], entity_id: str, *, account: str) -> E | None:
         """The entity, or None when it is missing or belongs to another account."""
-        raw = self._store.client.get(self._store.client.key(cls.kind, entity_id), transaction=self._transaction)
-        return _owned(cls, raw, account)
+        return self.find_many([(cls, entity_id)], account=account)[0]
 
     def find_many(self, wanted: list[tuple[type[Entity], str]], *, account: str) -> list[Any]:
         """Several entities in one round trip, in the order asked; None for each one that
         is missing or another account's."""
-        client = self._store.client
-        keys = [client.key(cls.kind, entity_id) for cls, entity_id in wanted]
-        raws = {raw.key.flat_path: raw for raw in client.get_multi(keys, transaction=self._transaction)}
-        out: list[Any] = []
-        for (cls, _), key in zip(wanted, keys):
-            out.append(_owned(cls, raws.get(key.flat_path), account))
-        return out
+        rpc = self._store.rpc
+        found = rpc.lookup([rpc.key(cls.kind, entity_id) for cls, entity_id in wanted], transaction=self.id)
+        return [_owned(cls, found.get((cls.kind, entity_id)), account) for cls, entity_id in wanted]
 
     def put(self, entity: Entity) -> None:
-        self._transaction.put(encode(self._store.client, entity))
+        self.mutations.append(_upsert(self._store.rpc, entity))
 
     def delete(self, cls: type[Entity], entity_id: str) -> None:
-        self._transaction.delete(self._store.client.key(cls.kind, entity_id))
+        self.mutations.append(Mutation(delete=self._store.rpc.key(cls.kind, entity_id)))
 
 
 class Store:
     def __init__(
         self,
-        client: datastore.Client,
+        rpc: DatastoreRpc,
         *,
         transaction_attempts: int = 8,
         indexes: list[Index] | None = None,
     ):
-        self.client = client
+        self.rpc = rpc
         self.transaction_attempts = transaction_attempts
         # When given (tests always give it), queries no index serves raise MissingIndex.
         self.indexes = indexes
@@ -118,25 +123,9 @@ class Store:
         cls, settings: Settings, *, indexes: list[Index] | None = None, deadline_s: float | None = None
     ) -> "Store":
         """``deadline_s`` bounds how long one Datastore call retries an unavailable backend
-        (the library's own default is 60 s); a request handler wants a 503 well before."""
-        if settings.datastore_emulator_host:
-            try:
-                client = datastore.Client(
-                    project=settings.project,
-                    namespace=settings.namespace,
-                    credentials=AnonymousCredentials(),
-                    client_options={"api_endpoint": f"http://{settings.datastore_emulator_host}"},
-                )
-            except ValueError:
-                # DATASTORE_EMULATOR_HOST is in the environment: the library then refuses
-                # explicit credentials and finds the emulator itself; point it at ours.
-                client = datastore.Client(project=settings.project, namespace=settings.namespace)
-                client._base_url = f"http://{settings.datastore_emulator_host}"
-        else:
-            client = datastore.Client(project=settings.project, namespace=settings.namespace)
-        if deadline_s is not None:
-            _bound_deadline(client, deadline_s)
-        return cls(client, transaction_attempts=settings.transaction_attempts, indexes=indexes)
+        (60 s when not given); a request handler wants a 503 well before."""
+        rpc = DatastoreRpc.from_settings(settings, deadline_s=deadline_s)
+        return cls(rpc, transaction_attempts=settings.transaction_attempts, indexes=indexes)
 
     # -- transactions --
 
@@ -144,8 +133,20 @@ class Store:
     def transaction(self) -> Iterator[Txn]:
         """One attempt at a transaction: committed on a clean exit, rolled back on error."""
         with translated_google_errors("datastore"):
-            with self.client.transaction() as transaction:
-                yield Txn(self, transaction)
+            txn = Txn(self, self.rpc.begin())
+            try:
+                yield txn
+            except BaseException:
+                self._roll_back(txn)
+                raise
+            self.rpc.commit(txn.mutations, transaction=txn.id)
+
+    def _roll_back(self, txn: Txn) -> None:
+        try:
+            self.rpc.rollback(txn.id)
+        except gexc.GoogleAPICallError as e:
+            # The transaction expires on its own; the error that got us here matters more.
+            log.warning("transaction rollback failed", extra={"error": type(e).__name__})
 
     def run_in_transaction(self, fn: Callable[[Txn], T], *, attempts: int | None = None) -> T:
         """Run ``fn`` in a transaction, retrying on contention (``Aborted``).
@@ -174,8 +175,8 @@ class Store:
 
     def find(self, cls: type[E], entity_id: str, *, account: str) -> E | None:
         with translated_google_errors("datastore"):
-            raw = self.client.get(self.client.key(cls.kind, entity_id))
-        return _owned(cls, raw, account)
+            found = self.rpc.lookup([self.rpc.key(cls.kind, entity_id)])
+        return _owned(cls, found.get((cls.kind, entity_id)), account)
 
     def create(self, entity: E) -> E:
         """Insert a new entity; a Conflict if its id exists already."""
@@ -191,7 +192,7 @@ class Store:
     def put(self, entity: Entity) -> None:
         """Blind write, for fixtures and bootstrap; state changes go through ``transition``."""
         with translated_google_errors("datastore"):
-            self.client.put(encode(self.client, entity))
+            self.rpc.commit([_upsert(self.rpc, entity)])
 
     def delete(self, cls: type[Entity], entity_id: str, *, account: str) -> None:
         def remove(txn: Txn) -> None:
@@ -296,32 +297,25 @@ class Store:
         for name in filters:
             if name not in cls.indexed:
                 raise ValueError(f"{cls.kind}.{name} is not indexed")
-        query = self.client.query(kind=cls.kind)
         equality = list(filters)
+        conditions = list(filters.items())
         if account != ANY_ACCOUNT:
-            query.add_filter(filter=datastore.query.PropertyFilter("account", "=", account))
+            conditions.append(("account", account))
             equality.append("account")
-        for name, value in filters.items():
-            query.add_filter(filter=datastore.query.PropertyFilter(name, "=", value))
-        for pair in label_pairs(labels or {}):
-            query.add_filter(filter=datastore.query.PropertyFilter("label_pairs", "=", pair))
+        conditions += [("label_pairs", pair) for pair in label_pairs(labels or {})]
         if labels:
             equality.append("label_pairs")
         orders = [order] if order else []
-        if orders:
-            query.order = orders
         self._check_index(QueryShape.of(cls.kind, equality, orders))
-        cursor = _decode_token(page_token)
+        query = _query(cls.kind, conditions, order, limit, _decode_token(page_token))
         with translated_google_errors("datastore"):
             try:
-                iterator = query.fetch(limit=limit, start_cursor=cursor)
-                page = next(iterator.pages)
-                items = [decode(cls, raw) for raw in page]
-            except (gexc.InvalidArgument, binascii.Error) as e:
+                batch = self.rpc.run_query(query)
+            except gexc.InvalidArgument as e:
                 raise InvalidRequest("invalid page_token") from e
-        token = iterator.next_page_token
-        more = token is not None and len(items) == limit
-        return Page(items, _encode_token(token) if more else None)
+        items = [decode(cls, result.entity) for result in batch.entity_results]
+        more = batch.more_results != QueryResultBatch.NO_MORE_RESULTS and len(items) == limit
+        return Page(items, _encode_token(batch.end_cursor) if more else None)
 
     def iterate(self, cls: type[E], *, account: str, page_size: int = 200, **kwargs: Any) -> Iterator[E]:
         """Every matching entity, fetched a page at a time."""
@@ -339,40 +333,36 @@ class Store:
             raise MissingIndex(f"no index in index.yaml serves {shape}")
 
 
-def _bound_deadline(client: datastore.Client, deadline_s: float) -> None:
-    """Re-wrap the client's RPCs so retries of a down backend stop after ``deadline_s``.
-
-    The generated client takes its retry policy per call; every call the store makes would
-    have to pass one, so the defaults are replaced once here instead.
-    """
-    from google.api_core import gapic_v1, retry as retries
-
-    transport = client._datastore_api._transport
-    policy = retries.Retry(
-        initial=0.05,
-        maximum=1.0,
-        multiplier=2.0,
-        predicate=retries.if_exception_type(gexc.ServiceUnavailable, gexc.DeadlineExceeded),
-        deadline=deadline_s,
-    )
-    for method in list(transport._wrapped_methods):
-        # A commit is not retried (as in the library): it may have landed before the error.
-        retry = None if method is transport.commit else policy
-        transport._wrapped_methods[method] = gapic_v1.method.wrap_method(
-            method, default_retry=retry, default_timeout=deadline_s, client_info=client._client_info
-        )
+def _query(kind: str, conditions: list[tuple[str, Any]], order: str | None, limit: int, cursor: bytes | None) -> Query:
+    """A query for ``kind`` where every (property, value) condition holds."""
+    query = Query()
+    query.kind.add().name = kind
+    if conditions:
+        composite = query.filter.composite_filter
+        composite.op = CompositeFilter.AND
+        for name, value in conditions:
+            condition = composite.filters.add().property_filter
+            condition.property.name = name
+            condition.op = PropertyFilter.EQUAL
+            set_value(condition.value, value)
+    if order:
+        sort = query.order.add()
+        sort.property.name = order.lstrip("-")
+        sort.direction = PropertyOrder.DESCENDING if order.startswith("-") else PropertyOrder.ASCENDING
+    query.limit.value = limit
+    if cursor:
+        query.start_cursor = cursor
+    return query
 
 
 def _encode_token(cursor: bytes) -> str:
-    # The client hands out cursors already URL-safe base64 encoded.
-    return cursor.decode() if isinstance(cursor, bytes) else cursor
+    return base64.urlsafe_b64encode(cursor).decode()
 
 
 def _decode_token(token: str | None) -> bytes | None:
     if not token:
         return None
     try:
-        base64.urlsafe_b64decode(token.encode())
+        return base64.urlsafe_b64decode(token.encode())
     except (binascii.Error, ValueError) as e:
         raise InvalidRequest("invalid page_token") from e
-    return token.encode()

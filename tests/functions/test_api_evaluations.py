@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from conftest import DATASET, MODEL
 from functions.services import Services
 from shared.entities import Dataset, Evaluation, Model
-from shared.pubsub import Hints
+from shared.pubsub import Hint, Hints
 from shared.store import ANY_ACCOUNT
 
 
@@ -161,3 +163,31 @@ def test_a_failed_hint_is_logged_and_the_request_still_succeeds(services, settin
     assert r.status_code == 201
     degraded.drain()
     assert "hint" in caplog.text
+
+
+class RecordingHints:
+    """Stands in for the hint topic: records each publish and when it happened."""
+
+    def __init__(self):
+        self.published: list[tuple[float, list[str]]] = []
+
+    def publish(self, hints, *, timeout_s):
+        self.published.append((time.monotonic(), [h.id for h in hints]))
+        return True
+
+
+def test_hints_go_at_once_and_those_within_the_interval_go_together(services, settings):
+    recorder = RecordingHints()
+    paced = Services(settings=settings.model_copy(update={"api_hint_interval_s": 0.3}), store=services.store,
+                     storage=services.storage, hints=recorder)  # type: ignore[arg-type]
+    hint = lambda i: [Hint(kind="Evaluation", id=f"evl_{i}", account="acc_a")]  # noqa: E731
+    started = time.monotonic()
+    paced.hint(hint(1))
+    time.sleep(0.1)
+    paced.hint(hint(2))
+    paced.hint(hint(3))
+    paced.drain()
+    (first_at, first), (second_at, second) = recorder.published
+    assert first == ["evl_1"] and second == ["evl_2", "evl_3"]
+    assert first_at - started < 0.1  # an idle instance does not hold a hint back
+    assert second_at - first_at >= 0.3

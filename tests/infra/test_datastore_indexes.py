@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import datastore
 
 from shared import store as store_module
 from shared.entities import KINDS, Account
 from shared.indexes import QueryShape, covers, load_indexes
+from shared.settings import Settings
 from shared.store import ANY_ACCOUNT, Store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,8 +38,10 @@ class ShapeRecordingStore(Store):
     """The real Store, stopped just after it has checked a query's shape."""
 
     def __init__(self):
-        client = datastore.Client(project="assay-index-check", credentials=AnonymousCredentials())
-        super().__init__(client, indexes=load_indexes(INDEX_YAML))
+        # Nothing listens there, and nothing is sent: every query stops before the network.
+        settings = Settings(project="assay-index-check", datastore_emulator_host="127.0.0.1:9")
+        store = Store.from_settings(settings)
+        super().__init__(store.rpc, indexes=load_indexes(INDEX_YAML))
         self.shapes: list[QueryShape] = []
 
     def _check_index(self, shape: QueryShape) -> None:

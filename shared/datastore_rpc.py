@@ -1,0 +1,178 @@
+"""The Datastore v1 RPCs the store makes, over gRPC with raw protobuf messages.
+
+google-cloud-datastore wraps every call in proto-plus messages, its own entity and key
+classes and api_core's retry and timeout decorators; at the API's request rates that
+marshalling cost more CPU than the rest of a request (bench/README.md). The store needs
+six RPCs, so it sends the wire messages itself: the message classes are the library's own
+generated ones (``.pb()``), the production channel is made by the library's transport
+(credentials, scopes), and failures become ``google.api_core`` exceptions exactly as the
+library raises them, so ``shared.errors.translated_google_errors`` stays the one place
+that turns them into Assay's errors.
+
+Retries: a call that finds the backend unavailable is retried with capped, jittered
+backoff until ``deadline_s`` — every call but ``Commit``, which may have landed before the
+error. ``Aborted`` (contention) is never retried here: the store's transaction loop does.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import grpc
+from google.api_core import exceptions as gexc
+from google.cloud.datastore_v1.types import datastore as datastore_types
+from google.cloud.datastore_v1.types import entity as entity_types
+from google.cloud.datastore_v1.types import query as query_types
+
+from shared.settings import Settings
+
+Entity = entity_types.Entity.pb()
+Key = entity_types.Key.pb()
+Query = query_types.Query.pb()
+QueryResultBatch = query_types.QueryResultBatch.pb()
+PropertyFilter = query_types.PropertyFilter.pb()
+CompositeFilter = query_types.CompositeFilter.pb()
+PropertyOrder = query_types.PropertyOrder.pb()
+Mutation = datastore_types.Mutation.pb()
+_BeginTransactionRequest = datastore_types.BeginTransactionRequest.pb()
+_LookupRequest = datastore_types.LookupRequest.pb()
+_RunQueryRequest = datastore_types.RunQueryRequest.pb()
+_CommitRequest = datastore_types.CommitRequest.pb()
+_RollbackRequest = datastore_types.RollbackRequest.pb()
+
+_SERVICE = "/google.datastore.v1.Datastore/"
+PRODUCTION_HOST = "datastore.googleapis.com:443"
+# As the library's transport: entities and query pages are not capped by gRPC's 4 MiB.
+_CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+_TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded)
+# Lookups answer at most 1000 keys at a time and defer the rest; the library gives up after 100 rounds too.
+_MAX_LOOKUP_ROUNDS = 100
+
+
+class DatastoreRpc:
+    """One project's (and namespace's) Datastore, over one gRPC channel, shared by threads."""
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        *,
+        project: str,
+        namespace: str | None = None,
+        deadline_s: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.project = project
+        self.namespace = namespace or ""
+        self.deadline_s = deadline_s
+        self._sleep = sleep
+        # Production routes on this header (the library sends it on every call too).
+        self._metadata = (("x-goog-request-params", f"project_id={project}"),)
+
+        def stub(name: str, response: Any) -> grpc.UnaryUnaryMultiCallable:
+            return channel.unary_unary(
+                _SERVICE + name, request_serializer=_serialize, response_deserializer=response.FromString
+            )
+
+        self._begin = stub("BeginTransaction", datastore_types.BeginTransactionResponse.pb())
+        self._lookup = stub("Lookup", datastore_types.LookupResponse.pb())
+        self._run_query = stub("RunQuery", datastore_types.RunQueryResponse.pb())
+        self._commit = stub("Commit", datastore_types.CommitResponse.pb())
+        self._rollback = stub("Rollback", datastore_types.RollbackResponse.pb())
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, deadline_s: float | None = None) -> "DatastoreRpc":
+        """The emulator over plain gRPC when ``datastore_emulator_host`` is set; otherwise
+        Datastore with the environment's default credentials."""
+        if settings.datastore_emulator_host:
+            channel = grpc.insecure_channel(settings.datastore_emulator_host, options=_CHANNEL_OPTIONS)
+        else:
+            from google.cloud.datastore_v1.services.datastore.transports import DatastoreGrpcTransport
+
+            channel = DatastoreGrpcTransport.create_channel(PRODUCTION_HOST, options=_CHANNEL_OPTIONS)
+        kwargs = {} if deadline_s is None else {"deadline_s": deadline_s}
+        return cls(channel, project=settings.project, namespace=settings.namespace, **kwargs)
+
+    # -- messages --
+
+    def key(self, kind: str, name: str) -> Any:
+        key = Key()
+        key.partition_id.project_id = self.project
+        if self.namespace:
+            key.partition_id.namespace_id = self.namespace
+        element = key.path.add()
+        element.kind = kind
+        element.name = name
+        return key
+
+    # -- calls --
+
+    def begin(self) -> bytes:
+        """A new read-write transaction's id."""
+        return self._call(self._begin, _BeginTransactionRequest(project_id=self.project)).transaction
+
+    def lookup(self, keys: list[Any], *, transaction: bytes | None = None) -> dict[tuple[str, str], Any]:
+        """The entities found, by (kind, name) of their key; missing ones are absent."""
+        request = _LookupRequest(project_id=self.project)
+        if transaction is not None:
+            request.read_options.transaction = transaction
+        request.keys.extend(keys)
+        found: dict[tuple[str, str], Any] = {}
+        for _ in range(_MAX_LOOKUP_ROUNDS):
+            response = self._call(self._lookup, request)
+            for result in response.found:
+                element = result.entity.key.path[-1]
+                found[(element.kind, element.name)] = result.entity
+            if not response.deferred:
+                return found
+            del request.keys[:]
+            request.keys.extend(response.deferred)
+        raise gexc.ServiceUnavailable("datastore kept deferring keys of a lookup")
+
+    def run_query(self, query: Any) -> Any:
+        """One batch of ``query``'s results (``QueryResultBatch``), read with strong consistency."""
+        request = _RunQueryRequest(project_id=self.project)
+        request.partition_id.project_id = self.project
+        if self.namespace:
+            request.partition_id.namespace_id = self.namespace
+        request.query.CopyFrom(query)
+        return self._call(self._run_query, request).batch
+
+    def commit(self, mutations: Iterable[Any], *, transaction: bytes | None = None) -> None:
+        """Apply ``mutations``: inside ``transaction``, or on their own when it is None."""
+        request = _CommitRequest(project_id=self.project)
+        if transaction is None:
+            request.mode = _CommitRequest.NON_TRANSACTIONAL
+        else:
+            request.mode = _CommitRequest.TRANSACTIONAL
+            request.transaction = transaction
+        request.mutations.extend(mutations)
+        self._call(self._commit, request, retry=False)
+
+    def rollback(self, transaction: bytes) -> None:
+        """Release a transaction's locks now rather than when it expires. One attempt:
+        this runs after another failure, which a slow retry would only delay."""
+        self._call(self._rollback, _RollbackRequest(project_id=self.project, transaction=transaction), retry=False)
+
+    def _call(self, stub: grpc.UnaryUnaryMultiCallable, request: Any, *, retry: bool = True) -> Any:
+        give_up_at = time.monotonic() + self.deadline_s
+        attempt = 0
+        while True:
+            attempt += 1
+            timeout = give_up_at - time.monotonic()
+            try:
+                return stub(request, timeout=max(timeout, 0.001), metadata=self._metadata)
+            except grpc.RpcError as e:
+                error = gexc.from_grpc_error(e)
+                if not retry or not isinstance(error, _TRANSIENT):
+                    raise error from e
+                delay = min(1.0, 0.05 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                if time.monotonic() + delay >= give_up_at:
+                    raise error from e
+            self._sleep(delay)
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()
