@@ -15,6 +15,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -188,8 +189,9 @@ def main() -> int:
     emulators = Emulators(state).start()
     api = None
     try:
+        # Served as deployed (cloudbuild.yaml): one process, as many threads as its concurrency.
         env = {**os.environ, **emulators.env(), "ASSAY_BUCKET": "assay-bench", "ASSAY_HINT_TOPIC": "bench-hints",
-               "WORKERS": os.environ.get("WORKERS", "1")}
+               "WORKERS": os.environ.get("WORKERS", "1"), "THREADS": os.environ.get("THREADS", "20")}
         settings = Settings(
             project=emulators.project, bucket="assay-bench", hint_topic="bench-hints",
             datastore_emulator_host=emulators.datastore_host, pubsub_emulator_host=emulators.pubsub_host,
@@ -245,6 +247,8 @@ def main() -> int:
             os.killpg(api.pid, 15)
             api.wait(timeout=10)
         emulators.stop()
+        if sys.exc_info()[0] is None:  # on a failure the logs stay for reading
+            shutil.rmtree(state, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -149,13 +149,26 @@ def test_function_triggers(build, values):
     assert "--retry" in events
 
 
+# functions-framework's own: gunicorn workers and threads per instance.
+SERVER_VARIABLES = {"THREADS", "WORKERS"}
+
+
 def test_function_environment_names_real_settings(build, values):
-    known = {f"ASSAY_{name}".upper() for name in Settings.model_fields}
+    known = {f"ASSAY_{name}".upper() for name in Settings.model_fields} | SERVER_VARIABLES
     for step in build["steps"]:
         for arg in step.get("args", []):
             if arg.startswith("--set-env-vars="):
                 names = {pair.split("=", 1)[0] for pair in substitute(arg, values).split("=", 1)[1].split(",")}
                 assert names <= known, names - known
+
+
+def test_the_api_runs_a_thread_per_concurrent_request(build, values):
+    """Otherwise gunicorn runs 4 threads per core and queues the rest of the requests
+    Cloud Run sends the instance (Google's advice: THREADS = concurrency)."""
+    api = [substitute(a, values) for a in steps_by_id(build)["deploy-api"]["args"]]
+    concurrency = next(a.split("=", 1)[1] for a in api if a.startswith("--concurrency="))
+    env = dict(pair.split("=", 1) for a in api if a.startswith("--set-env-vars=") for pair in a.split("=", 1)[1].split(","))
+    assert env["THREADS"] == concurrency
 
 
 def test_images_built_are_the_images_deployed(build, values):
