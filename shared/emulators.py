@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -38,10 +39,34 @@ class EmulatorsMissing(RuntimeError):
     pass
 
 
+def ephemeral_ports() -> range:
+    """The ports the kernel hands to outgoing connections (and to ``bind(0)``)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the ephemeral range, for a server started a little later.
+
+    A port from ``bind(0)`` is an ephemeral one: between choosing it and the server binding
+    it, any outgoing connection (a gRPC channel to an emulator, say) may take it as its
+    source port, and the server then fails with "address already in use". Ports below the
+    range are never given to outgoing connections.
+    """
+    ephemeral = ephemeral_ports()
+    candidates = range(10000, ephemeral.start) if ephemeral.start > 11000 else range(ephemeral.stop, 65536)
+    for _ in range(100):
+        port = random.choice(candidates)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken: try another
+            return port
+    raise RuntimeError(f"no free loopback port in {candidates}")
 
 
 def fake_gcs_binary() -> Path:
