@@ -21,6 +21,33 @@ def test_published_hints_wake_a_waiting_subscriber(settings: Settings):
     hints.close()
 
 
+def test_hints_go_as_one_message_per_publish_and_older_single_hint_messages_still_read(settings: Settings):
+    hints = Hints(settings.model_copy(update={"hint_topic": "one-message", "hint_subscription": "one-message-sub"}))
+    hints.ensure()
+    assert hints.publish([Hint(kind="Evaluation", id=f"evl_{i}", account="acc_a") for i in range(5)])
+    publisher = hints._pub()
+    old_style = publisher.publish(  # what a publisher before one-message-per-publish sent
+        topic=hints.topic_path, messages=[{"data": b'{"kind": "Model", "id": "mdl_1", "account": "acc_a"}'}]
+    )
+    assert old_style.message_ids
+    pulled = []
+    for _ in range(10):
+        pulled += hints._sub().pull(request={"subscription": hints.subscription_path, "max_messages": 100}, timeout=5).received_messages
+        if len(pulled) >= 2:
+            break
+    assert len(pulled) == 2  # five hints in one message, and the old-style one
+    hints._sub().modify_ack_deadline(request={  # hand them back, to be read through wait()
+        "subscription": hints.subscription_path, "ack_ids": [m.ack_id for m in pulled], "ack_deadline_seconds": 0,
+    })
+    received: list[Hint] = []
+    for _ in range(10):
+        received += hints.wait(timeout_s=5)
+        if len(received) >= 6:
+            break
+    assert sorted(h.id for h in received) == ["evl_0", "evl_1", "evl_2", "evl_3", "evl_4", "mdl_1"]
+    hints.close()
+
+
 def test_publishing_to_an_unreachable_pubsub_returns_false_instead_of_raising(settings: Settings):
     broken = settings.model_copy(update={"pubsub_emulator_host": "127.0.0.1:9", "hint_topic": "nowhere"})
     assert Hints(broken).publish([Hint(kind="Evaluation", id="evl_x", account="acc_a")], timeout_s=1) is False
