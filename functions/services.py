@@ -19,7 +19,7 @@ from shared.store import Store
 
 log = logging.getLogger(__name__)
 
-# Pub/Sub takes at most 1,000 messages in one Publish request.
+# Hints in one publish (one message, ~100 bytes a hint: far below Pub/Sub's 10 MB cap).
 MAX_HINTS_PER_PUBLISH = 1000
 
 
