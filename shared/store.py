@@ -39,7 +39,7 @@ ANY_ACCOUNT = "*"
 E = TypeVar("E", bound=Entity)
 T = TypeVar("T")
 
-# Every query shape this process has made; the deploy checks read it.
+# Every query shape this process has sent to Datastore; the deploy checks read it.
 QUERY_SHAPES: set[QueryShape] = set()
 
 
@@ -328,9 +328,9 @@ class Store:
                 return
 
     def _check_index(self, shape: QueryShape) -> None:
-        QUERY_SHAPES.add(shape)
         if self.indexes is not None and not covers(self.indexes, shape):
             raise MissingIndex(f"no index in index.yaml serves {shape}")
+        QUERY_SHAPES.add(shape)  # a query refused here never reaches Datastore
 
 
 def _query(kind: str, conditions: list[tuple[str, Any]], order: str | None, limit: int, cursor: bytes | None) -> Query:

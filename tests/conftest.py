@@ -31,6 +31,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 _counter = itertools.count()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A stable sort: tests marked ``last`` move to the end, everything else keeps its order.
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+
+
 @pytest.fixture(scope="session")
 def emulators():
     state = tempfile.mkdtemp(prefix="assay-emulators-")
