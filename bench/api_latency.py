@@ -1,10 +1,14 @@
 """API latency: the API served by functions-framework on the emulators, 16 concurrent
-clients ordering evaluations and reading them back; and, in the same run, a bare Datastore
-transaction against the same emulator at the same concurrency, written by hand with
-google-cloud-datastore (begin, get one entity, put one, commit) and independent of
-Assay's store, so that a faster store cannot make the baseline faster too.
+clients each ordering an evaluation and reading it back; and, in the same run, the same
+work done bare against the same emulator by 16 clients with google-cloud-datastore,
+written by hand and independent of Assay's store (so that a faster store cannot make the
+baseline faster too): a transaction (begin, get one entity, put one, commit), then a get
+of the entity written.
 
-The aim: create-evaluation p50 within 1.5x the bare transaction's p50.
+The two sides carry the same workload, a write then a read-back per client, so each API
+call is compared with its bare Datastore equivalent under the same load: create against
+the transaction (the aim: create-evaluation p50 within 1.5x the bare transaction's p50),
+get against the bare get.
 
 This machine is shared and noisy (hypervisor steal, other work), so the two are measured
 in alternating rounds, API and bare taking turns to go first, and the headline ratio is
@@ -56,12 +60,27 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_concurrently(clients: int, work) -> None:
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+def time_clients(clients: int, n: int, make_client) -> list[list[float]]:
+    """``clients`` threads, each running ``step = make_client(c)`` for i < n; a step returns
+    the seconds of each call it timed. The times of all clients, by call: [[first], ...]."""
+    times: list[list[float]] = []
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        step = make_client(c)
+        mine = [step(i) for i in range(n)]
+        with lock:
+            if not times:
+                times.extend([] for _ in mine[0])
+            for by_call, seconds in zip(times, zip(*mine)):
+                by_call.extend(seconds)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return times
 
 
 def ready_inputs(store: Store, account: str) -> tuple[str, str]:
@@ -74,55 +93,33 @@ def ready_inputs(store: Store, account: str) -> tuple[str, str]:
     return model.id, dataset.id
 
 
-def bench_api(base: str, key: str, model_id: str, dataset_id: str, clients: int, n: int, *, tag: str) -> tuple[list[float], list[float]]:
-    creates: list[float] = []
-    reads: list[float] = []
-    lock = threading.Lock()
+def bench_api(base: str, key: str, model_id: str, dataset_id: str, clients: int, n: int, *, tag: str) -> list[list[float]]:
+    """Seconds per create and per get: each client orders an evaluation, then reads it back."""
 
-    def client(c: int) -> None:
+    def make_client(c: int):
         session = requests.Session()
         # Loopback, no proxy: without this, requests scans the whole environment for proxy
         # settings on every request (~0.3 ms of the load generator's CPU, on the same box).
         session.trust_env = False
         session.headers["Authorization"] = f"Bearer {key}"
-        mine_c, mine_r = [], []
-        for i in range(n):
+
+        def step(i: int) -> tuple[float, float]:
             body = {"model_id": model_id, "dataset_id": dataset_id, "splits": ["test"],
                     "config": {"label_mapping": {"bench": f"{tag}-c{c}-{i}"}}}
             t0 = time.perf_counter()
             r = session.post(f"{base}/v1/evaluations", json=body, timeout=30)
-            mine_c.append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
             assert r.status_code == 201, r.text
             eid = r.json()["evaluations"][0]["evaluation"]["id"]
-            t0 = time.perf_counter()
+            t2 = time.perf_counter()
             r = session.get(f"{base}/v1/evaluations/{eid}", timeout=30)
-            mine_r.append(time.perf_counter() - t0)
+            t3 = time.perf_counter()
             assert r.status_code == 200, r.text
-        with lock:
-            creates.extend(mine_c)
-            reads.extend(mine_r)
+            return t1 - t0, t3 - t2
 
-    run_concurrently(clients, client)
-    return creates, reads
+        return step
 
-
-def time_concurrently(clients: int, n: int, make_call) -> list[float]:
-    """Seconds per call, ``clients`` threads each timing ``make_call(c, i)()`` for i < n."""
-    times: list[float] = []
-    lock = threading.Lock()
-
-    def client(c: int) -> None:
-        mine = []
-        for i in range(n):
-            call = make_call(c, i)
-            t0 = time.perf_counter()
-            call()
-            mine.append(time.perf_counter() - t0)
-        with lock:
-            times.extend(mine)
-
-    run_concurrently(clients, client)
-    return times
+    return time_clients(clients, n, make_client)
 
 
 # What a create writes, spelled out by hand: an evaluation-sized entity (30 properties),
@@ -143,27 +140,32 @@ def bare_properties(account: str, n: int) -> dict:
     }
 
 
-def bench_bare_transaction(client: datastore.Client, account: str, clients: int, n: int) -> list[float]:
-    """begin, get one entity (the key about to be written), put one entity, commit: the
-    least a create can cost, with the official client and nothing of Assay's."""
-    unindexed = None
+def bench_bare(client: datastore.Client, account: str, clients: int, n: int) -> list[list[float]]:
+    """Seconds per bare transaction and per bare get: each client runs begin, get one
+    entity (the key about to be written), put one, commit — the least a create can cost,
+    with the official client and nothing of Assay's — then gets the entity it wrote back,
+    as the API's clients read their evaluation back."""
+    unindexed = tuple(name for name in bare_properties(account, 0) if name not in BARE_INDEXED)
 
-    def make_call(c: int, i: int):
-        nonlocal unindexed
-        key = client.key("BareTransaction", f"{uuid.uuid4().hex}")
-        properties = bare_properties(account, c * n + i)
-        unindexed = unindexed or tuple(name for name in properties if name not in BARE_INDEXED)
-
-        def call():
+    def make_client(c: int):
+        def step(i: int) -> tuple[float, float]:
+            key = client.key("BareTransaction", uuid.uuid4().hex)
+            properties = bare_properties(account, c * n + i)
+            t0 = time.perf_counter()
             with client.transaction() as transaction:
                 client.get(key, transaction=transaction)
                 entity = datastore.Entity(key, exclude_from_indexes=unindexed)
                 entity.update(properties)
                 transaction.put(entity)
+            t1 = time.perf_counter()
+            found = client.get(key)
+            t2 = time.perf_counter()
+            assert found is not None
+            return t1 - t0, t2 - t1
 
-        return call
+        return step
 
-    return time_concurrently(clients, n, make_call)
+    return time_clients(clients, n, make_client)
 
 
 def bench_create_transaction(store: Store, account: str, model_id: str, dataset_id: str, clients: int, n: int) -> list[float]:
@@ -171,19 +173,24 @@ def bench_create_transaction(store: Store, account: str, model_id: str, dataset_
     the model, the dataset and the evaluation's key, then a put of the new evaluation.
     Tells how much of a create is the transaction itself and how much the API around it."""
 
-    def make_call(c: int, i: int):
-        config = InferenceConfig(label_mapping={"bench": f"txn-c{c}-{i}"})
-        fp = evaluation_fingerprint(model_id=model_id, dataset_id=dataset_id, split="test", config=config)
-        evaluation = Evaluation(id=evaluation_id(account=account, fingerprint=fp), account=account, name="bench",
-                                model_id=model_id, dataset_id=dataset_id, split="test", config=config, fingerprint=fp)
+    def make_client(c: int):
+        def step(i: int) -> tuple[float]:
+            config = InferenceConfig(label_mapping={"bench": f"txn-c{c}-{i}"})
+            fp = evaluation_fingerprint(model_id=model_id, dataset_id=dataset_id, split="test", config=config)
+            evaluation = Evaluation(id=evaluation_id(account=account, fingerprint=fp), account=account, name="bench",
+                                    model_id=model_id, dataset_id=dataset_id, split="test", config=config, fingerprint=fp)
 
-        def txn_fn(txn):
-            txn.find_many([(Model, model_id), (Dataset, dataset_id), (Evaluation, evaluation.id)], account=account)
-            txn.put(evaluation)
+            def txn_fn(txn):
+                txn.find_many([(Model, model_id), (Dataset, dataset_id), (Evaluation, evaluation.id)], account=account)
+                txn.put(evaluation)
 
-        return lambda: store.run_in_transaction(txn_fn)
+            t0 = time.perf_counter()
+            store.run_in_transaction(txn_fn)
+            return (time.perf_counter() - t0,)
 
-    return time_concurrently(clients, n, make_call)
+        return step
+
+    return time_clients(clients, n, make_client)[0]
 
 
 def main() -> int:
@@ -237,41 +244,36 @@ def main() -> int:
         # Warm up, unrecorded: connections, caches, and above all the emulator's JVM, whose
         # CPU per transaction falls ~6x over its first ~1,500 (18.7 -> 2.8 ms, measured).
         bench_api(base, key, model_id, dataset_id, args.clients, args.warmup, tag="warm")
-        bench_bare_transaction(by_hand, account.id, args.clients, args.warmup)
+        bench_bare(by_hand, account.id, args.clients, args.warmup)
 
-        creates: list[float] = []
-        reads: list[float] = []
-        bare: list[float] = []
-        ratios: list[float] = []
-
-        def api_round(r: int) -> list[float]:
-            c, g = bench_api(base, key, model_id, dataset_id, args.clients, args.requests, tag=f"r{r}")
-            creates.extend(c)
-            reads.extend(g)
-            return c
-
-        def bare_round() -> list[float]:
-            b = bench_bare_transaction(by_hand, account.id, args.clients, args.requests)
-            bare.extend(b)
-            return b
-
+        api_times: list[list[float]] = [[], []]  # creates, gets
+        bare_times: list[list[float]] = [[], []]  # transactions, gets
+        ratios: list[tuple[float, float]] = []  # per round: create / transaction, get / get
         for r in range(args.rounds):  # API first in even rounds, bare first in odd ones
-            if r % 2 == 0:
-                round_creates, round_bare = api_round(r), bare_round()
+            if r % 2:
+                bare_round = bench_bare(by_hand, account.id, args.clients, args.requests)
+                api_round = bench_api(base, key, model_id, dataset_id, args.clients, args.requests, tag=f"r{r}")
             else:
-                round_bare, round_creates = bare_round(), api_round(r)
-            ratios.append(statistics.median(round_creates) / statistics.median(round_bare))
+                api_round = bench_api(base, key, model_id, dataset_id, args.clients, args.requests, tag=f"r{r}")
+                bare_round = bench_bare(by_hand, account.id, args.clients, args.requests)
+            for total, got in zip(api_times + bare_times, api_round + bare_round):
+                total.extend(got)
+            ratios.append(tuple(statistics.median(a) / statistics.median(b) for a, b in zip(api_round, bare_round)))
         create_txn = bench_create_transaction(store, account.id, model_id, dataset_id, args.clients, args.requests)
 
+        creates, reads = api_times
+        bare, bare_reads = bare_times
         ms = lambda s: f"{s * 1000:7.1f} ms"  # noqa: E731
-        print(f"{args.clients} concurrent clients, {args.rounds} rounds: {len(creates)} evaluations ordered, "
-              f"{len(bare)} bare transactions")
+        print(f"{args.clients} concurrent clients, {args.rounds} rounds: {len(creates)} evaluations ordered and read "
+              f"back; {len(bare)} bare transactions, each entity read back")
         print(f"create evaluation  p50 {ms(pct(creates, 0.5))}  p95 {ms(pct(creates, 0.95))}")
-        print(f"get evaluation     p50 {ms(pct(reads, 0.5))}  p95 {ms(pct(reads, 0.95))}")
         print(f"bare transaction   p50 {ms(pct(bare, 0.5))}  p95 {ms(pct(bare, 0.95))}")
+        print(f"get evaluation     p50 {ms(pct(reads, 0.5))}  p95 {ms(pct(reads, 0.95))}")
+        print(f"bare get           p50 {ms(pct(bare_reads, 0.5))}  p95 {ms(pct(bare_reads, 0.95))}")
         print(f"create's own txn   p50 {ms(pct(create_txn, 0.5))}  p95 {ms(pct(create_txn, 0.95))}  (no HTTP; for diagnosis)")
-        print("create p50 / bare p50 by round: " + " ".join(f"{x:.2f}" for x in ratios))
-        print(f"create p50 / bare transaction p50 = {statistics.median(ratios):.2f} (median of rounds; "
+        print("create p50 / bare transaction p50 by round: " + " ".join(f"{c:.2f}" for c, _ in ratios))
+        print(f"get p50 / bare get p50 = {statistics.median(g for _, g in ratios):.2f} (median of rounds)")
+        print(f"create p50 / bare transaction p50 = {statistics.median(c for c, _ in ratios):.2f} (median of rounds; "
               f"over all rounds {statistics.median(creates) / statistics.median(bare):.2f}; aim: <= 1.5)")
         return 0
     finally:
