@@ -63,24 +63,21 @@ def pct(values: list[float], q: float) -> float:
 def time_clients(clients: int, n: int, make_client) -> list[list[float]]:
     """``clients`` threads, each running ``step = make_client(c)`` for i < n; a step returns
     the seconds of each call it timed. The times of all clients, by call: [[first], ...]."""
-    times: list[list[float]] = []
+    steps: list[tuple[float, ...]] = []
     lock = threading.Lock()
 
     def client(c: int) -> None:
         step = make_client(c)
         mine = [step(i) for i in range(n)]
         with lock:
-            if not times:
-                times.extend([] for _ in mine[0])
-            for by_call, seconds in zip(times, zip(*mine)):
-                by_call.extend(seconds)
+            steps.extend(mine)
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return times
+    return [list(by_call) for by_call in zip(*steps)]
 
 
 def ready_inputs(store: Store, account: str) -> tuple[str, str]:

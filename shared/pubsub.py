@@ -102,7 +102,7 @@ class Hints:
     def publish(self, hints: list[Hint], *, timeout_s: float = 5.0) -> bool:
         """Publish hints as one message; returns False (and logs) on failure instead of raising.
 
-        Callers batch for themselves (the API sends what queued up during the last publish).
+        Callers batch for themselves (the API sends what queued up within its hint interval).
         One message, a JSON list, however many hints: the daemon only needs to wake, and
         Pub/Sub's cost (its emulator's CPU too) goes by message and request, not by hint.
         """
