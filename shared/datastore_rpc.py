@@ -12,13 +12,21 @@ that turns them into Assay's errors.
 Retries: a call that finds the backend unavailable is retried with capped, jittered
 backoff until ``deadline_s`` — every call but ``Commit``, which may have landed before the
 error. ``Aborted`` (contention) is never retried here: the store's transaction loop does.
+
+Channels: a few, each thread keeping one. A grpc Python channel serialises its calls'
+bookkeeping on one Python lock, which it holds while it releases the GIL to call into gRPC
+core; in a busy threaded process the holder then waits for the GIL, and every other call on
+that channel waits for the holder. With one channel for the API's 20 request threads, most
+of a request thread's time went to that wait (bench/README.md: api_latency).
 """
 
 from __future__ import annotations
 
+import itertools
 import random
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -50,14 +58,33 @@ _CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_mes
 _TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded)
 # Lookups answer at most 1000 keys at a time and defer the rest; the library gives up after 100 rounds too.
 _MAX_LOOKUP_ROUNDS = 100
+# Channels per process (see the module's docstring). Under the API benchmark's 16 clients, 4
+# channels took the create's p50 down ~10%; 20 (one per request thread) did no better.
+CHANNELS = 4
+
+
+class _Stubs:
+    """The RPCs on one channel."""
+
+    def __init__(self, channel: grpc.Channel):
+        def stub(name: str, response: Any) -> grpc.UnaryUnaryMultiCallable:
+            return channel.unary_unary(
+                _SERVICE + name, request_serializer=_serialize, response_deserializer=response.FromString
+            )
+
+        self.begin = stub("BeginTransaction", datastore_types.BeginTransactionResponse.pb())
+        self.lookup = stub("Lookup", datastore_types.LookupResponse.pb())
+        self.run_query = stub("RunQuery", datastore_types.RunQueryResponse.pb())
+        self.commit = stub("Commit", datastore_types.CommitResponse.pb())
+        self.rollback = stub("Rollback", datastore_types.RollbackResponse.pb())
 
 
 class DatastoreRpc:
-    """One project's (and namespace's) Datastore, over one gRPC channel, shared by threads."""
+    """One project's (and namespace's) Datastore, over a few gRPC channels shared by threads."""
 
     def __init__(
         self,
-        channel: grpc.Channel,
+        channels: Sequence[grpc.Channel],
         *,
         project: str,
         namespace: str | None = None,
@@ -71,29 +98,27 @@ class DatastoreRpc:
         # Production routes on this header (the library sends it on every call too).
         self._metadata = (("x-goog-request-params", f"project_id={project}"),)
 
-        def stub(name: str, response: Any) -> grpc.UnaryUnaryMultiCallable:
-            return channel.unary_unary(
-                _SERVICE + name, request_serializer=_serialize, response_deserializer=response.FromString
-            )
-
-        self._begin = stub("BeginTransaction", datastore_types.BeginTransactionResponse.pb())
-        self._lookup = stub("Lookup", datastore_types.LookupResponse.pb())
-        self._run_query = stub("RunQuery", datastore_types.RunQueryResponse.pb())
-        self._commit = stub("Commit", datastore_types.CommitResponse.pb())
-        self._rollback = stub("Rollback", datastore_types.RollbackResponse.pb())
+        self._lanes = [_Stubs(channel) for channel in channels]
+        self._next_lane = itertools.count()
+        self._thread = threading.local()
 
     @classmethod
     def from_settings(cls, settings: Settings, *, deadline_s: float | None = None) -> "DatastoreRpc":
         """The emulator over plain gRPC when ``datastore_emulator_host`` is set; otherwise
         Datastore with the environment's default credentials."""
         if settings.datastore_emulator_host:
-            channel = grpc.insecure_channel(settings.datastore_emulator_host, options=_CHANNEL_OPTIONS)
+            channels = [grpc.insecure_channel(settings.datastore_emulator_host, options=_CHANNEL_OPTIONS) for _ in range(CHANNELS)]
         else:
+            import google.auth
             from google.cloud.datastore_v1.services.datastore.transports import DatastoreGrpcTransport
 
-            channel = DatastoreGrpcTransport.create_channel(PRODUCTION_HOST, options=_CHANNEL_OPTIONS)
+            credentials, _ = google.auth.default(scopes=DatastoreGrpcTransport.AUTH_SCOPES)
+            channels = [
+                DatastoreGrpcTransport.create_channel(PRODUCTION_HOST, credentials=credentials, options=_CHANNEL_OPTIONS)
+                for _ in range(CHANNELS)
+            ]
         kwargs = {} if deadline_s is None else {"deadline_s": deadline_s}
-        return cls(channel, project=settings.project, namespace=settings.namespace, **kwargs)
+        return cls(channels, project=settings.project, namespace=settings.namespace, **kwargs)
 
     # -- messages --
 
@@ -111,7 +136,7 @@ class DatastoreRpc:
 
     def begin(self) -> bytes:
         """A new read-write transaction's id."""
-        return self._call(self._begin, _BeginTransactionRequest(project_id=self.project)).transaction
+        return self._call("begin", _BeginTransactionRequest(project_id=self.project)).transaction
 
     def lookup(self, keys: list[Any], *, transaction: bytes | None = None) -> dict[tuple[str, str], Any]:
         """The entities found, by (kind, name) of their key; missing ones are absent."""
@@ -121,7 +146,7 @@ class DatastoreRpc:
         request.keys.extend(keys)
         found: dict[tuple[str, str], Any] = {}
         for _ in range(_MAX_LOOKUP_ROUNDS):
-            response = self._call(self._lookup, request)
+            response = self._call("lookup", request)
             for result in response.found:
                 element = result.entity.key.path[-1]
                 found[(element.kind, element.name)] = result.entity
@@ -138,7 +163,7 @@ class DatastoreRpc:
         if self.namespace:
             request.partition_id.namespace_id = self.namespace
         request.query.CopyFrom(query)
-        return self._call(self._run_query, request).batch
+        return self._call("run_query", request).batch
 
     def commit(self, mutations: Iterable[Any], *, transaction: bytes | None = None) -> None:
         """Apply ``mutations``: inside ``transaction``, or on their own when it is None."""
@@ -149,14 +174,22 @@ class DatastoreRpc:
             request.mode = _CommitRequest.TRANSACTIONAL
             request.transaction = transaction
         request.mutations.extend(mutations)
-        self._call(self._commit, request, retry=False)
+        self._call("commit", request, retry=False)
 
     def rollback(self, transaction: bytes) -> None:
         """Release a transaction's locks now rather than when it expires. One attempt:
         this runs after another failure, which a slow retry would only delay."""
-        self._call(self._rollback, _RollbackRequest(project_id=self.project, transaction=transaction), retry=False)
+        self._call("rollback", _RollbackRequest(project_id=self.project, transaction=transaction), retry=False)
 
-    def _call(self, stub: grpc.UnaryUnaryMultiCallable, request: Any, *, retry: bool = True) -> Any:
+    def _stubs(self) -> _Stubs:
+        """This thread's channel: threads take the channels in turn and keep theirs."""
+        stubs = getattr(self._thread, "stubs", None)
+        if stubs is None:
+            stubs = self._thread.stubs = self._lanes[next(self._next_lane) % len(self._lanes)]
+        return stubs
+
+    def _call(self, method: str, request: Any, *, retry: bool = True) -> Any:
+        stub = getattr(self._stubs(), method)
         give_up_at = time.monotonic() + self.deadline_s
         attempt = 0
         while True:

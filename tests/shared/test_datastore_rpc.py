@@ -15,7 +15,7 @@ from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import datastore
 
-from shared.datastore_rpc import DatastoreRpc
+from shared.datastore_rpc import CHANNELS, DatastoreRpc
 from shared.entities import ArtifactStatus, Evaluation, EvaluationStatus, InferenceConfig, Model, evaluation_fingerprint
 from shared.errors import Unavailable
 from shared.settings import Settings
@@ -131,7 +131,7 @@ class RecordingSleep:
 
 def test_an_unavailable_backend_is_retried_with_backoff_until_the_deadline():
     sleep = RecordingSleep()
-    rpc = DatastoreRpc(grpc.insecure_channel("127.0.0.1:9"), project="p", deadline_s=0.6, sleep=sleep)
+    rpc = DatastoreRpc([grpc.insecure_channel("127.0.0.1:9")], project="p", deadline_s=0.6, sleep=sleep)
     started = time.monotonic()
     with pytest.raises(gexc.ServiceUnavailable):
         rpc.lookup([rpc.key("Model", "mdl_x")])
@@ -142,7 +142,7 @@ def test_an_unavailable_backend_is_retried_with_backoff_until_the_deadline():
 
 def test_a_commit_is_never_retried_it_may_have_landed():
     sleep = RecordingSleep()
-    rpc = DatastoreRpc(grpc.insecure_channel("127.0.0.1:9"), project="p", deadline_s=5, sleep=sleep)
+    rpc = DatastoreRpc([grpc.insecure_channel("127.0.0.1:9")], project="p", deadline_s=5, sleep=sleep)
     with pytest.raises(gexc.ServiceUnavailable):
         rpc.commit([])
     assert sleep.delays == []
@@ -154,3 +154,42 @@ def test_the_store_turns_an_unreachable_datastore_into_unavailable(settings: Set
         down.find(Model, "mdl_x", account=ANY_ACCOUNT)
     with pytest.raises(Unavailable):
         down.run_in_transaction(lambda txn: None)
+
+
+def test_threads_take_the_channels_in_turn_and_keep_theirs(settings: Settings):
+    """A second channel to a dead port shows which channel a thread's calls take."""
+    live = grpc.insecure_channel(settings.datastore_emulator_host)
+    rpc = DatastoreRpc([live, grpc.insecure_channel("127.0.0.1:9")], project=settings.project, deadline_s=0.3)
+    key = rpc.key("Model", "mdl_nobody")
+    outcomes: list[str] = []
+
+    def lookup_twice() -> None:
+        for _ in range(2):
+            try:
+                rpc.lookup([key])
+                outcomes.append(f"{threading.current_thread().name}: live")
+            except gexc.ServiceUnavailable:
+                outcomes.append(f"{threading.current_thread().name}: dead")
+
+    for name in ("first", "second", "third"):
+        thread = threading.Thread(target=lookup_twice, name=name)
+        thread.start()
+        thread.join()
+    assert outcomes == ["first: live"] * 2 + ["second: dead"] * 2 + ["third: live"] * 2
+
+
+def test_the_production_channels_are_made_with_the_default_credentials_once(monkeypatch):
+    """No Datastore to reach from here: this builds the production channels (they connect
+    lazily) with credentials found once, as on Cloud Run, and calls nothing."""
+    import google.auth
+
+    found = []
+
+    def default(scopes=None, **kwargs):
+        found.append(scopes)
+        return AnonymousCredentials(), "assay-prod"
+
+    monkeypatch.setattr(google.auth, "default", default)
+    rpc = DatastoreRpc.from_settings(Settings(project="assay-prod", datastore_emulator_host=None))
+    assert len(rpc._lanes) == CHANNELS
+    assert [set(scopes) for scopes in found] == [{"https://www.googleapis.com/auth/datastore", "https://www.googleapis.com/auth/cloud-platform"}]
