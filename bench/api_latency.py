@@ -14,7 +14,7 @@ This machine is shared and noisy (hypervisor steal, other work), so the two are 
 in alternating rounds, API and bare taking turns to go first, and the headline ratio is
 the median of the rounds' ratios; the p50s and p95s over all rounds are printed too.
 
-    .venv/bin/python bench/api_latency.py [--clients 16] [--requests 16] [--rounds 5] [--warmup 40]
+    .venv/bin/python bench/api_latency.py [--clients 16] [--requests 16] [--rounds 9] [--warmup 40]
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=16, help="evaluations each client orders per round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=40, help="unrecorded requests per client on each side first")
     args = parser.parse_args()
 
