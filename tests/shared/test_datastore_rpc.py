@@ -191,5 +191,5 @@ def test_the_production_channels_are_made_with_the_default_credentials_once(monk
 
     monkeypatch.setattr(google.auth, "default", default)
     rpc = DatastoreRpc.from_settings(Settings(project="assay-prod", datastore_emulator_host=None))
-    assert len(rpc._lanes) == CHANNELS
+    assert len(rpc._channel_stubs) == CHANNELS
     assert [set(scopes) for scopes in found] == [{"https://www.googleapis.com/auth/datastore", "https://www.googleapis.com/auth/cloud-platform"}]
