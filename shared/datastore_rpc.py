@@ -136,7 +136,7 @@ class DatastoreRpc:
 
     def begin(self) -> bytes:
         """A new read-write transaction's id."""
-        return self._call("begin", _BeginTransactionRequest(project_id=self.project)).transaction
+        return self._call(self._stubs().begin, _BeginTransactionRequest(project_id=self.project)).transaction
 
     def lookup(self, keys: list[Any], *, transaction: bytes | None = None) -> dict[tuple[str, str], Any]:
         """The entities found, by (kind, name) of their key; missing ones are absent."""
@@ -146,7 +146,7 @@ class DatastoreRpc:
         request.keys.extend(keys)
         found: dict[tuple[str, str], Any] = {}
         for _ in range(_MAX_LOOKUP_ROUNDS):
-            response = self._call("lookup", request)
+            response = self._call(self._stubs().lookup, request)
             for result in response.found:
                 element = result.entity.key.path[-1]
                 found[(element.kind, element.name)] = result.entity
@@ -163,7 +163,7 @@ class DatastoreRpc:
         if self.namespace:
             request.partition_id.namespace_id = self.namespace
         request.query.CopyFrom(query)
-        return self._call("run_query", request).batch
+        return self._call(self._stubs().run_query, request).batch
 
     def commit(self, mutations: Iterable[Any], *, transaction: bytes | None = None) -> None:
         """Apply ``mutations``: inside ``transaction``, or on their own when it is None."""
@@ -174,12 +174,12 @@ class DatastoreRpc:
             request.mode = _CommitRequest.TRANSACTIONAL
             request.transaction = transaction
         request.mutations.extend(mutations)
-        self._call("commit", request, retry=False)
+        self._call(self._stubs().commit, request, retry=False)
 
     def rollback(self, transaction: bytes) -> None:
         """Release a transaction's locks now rather than when it expires. One attempt:
         this runs after another failure, which a slow retry would only delay."""
-        self._call("rollback", _RollbackRequest(project_id=self.project, transaction=transaction), retry=False)
+        self._call(self._stubs().rollback, _RollbackRequest(project_id=self.project, transaction=transaction), retry=False)
 
     def _stubs(self) -> _Stubs:
         """This thread's channel: threads take the channels in turn and keep theirs."""
@@ -188,8 +188,7 @@ class DatastoreRpc:
             stubs = self._thread.stubs = self._channel_stubs[next(self._next_channel) % len(self._channel_stubs)]
         return stubs
 
-    def _call(self, method: str, request: Any, *, retry: bool = True) -> Any:
-        stub = getattr(self._stubs(), method)
+    def _call(self, stub: grpc.UnaryUnaryMultiCallable, request: Any, *, retry: bool = True) -> Any:
         give_up_at = time.monotonic() + self.deadline_s
         attempt = 0
         while True:
