@@ -83,16 +83,18 @@ def order(store: Store, request: CreateEvaluations, *, account: str) -> tuple[li
     failed or is being deleted; an evaluation is being deleted), Invalid (splits).
     """
 
-    def ids_of(splits: list[str]) -> list[str]:
-        return [
-            evaluation_id(
-                account=account,
-                fingerprint=evaluation_fingerprint(
-                    model_id=request.model_id, dataset_id=request.dataset_id, split=s, config=request.config
-                ),
+    identities: dict[str, tuple[str, str]] = {}  # split -> (fingerprint, id), each computed once
+
+    def identity(split: str) -> tuple[str, str]:
+        if split not in identities:
+            fingerprint = evaluation_fingerprint(
+                model_id=request.model_id, dataset_id=request.dataset_id, split=split, config=request.config
             )
-            for s in splits
-        ]
+            identities[split] = fingerprint, evaluation_id(account=account, fingerprint=fingerprint)
+        return identities[split]
+
+    def ids_of(splits: list[str]) -> list[str]:
+        return [identity(s)[1] for s in splits]
 
     def work(txn: Txn) -> list[tuple[EvaluationOutcome, Evaluation]]:
         # One round trip when the splits are named; otherwise the dataset says which.
@@ -121,10 +123,7 @@ def order(store: Store, request: CreateEvaluations, *, account: str) -> tuple[li
             existing_by_split = dict(zip(splits, txn.find_many([(Evaluation, e) for e in ids_of(splits)], account=account)))
         out = []
         for split in splits:
-            fingerprint = evaluation_fingerprint(
-                model_id=model.id, dataset_id=dataset.id, split=split, config=request.config
-            )
-            eid = evaluation_id(account=account, fingerprint=fingerprint)
+            fingerprint, eid = identity(split)
             existing = existing_by_split[split]
             if existing is not None and existing.status in REUSED:
                 out.append((EvaluationOutcome.reused, existing))
