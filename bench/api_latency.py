@@ -13,14 +13,20 @@ get against the bare get.
 This machine is shared and noisy (hypervisor steal, other work), so the two are measured
 in alternating rounds, API and bare taking turns to go first, and the headline ratio is
 the median of the rounds' ratios; the p50s and p95s over all rounds are printed too.
+Nothing is timed until the emulator's JVM has finished compiling its hot code (``warm_up``).
+The API's clients are ``http.client`` connections unless ``--client requests`` is given:
+the load generator shares the box with what it measures, so it should cost it little.
 
-    .venv/bin/python bench/api_latency.py [--clients 16] [--requests 16] [--rounds 9] [--warmup 40]
+    .venv/bin/python bench/api_latency.py [--clients 16] [--requests 16] [--rounds 9]
+        [--client http.client|requests] [--warmup 40] [--warmup-limit-s 180]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import http.client
+import itertools
 import json
 import os
 import shutil
@@ -30,7 +36,9 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -80,6 +88,60 @@ def time_clients(clients: int, n: int, make_client) -> list[list[float]]:
     return [list(by_call) for by_call in zip(*steps)]
 
 
+def emulator_jvm(emulators: Emulators) -> int:
+    """The pid of the Firestore emulator's JVM: a child of the launcher script we started."""
+    (launcher,) = [p.popen.pid for p in emulators.processes if p.name == "datastore"]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == launcher:
+            return int(stat.parent.name)
+    raise RuntimeError("the Firestore emulator's JVM was not found")
+
+
+def jit_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by a HotSpot JVM's JIT compiler threads."""
+    ticks = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "comm").read_text().startswith(("C1 Compiler", "C2 Compiler")):
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
+        except OSError:
+            continue  # the thread ended
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+# The emulator's JIT counts as settled when its compiler threads used less than this share of
+# a core over a whole warm-up pass.
+JIT_SETTLED_CORES = 0.02
+
+
+def warm_up(one_pass: Callable[[int], object], *, jvm: int, limit_s: float) -> tuple[int, float]:
+    """Run unrecorded passes of both sides' work until the emulator's JIT has settled, or
+    for ``limit_s`` at most. Returns the passes run and the share of a core the JIT
+    compilers took in the last one.
+
+    The Firestore emulator's JVM compiles for a long time: under this load its compiler
+    threads took ~0.5 of a core for the first ~15 s and 0.05-0.15 until ~60 s, then ~0
+    (measured 2026-12-01). Rounds timed before that share the box with the compiler, by
+    chance more of one side than the other. Connections and caches warm up meanwhile.
+    """
+    start = time.monotonic()
+    for passes in itertools.count(1):
+        compiled, began = jit_cpu_s(jvm), time.monotonic()
+        one_pass(passes)
+        jit = (jit_cpu_s(jvm) - compiled) / max(time.monotonic() - began, 1e-6)
+        if jit < JIT_SETTLED_CORES or time.monotonic() - start > limit_s:
+            break
+    settled = "settled" if jit < JIT_SETTLED_CORES else f"NOT settled (limit {limit_s:.0f} s)"
+    print(f"warm-up: {passes} passes, {time.monotonic() - start:.0f} s; the emulator's JIT {settled}: "
+          f"{jit:.3f} of a core in the last pass", flush=True)
+    return passes, jit
+
+
 def ready_inputs(store: Store, account: str) -> tuple[str, str]:
     model = Model(id=Model.new_id(), account=account, name="bench-model", status="ready", declared_size=1,
                   content_type="application/zip", upload_object="x")
@@ -90,28 +152,61 @@ def ready_inputs(store: Store, account: str) -> tuple[str, str]:
     return model.id, dataset.id
 
 
-def bench_api(base: str, key: str, model_id: str, dataset_id: str, clients: int, n: int, *, tag: str) -> list[list[float]]:
-    """Seconds per create and per get: each client orders an evaluation, then reads it back."""
+# The load generators the API's clients can be. The default is the cheapest: on this one box
+# every millisecond of CPU the load generator spends is taken from the API and the emulator,
+# which in production never share a machine with their clients (bench/README.md).
+CLIENTS = ("http.client", "requests")
 
-    def make_client(c: int):
+
+def connect(base: str, key: str, client: str) -> Callable[..., tuple[int, bytes]]:
+    """One client's kept-alive connection to the API: ``call(method, path, body=None)``
+    returns the status and the body of the reply, read whole."""
+    auth = {"Authorization": f"Bearer {key}"}
+    if client == "requests":
         session = requests.Session()
         # Loopback, no proxy: without this, requests scans the whole environment for proxy
         # settings on every request (~0.3 ms of the load generator's CPU, on the same box).
         session.trust_env = False
-        session.headers["Authorization"] = f"Bearer {key}"
+        session.headers.update(auth)
+
+        def call_requests(method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+            reply = session.request(method, base + path, json=body, timeout=30)
+            return reply.status_code, reply.content
+
+        return call_requests
+    url = urllib.parse.urlsplit(base)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+
+    def call_http_client(method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+        if body is None:
+            connection.request(method, path, headers=auth)
+        else:
+            connection.request(method, path, json.dumps(body), {**auth, "Content-Type": "application/json"})
+        reply = connection.getresponse()
+        return reply.status, reply.read()
+
+    return call_http_client
+
+
+def bench_api(base: str, key: str, model_id: str, dataset_id: str, clients: int, n: int, *, tag: str,
+              client: str = CLIENTS[0]) -> list[list[float]]:
+    """Seconds per create and per get: each client orders an evaluation, then reads it back."""
+
+    def make_client(c: int):
+        call = connect(base, key, client)
 
         def step(i: int) -> tuple[float, float]:
             body = {"model_id": model_id, "dataset_id": dataset_id, "splits": ["test"],
                     "config": {"label_mapping": {"bench": f"{tag}-c{c}-{i}"}}}
             t0 = time.perf_counter()
-            r = session.post(f"{base}/v1/evaluations", json=body, timeout=30)
+            status, reply = call("POST", "/v1/evaluations", body)
             t1 = time.perf_counter()
-            assert r.status_code == 201, r.text
-            eid = r.json()["evaluations"][0]["evaluation"]["id"]
+            assert status == 201, reply
+            eid = json.loads(reply)["evaluations"][0]["evaluation"]["id"]
             t2 = time.perf_counter()
-            r = session.get(f"{base}/v1/evaluations/{eid}", timeout=30)
+            status, reply = call("GET", f"/v1/evaluations/{eid}")
             t3 = time.perf_counter()
-            assert r.status_code == 200, r.text
+            assert status == 200, reply
             return t1 - t0, t3 - t2
 
         return step
@@ -195,7 +290,10 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=16, help="evaluations each client orders per round")
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--warmup", type=int, default=40, help="unrecorded requests per client on each side first")
+    parser.add_argument("--client", choices=CLIENTS, default=CLIENTS[0], help="the API's load generator")
+    parser.add_argument("--warmup", type=int, default=40, help="unrecorded requests per client on each side in a warm-up pass")
+    parser.add_argument("--warmup-limit-s", type=float, default=180,
+                        help="warm up until the emulator's JIT settles, or for this long at most")
     args = parser.parse_args()
 
     state = Path(tempfile.mkdtemp(prefix="assay-bench-"))
@@ -238,10 +336,11 @@ def main() -> int:
         # The documented way to point google-cloud-datastore at an emulator.
         os.environ["DATASTORE_EMULATOR_HOST"] = emulators.datastore_host
         by_hand = datastore.Client(project=emulators.project)
-        # Warm up, unrecorded: connections, caches, and above all the emulator's JVM, whose
-        # CPU per transaction falls ~6x over its first ~1,500 (18.7 -> 2.8 ms, measured).
-        bench_api(base, key, model_id, dataset_id, args.clients, args.warmup, tag="warm")
-        bench_bare(by_hand, account.id, args.clients, args.warmup)
+        warm_up(
+            lambda w: (bench_api(base, key, model_id, dataset_id, args.clients, args.warmup, tag=f"warm{w}", client=args.client),
+                       bench_bare(by_hand, account.id, args.clients, args.warmup)),
+            jvm=emulator_jvm(emulators), limit_s=args.warmup_limit_s,
+        )
 
         api_times: list[list[float]] = [[], []]  # creates, gets
         bare_times: list[list[float]] = [[], []]  # transactions, gets
@@ -249,9 +348,9 @@ def main() -> int:
         for r in range(args.rounds):  # API first in even rounds, bare first in odd ones
             if r % 2:
                 bare_round = bench_bare(by_hand, account.id, args.clients, args.requests)
-                api_round = bench_api(base, key, model_id, dataset_id, args.clients, args.requests, tag=f"r{r}")
+                api_round = bench_api(base, key, model_id, dataset_id, args.clients, args.requests, tag=f"r{r}", client=args.client)
             else:
-                api_round = bench_api(base, key, model_id, dataset_id, args.clients, args.requests, tag=f"r{r}")
+                api_round = bench_api(base, key, model_id, dataset_id, args.clients, args.requests, tag=f"r{r}", client=args.client)
                 bare_round = bench_bare(by_hand, account.id, args.clients, args.requests)
             for total, got in zip(api_times + bare_times, api_round + bare_round):
                 total.extend(got)
@@ -261,8 +360,8 @@ def main() -> int:
         creates, reads = api_times
         bare, bare_reads = bare_times
         ms = lambda s: f"{s * 1000:7.1f} ms"  # noqa: E731
-        print(f"{args.clients} concurrent clients, {args.rounds} rounds: {len(creates)} evaluations ordered and read "
-              f"back; {len(bare)} bare transactions, each entity read back")
+        print(f"{args.clients} concurrent clients ({args.client}), {args.rounds} rounds: {len(creates)} evaluations "
+              f"ordered and read back; {len(bare)} bare transactions, each entity read back")
         print(f"create evaluation  p50 {ms(pct(creates, 0.5))}  p95 {ms(pct(creates, 0.95))}")
         print(f"bare transaction   p50 {ms(pct(bare, 0.5))}  p95 {ms(pct(bare, 0.95))}")
         print(f"get evaluation     p50 {ms(pct(reads, 0.5))}  p95 {ms(pct(reads, 0.95))}")
