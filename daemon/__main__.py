@@ -8,7 +8,6 @@ settings and their environment names are listed in ``daemon/settings.py``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -20,30 +19,13 @@ from daemon.context import Context
 from daemon.environment import worker_environment
 from daemon.loop import Daemon, Exit
 from daemon.settings import DaemonSettings
+from shared.logs import configure_logging
 from shared.pubsub import Hints
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.store import Store
 
 log = logging.getLogger("daemon")
-
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with the structured fields passed as ``extra``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "severity": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        out.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
 
 
 def build_backend(settings: Settings, daemon: DaemonSettings, *, base_env: dict[str, str]):
@@ -87,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_health:
         return check_health(daemon_settings)
 
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=daemon_settings.log_level, handlers=[handler])
+    configure_logging(daemon_settings.log_level)
     if daemon_settings.job_ttl_s < settings.lease_seconds:
         log.warning("job_ttl_s is shorter than the lease: a finished job may vanish before it is seen")
 

@@ -5,7 +5,7 @@
 - ``storage_events``: a CloudEvent function for Cloud Storage object-finalize events (or
   the Pub/Sub messages that carry them): marks the model or dataset ``uploaded``.
 
-Settings and clients are built once per instance, on the first request.
+Settings, logging and clients are set up once per instance, on the first request.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from flask.ctx import RequestContext
 from functions.app import create_app
 from functions.services import Services
 from functions.uploads import object_finalized, parse_event
+from shared.logs import configure_logging
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,9 @@ __all__ = ["api", "storage_events", "create_app"]
 
 @functools.cache
 def services() -> Services:
-    return Services.from_settings(Settings())
+    settings = Settings()
+    configure_logging(settings.api_log_level)
+    return Services.from_settings(settings)
 
 
 @functools.cache

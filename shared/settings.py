@@ -8,6 +8,8 @@ The Google client emulator variables (``DATASTORE_EMULATOR_HOST``, ``PUBSUB_EMUL
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -68,6 +70,8 @@ class Settings(BaseSettings):
     # An instance trusts a verified key this long before reading it again (0: always
     # read). A revocation through this instance applies at once; elsewhere within this.
     api_auth_cache_s: float = Field(default=10.0, ge=0)
+    # The API's and the storage event handler's log level (JSON lines on stderr).
+    api_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property
     def emulated(self) -> bool:
