@@ -35,6 +35,20 @@ def bearer(key: str) -> dict[str, str]:
 
 
 @pytest.fixture
+def entry_point_env(settings: Settings) -> dict[str, str]:
+    """The environment functions/main.py builds its settings from: this test's emulators,
+    bucket and hint topic."""
+    return {
+        "ASSAY_PROJECT": settings.project,
+        "ASSAY_BUCKET": settings.bucket,
+        "ASSAY_HINT_TOPIC": settings.hint_topic,
+        "DATASTORE_EMULATOR_HOST": settings.datastore_emulator_host,
+        "PUBSUB_EMULATOR_HOST": settings.pubsub_emulator_host,
+        "STORAGE_EMULATOR_HOST": settings.storage_emulator_host,
+    }
+
+
+@pytest.fixture
 def services(settings: Settings, indexes, storage: Storage) -> Services:
     svc = Services.from_settings(settings, indexes=indexes)
     svc.hints.ensure()

@@ -18,18 +18,9 @@ assert api.get("/v1/no-such-route").status_code == 404
 """
 
 
-def test_the_api_logs_json_lines_with_the_requests_fields(settings):
-    env = {
-        **os.environ,
-        "ASSAY_PROJECT": settings.project,
-        "ASSAY_BUCKET": settings.bucket,
-        "ASSAY_HINT_TOPIC": settings.hint_topic,
-        "DATASTORE_EMULATOR_HOST": settings.datastore_emulator_host,
-        "PUBSUB_EMULATOR_HOST": settings.pubsub_emulator_host,
-        "STORAGE_EMULATOR_HOST": settings.storage_emulator_host,
-    }
-    done = subprocess.run([sys.executable, "-c", SERVE_ONE_REQUEST], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120, check=True)
+def test_the_api_logs_json_lines_with_the_requests_fields(entry_point_env):
+    done = subprocess.run([sys.executable, "-c", SERVE_ONE_REQUEST], cwd=ROOT, env={**os.environ, **entry_point_env},
+                          capture_output=True, text=True, timeout=120, check=True)
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     refused = [line for line in lines if line["message"].startswith("request refused")]
     assert len(refused) == 1, done.stderr

@@ -103,17 +103,9 @@ def test_unknown_objects_are_ignored(services, settings, model, name):
 
 
 @pytest.fixture
-def entry_points(settings, monkeypatch):
+def entry_points(entry_point_env, monkeypatch):
     """functions/main.py loaded by functions-framework, configured from the environment."""
-    env = {
-        "ASSAY_PROJECT": settings.project,
-        "ASSAY_BUCKET": settings.bucket,
-        "ASSAY_HINT_TOPIC": settings.hint_topic,
-        "DATASTORE_EMULATOR_HOST": settings.datastore_emulator_host,
-        "PUBSUB_EMULATOR_HOST": settings.pubsub_emulator_host,
-        "STORAGE_EMULATOR_HOST": settings.storage_emulator_host,
-    }
-    for k, v in env.items():
+    for k, v in entry_point_env.items():
         monkeypatch.setenv(k, v)
 
     def load(target: str, signature_type: str):
