@@ -11,11 +11,9 @@ import logging
 import os
 import sys
 
+from shared.logs import extra_fields
 from shared.settings import Settings
 from shared.tasks import TaskName
-
-
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 class FieldsFormatter(logging.Formatter):
@@ -23,8 +21,7 @@ class FieldsFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        fields = {k: v for k, v in vars(record).items() if k not in _STANDARD}
-        return line + "".join(f" {k}={v!r}" for k, v in fields.items())
+        return line + "".join(f" {k}={v!r}" for k, v in extra_fields(record).items())
 
 
 def main(argv: list[str] | None = None) -> int:
