@@ -12,9 +12,10 @@ a window, in three phases:
 3. plus a process waiting Assay's way (``Hints.wait`` in a loop, as the daemon's sleep
    does) on another subscription: the same comparison, like for like.
 
-Aim: idle, the daemon and each emulator under 2% of a core.
+Aim: idle, the daemon and each emulator under 2% of a core. ``--root DIR`` runs the stack
+of another checkout (``git archive COMMIT | tar -x -C DIR``) to measure an older version.
 
-    .venv/bin/python bench/idle_stack.py [--window 60] [--settle 20]
+    .venv/bin/python bench/idle_stack.py [--window 60] [--settle 20] [--root DIR]
 """
 
 from __future__ import annotations
@@ -143,11 +144,11 @@ def start_waiter(way: str, env: dict[str, str], subscription: str) -> subprocess
 # --- the run --------------------------------------------------------------------------------
 
 
-def start_stack(state: Path) -> tuple[subprocess.Popen, dict[str, str]]:
-    env = {**os.environ, "ASSAY_STACK_API_PORT": str(free_port()), "PYTHONPATH": str(ROOT)}
+def start_stack(state: Path, root: Path) -> tuple[subprocess.Popen, dict[str, str]]:
+    env = {**os.environ, "ASSAY_STACK_API_PORT": str(free_port()), "PYTHONPATH": str(root)}
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "shared.localstack", "serve", "--state", str(state)],
-        cwd=ROOT, env=env, stdout=open(state / "supervisor.log", "wb"), stderr=subprocess.STDOUT,
+        cwd=root, env=env, stdout=open(state / "supervisor.log", "wb"), stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     env_file = state / "local.env"
@@ -171,6 +172,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured in each phase")
     parser.add_argument("--settle", type=float, default=20.0, help="seconds to wait after start-up")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose stack to run (default: this one)")
     parser.add_argument("--wait", nargs=2, metavar=("WAY", "SUBSCRIPTION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.wait:
@@ -181,14 +183,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="assay-idle-") as state_dir:
         state = Path(state_dir)
         started = time.monotonic()
-        supervisor, env = start_stack(state)
-        print(f"stack up in {time.monotonic() - started:.0f}s; settling {args.settle:.0f}s, then {args.window:.0f}s a phase")
+        supervisor, env = start_stack(state, args.root.resolve())
+        print(f"stack of {args.root.resolve()} up in {time.monotonic() - started:.0f}s; settling {args.settle:.0f}s, then {args.window:.0f}s a phase")
         waiters: list[subprocess.Popen] = []
         try:
             time.sleep(args.settle)
             stack = {**services_of(supervisor.pid), "supervisor": supervisor.pid}
             alone = measure(stack, args.window, alone=(supervisor.pid,))
-            table("1. the stack, idle (the daemon waits on a streaming pull):", alone)
+            table("1. the stack, idle:", alone)
 
             old = start_waiter("old", env, "idle-bench-old")
             waiters.append(old)
