@@ -28,6 +28,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
+from shared import snapshot
+from shared.datastore_rpc import DatastoreRpc
+
 log = logging.getLogger(__name__)
 
 GCLOUD_PLATFORM = Path(os.environ.get("ASSAY_GCLOUD_PLATFORM", "/usr/lib/google-cloud-sdk/platform"))
@@ -154,6 +159,7 @@ class Emulators:
     storage_port: int = 0
     data_dir: Path | None = None  # None: in memory only
     processes: list[Process] = field(default_factory=list)
+    _rpc: DatastoreRpc | None = field(default=None, init=False, repr=False)  # for the snapshots
 
     @property
     def datastore_host(self) -> str:
@@ -242,16 +248,12 @@ class Emulators:
             return ["-backend", "memory"]
         return ["-backend", "filesystem", "-filesystem-root", str((Path(self.data_dir) / "storage").resolve())]
 
-    def _datastore_rpc(self):
-        from shared.datastore_rpc import DatastoreRpc
-        from shared.settings import Settings
-
-        settings = Settings(project=self.project, datastore_emulator_host=self.datastore_host)
-        return DatastoreRpc.from_settings(settings, deadline_s=30)
+    def _datastore_rpc(self) -> DatastoreRpc:
+        if self._rpc is None:
+            self._rpc = DatastoreRpc([grpc.insecure_channel(self.datastore_host)], project=self.project, deadline_s=30)
+        return self._rpc
 
     def _restore_datastore(self) -> None:
-        from shared import snapshot
-
         path = self.datastore_snapshot
         if path is None:
             return
@@ -263,8 +265,6 @@ class Emulators:
     def save_datastore(self) -> int:
         """Snapshot the Datastore emulator's entities into ``data_dir`` (a no-op without
         one); returns how many. Raises what the emulator's RPCs raise."""
-        from shared import snapshot
-
         path = self.datastore_snapshot
         if path is None:
             return 0
