@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast lint up down demo bench clean
+.PHONY: venv test test-fast lint up down reset demo bench clean
 
 # torch first, from the CPU wheel on local disk: a range resolved later would pull CUDA.
 $(STAMP): pyproject.toml
@@ -26,12 +26,17 @@ test: venv lint
 test-fast: venv
 	$(PY) -m pytest tests -m "not slow"
 
-# The whole system on this machine, in the background; `make down` stops all of it.
+# The whole system on this machine, in the background; `make down` stops all of it. Its
+# data (entities, objects, the local admin key) stays in .assay/data for the next `make up`;
+# `make reset` stops the stack and deletes that data.
 up: venv
 	$(PY) -m shared.localstack up --state .assay
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m shared.localstack down --state .assay; else echo "stack not running"; fi
+
+reset:
+	@if [ -x $(PY) ]; then $(PY) -m shared.localstack reset --state .assay; else rm -rf .assay/data .assay/jobs .assay/cache; fi
 
 # Start the stack, upload a model and a dataset, evaluate, print results, stop the stack.
 demo: venv

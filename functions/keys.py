@@ -1,7 +1,8 @@
 """API keys an account makes for itself: narrower keys for CI, notebooks, colleagues.
 
 A new key's scopes must be ones the calling key holds; its secret is returned once and
-only its hash is stored. Revoking is immediate for every later request.
+only its hash is stored. Revoking (``shared.apikeys.revoke``) is immediate for every later
+request, and refused for the account's last usable admin key.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import logging
 
 from shared import apikeys
 from shared.api import CreateApiKey
-from shared.entities import ApiKey, ApiKeyStatus, utcnow
-from shared.errors import Forbidden, Invalid, NotFound, TransitionConflict
+from shared.entities import ApiKey, utcnow
+from shared.errors import Forbidden, Invalid
 from shared.store import Store
 
 log = logging.getLogger(__name__)
@@ -40,18 +41,3 @@ def create(store: Store, request: CreateApiKey, *, caller: ApiKey) -> tuple[ApiK
     store.create(key)
     log.info("API key created", extra={"account": caller.account, "key": key.id, "by": caller.id})
     return key, plaintext
-
-
-def revoke(store: Store, key_id: str, *, account: str) -> ApiKey:
-    """Revoke a key of the account; idempotent. Raises NotFound."""
-    try:
-        key = store.transition(
-            ApiKey, key_id, account=account, expected=ApiKeyStatus.active, to=ApiKeyStatus.revoked,
-            reason="revoked", revoked_at=utcnow(),
-        )
-    except TransitionConflict as e:
-        if e.current is None:
-            raise NotFound(f"ApiKey {key_id} not found", details={"kind": "ApiKey", "id": key_id}) from None
-        return store.get(ApiKey, key_id, account=account)
-    log.info("API key revoked", extra={"account": account, "key": key_id})
-    return key

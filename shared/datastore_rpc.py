@@ -156,9 +156,12 @@ class DatastoreRpc:
             request.keys.extend(response.deferred)
         raise gexc.ServiceUnavailable("datastore kept deferring keys of a lookup")
 
-    def run_query(self, query: Any) -> Any:
-        """One batch of ``query``'s results (``QueryResultBatch``), read with strong consistency."""
+    def run_query(self, query: Any, *, transaction: bytes | None = None) -> Any:
+        """One batch of ``query``'s results (``QueryResultBatch``), read with strong consistency
+        (inside ``transaction`` when given: what it returns is then locked like a lookup)."""
         request = _RunQueryRequest(project_id=self.project)
+        if transaction is not None:
+            request.read_options.transaction = transaction
         request.partition_id.project_id = self.project
         if self.namespace:
             request.partition_id.namespace_id = self.namespace

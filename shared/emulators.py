@@ -3,6 +3,14 @@ and fake-gcs-server publishing object notifications to Pub/Sub.
 
 Used by the test suite (one set per test session) and by the one-machine stack
 (``make up``). Each runs in its own process group, so stopping it leaves nothing behind.
+
+By default everything lives in memory (the test suite's emulators). Given a ``data_dir``
+(the stack's ``.assay/data``), state outlives the processes: fake-gcs-server keeps objects
+in its filesystem backend there, and the Datastore emulator's entities are restored from a
+snapshot there at start and saved back by ``save_datastore`` and at stop
+(``shared/snapshot.py`` says why not the emulator's own export flags). Pub/Sub keeps
+nothing: its topics and subscriptions are created again at every start; a message in
+flight at ``make down`` is lost, as a hint may be.
 """
 
 from __future__ import annotations
@@ -19,6 +27,11 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import grpc
+
+from shared import snapshot
+from shared.datastore_rpc import DatastoreRpc
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +157,9 @@ class Emulators:
     datastore_port: int = 0
     pubsub_port: int = 0
     storage_port: int = 0
+    data_dir: Path | None = None  # None: in memory only
     processes: list[Process] = field(default_factory=list)
+    _rpc: DatastoreRpc | None = field(default=None, init=False, repr=False)  # for the snapshots
 
     @property
     def datastore_host(self) -> str:
@@ -193,6 +208,7 @@ class Emulators:
                 p.start()
             for p in self.processes:
                 p.wait_ready()
+            self._restore_datastore()
             # fake-gcs-server publishes to a topic that must exist first.
             self._ensure_storage_topic()
             storage = Process(
@@ -200,7 +216,7 @@ class Emulators:
                 [
                     str(fake_gcs_binary()),
                     "-scheme", "http",
-                    "-backend", "memory",
+                    *self._storage_backend(),
                     "-host", "127.0.0.1",
                     "-port", str(self.storage_port),
                     "-public-host", f"127.0.0.1:{self.storage_port}",
@@ -223,6 +239,39 @@ class Emulators:
         log.info("emulators ready", extra=self.env())
         return self
 
+    @property
+    def datastore_snapshot(self) -> Path | None:
+        return None if self.data_dir is None else Path(self.data_dir) / "datastore.snapshot"
+
+    def _storage_backend(self) -> list[str]:
+        if self.data_dir is None:
+            return ["-backend", "memory"]
+        return ["-backend", "filesystem", "-filesystem-root", str((Path(self.data_dir) / "storage").resolve())]
+
+    def _datastore_rpc(self) -> DatastoreRpc:
+        if self._rpc is None:
+            self._rpc = DatastoreRpc([grpc.insecure_channel(self.datastore_host)], project=self.project, deadline_s=30)
+        return self._rpc
+
+    def _restore_datastore(self) -> None:
+        path = self.datastore_snapshot
+        if path is None:
+            return
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            count = snapshot.restore(self._datastore_rpc(), path)
+            log.info("datastore restored", extra={"entities": count, "snapshot": str(path)})
+
+    def save_datastore(self) -> int:
+        """Snapshot the Datastore emulator's entities into ``data_dir`` (a no-op without
+        one); returns how many. Raises what the emulator's RPCs raise."""
+        path = self.datastore_snapshot
+        if path is None:
+            return 0
+        count = snapshot.save(self._datastore_rpc(), path)
+        log.debug("datastore saved", extra={"entities": count, "snapshot": str(path)})
+        return count
+
     def _ensure_storage_topic(self) -> None:
         req = urllib.request.Request(
             f"http://{self.pubsub_host}/v1/projects/{self.project}/topics/{self.storage_topic}", method="PUT"
@@ -239,5 +288,14 @@ class Emulators:
         ).close()
 
     def stop(self) -> None:
+        """Stop every emulator; with a ``data_dir``, save the Datastore first (a failure to
+        save is logged, and the previous snapshot is kept)."""
+        datastore = next((p for p in self.processes if p.name == "datastore"), None)
+        if self.data_dir is not None and datastore is not None and datastore.popen is not None and datastore.popen.poll() is None:
+            try:
+                count = self.save_datastore()
+                log.info("datastore saved", extra={"entities": count, "snapshot": str(self.datastore_snapshot)})
+            except Exception:  # noqa: BLE001 — stopping must go on; the last snapshot stays whole
+                log.exception("could not save the datastore; keeping the previous snapshot")
         for p in reversed(self.processes):
             p.stop()

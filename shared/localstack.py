@@ -1,12 +1,22 @@
-"""The whole system on one machine: ``make up`` / ``make down``.
+"""The whole system on one machine: ``make up`` / ``make down`` / ``make reset``.
 
 ``python -m shared.localstack up`` starts a supervisor in the background and returns once
 everything answers: the emulators (Firestore in Datastore mode, Pub/Sub, fake-gcs-server
 publishing object notifications), the ``api`` function and the ``storage_events``
 function under functions-framework (object notifications reach it through a Pub/Sub push
 subscription, as Eventarc would deliver them), and the daemon with the LocalBackend. It
-bootstraps an account and writes ``ASSAY_URL`` and an admin ``ASSAY_API_KEY`` to
-``<state>/local.env``. ``down`` stops the supervisor, which stops everything it started.
+writes ``ASSAY_URL`` and an admin ``ASSAY_API_KEY`` to ``<state>/local.env``. ``down``
+stops the supervisor, which stops everything it started.
+
+State outlives the stack: entities and objects are kept under ``<state>/data`` (see
+``shared.emulators``), and so is the local account's admin key, so the next ``up`` comes
+back with the same data and the same key. ``reset`` stops the stack and deletes the data.
+
+The supervisor restarts a crashed ``api``, ``storage_events`` or ``daemon`` process with
+capped exponential backoff (each restart logged to ``<state>/logs/stack.log``); a process
+that ran ``STABLE_AFTER_S`` before dying starts again from the shortest delay. An emulator
+that dies stops the stack: the others' state depends on it (the Datastore is saved every
+``SAVE_EVERY_S`` as well as at ``down``).
 
 It starts ``functions`` and ``daemon`` as processes; it imports neither.
 """
@@ -15,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,14 +35,30 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
+from shared.admin import create_account
+from shared.apikeys import authenticate
 from shared.emulators import Emulators, Process, free_port
+from shared.errors import Unauthenticated
+from shared.logs import configure_logging
 from shared.pubsub import Hints
 from shared.settings import Settings
 from shared.storage import Storage
+from shared.store import Store
+
+log = logging.getLogger("localstack")
 
 DEFAULT_STATE = Path(".assay")
+# Restart delays: 1, 2, 4, … seconds, at most MAX_BACKOFF_S; reset once a process has run
+# STABLE_AFTER_S.
+FIRST_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 60.0
+STABLE_AFTER_S = 60.0
+SAVE_EVERY_S = 60.0
+# What `make reset` deletes: the data, and the job and cache directories that refer to it.
+RESET_PATHS = ("data", "jobs", "cache", "local.env", "daemon.alive")
 
 
 def _port(env: str, default: int) -> int:
@@ -52,8 +80,62 @@ def _pubsub(host: str, method: str, path: str, body: dict | None = None) -> None
             raise
 
 
+@dataclass
+class Supervised:
+    """A service process the supervisor keeps running."""
+
+    process: Process
+    started_at: float = 0.0  # monotonic
+    restarts: int = 0  # in a row, without a stable run between
+    restart_at: float | None = None  # monotonic; set while it waits out its backoff
+
+    def start(self) -> None:
+        self.process.start()
+        self.started_at = time.monotonic()
+
+    def check(self, now: float) -> None:
+        """Notice a death and schedule the restart; restart once the backoff has passed."""
+        popen = self.process.popen
+        if self.restart_at is None:
+            if popen is None or popen.poll() is None:
+                return
+            if now - self.started_at >= STABLE_AFTER_S:
+                self.restarts = 0
+            delay = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2**self.restarts)
+            self.restart_at = now + delay
+            log.warning(
+                f"{self.process.name} exited with status {popen.returncode}; restarting in {delay:.0f}s",
+                extra={"service": self.process.name, "status": popen.returncode, "restart_in_s": delay,
+                       "restarts": self.restarts, "log": str(self.process.log_path)},
+            )
+        elif now >= self.restart_at:
+            self.restart_at = None
+            self.restarts += 1
+            self.start()
+            log.info(f"{self.process.name} restarted (pid {self.process.popen.pid})",
+                     extra={"service": self.process.name, "pid": self.process.popen.pid, "restarts": self.restarts})
+
+
+def local_admin_key(store: Store, data_dir: Path) -> str:
+    """The local account's admin key: the one kept in ``data_dir`` while it still works
+    (the data came back with it), else a new account's, kept there for the next start."""
+    path = data_dir / "admin.json"
+    if path.exists():
+        kept = json.loads(path.read_text())
+        try:
+            authenticate(store, f"Bearer {kept['api_key']}")
+            return kept["api_key"]
+        except Unauthenticated:
+            log.warning("the kept admin key no longer works; creating a new local account")
+    account, api_key = create_account(store, "local")
+    path.write_text(json.dumps({"account": account.id, "api_key": api_key}))
+    os.chmod(path, 0o600)
+    return api_key
+
+
 def serve(state: Path) -> int:
     """Run the stack in the foreground until SIGTERM/SIGINT; tear everything down after."""
+    configure_logging(logging.INFO)
     state.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -61,15 +143,17 @@ def serve(state: Path) -> int:
     env_file = state / "local.env"
     env_file.unlink(missing_ok=True)
 
+    data_dir = state / "data"
     emulators = Emulators(
         state,
         datastore_port=_port("ASSAY_STACK_DATASTORE_PORT", 0),
         pubsub_port=_port("ASSAY_STACK_PUBSUB_PORT", 0),
         storage_port=_port("ASSAY_STACK_STORAGE_PORT", 0),
+        data_dir=data_dir,
     )
     api_port = _port("ASSAY_STACK_API_PORT", 8080)
     events_port = _port("ASSAY_STACK_EVENTS_PORT", 0) or free_port()
-    services: list[Process] = []
+    services: list[Supervised] = []
     try:
         emulators.start()
         env = {
@@ -79,7 +163,10 @@ def serve(state: Path) -> int:
             "ASSAY_DAEMON_BACKEND": "local",
             "ASSAY_DAEMON_LOCAL_STATE_DIR": str((state / "jobs").resolve()),
             "ASSAY_DAEMON_LOCAL_MAX_PROCESSES": "2",
-            "ASSAY_DAEMON_POLL_INTERVAL_S": "2",
+            # Hints wake the daemon for all the API and storage events create; the poll only
+            # catches what nothing announces (a worker done, a lease expired). Each idle turn
+            # is ~14 Datastore calls: every 2 s that kept the emulator at ~6% of a core.
+            "ASSAY_DAEMON_POLL_INTERVAL_S": os.environ.get("ASSAY_DAEMON_POLL_INTERVAL_S", "10"),
             # Frequent heartbeats so progress bars move on short local evaluations.
             "ASSAY_HEARTBEAT_SECONDS": "1",
             "ASSAY_DAEMON_HEALTH_FILE": str((state / "daemon.alive").resolve()),
@@ -102,28 +189,27 @@ def serve(state: Path) -> int:
         python = sys.executable
         bin_dir = Path(python).parent
         logs = state / "logs"
-        services = [
-            Process(
-                "api",
-                [str(bin_dir / "functions-framework"), "--target=api", "--host=127.0.0.1", f"--port={api_port}",
-                 "--source=functions/main.py"],
-                f"http://127.0.0.1:{api_port}/v1/health",
-                logs / "api.log",
-                env=env,
-            ),
-            Process(
-                "storage_events",
-                [str(bin_dir / "functions-framework"), "--target=storage_events", "--signature-type=cloudevent",
-                 "--host=127.0.0.1", f"--port={events_port}", "--source=functions/main.py"],
-                f"http://127.0.0.1:{events_port}/",
-                logs / "storage_events.log",
-                env=env,
-            ),
-        ]
-        for p in services:
-            p.start()
-        for p in services:
-            p.wait_ready(timeout_s=120) if p.name == "api" else _wait_listening(p, events_port)
+        api = Process(
+            "api",
+            [str(bin_dir / "functions-framework"), "--target=api", "--host=127.0.0.1", f"--port={api_port}",
+             "--source=functions/main.py"],
+            f"http://127.0.0.1:{api_port}/v1/health",
+            logs / "api.log",
+            env=env,
+        )
+        events = Process(
+            "storage_events",
+            [str(bin_dir / "functions-framework"), "--target=storage_events", "--signature-type=cloudevent",
+             "--host=127.0.0.1", f"--port={events_port}", "--source=functions/main.py"],
+            f"http://127.0.0.1:{events_port}/",
+            logs / "storage_events.log",
+            env=env,
+        )
+        services = [Supervised(api), Supervised(events)]
+        for service in services:
+            service.start()
+        api.wait_ready(timeout_s=120)
+        _wait_listening(events, events_port)
         # Eventarc's role locally: push object notifications to storage_events.
         _pubsub(
             emulators.pubsub_host,
@@ -135,15 +221,8 @@ def serve(state: Path) -> int:
                 "ackDeadlineSeconds": 60,
             },
         )
-        bootstrap = subprocess.run(
-            [python, "-m", "shared.admin", "create-account", "local", "--json"],
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        api_key = json.loads(bootstrap.stdout)["api_key"]
-        daemon = Process("daemon", [python, "-m", "daemon"], "", logs / "daemon.log", env=env)
+        api_key = local_admin_key(Store.from_settings(settings), data_dir)
+        daemon = Supervised(Process("daemon", [python, "-m", "daemon"], "", logs / "daemon.log", env=env))
         services.append(daemon)
         daemon.start()
         env_file.write_text(
@@ -151,17 +230,35 @@ def serve(state: Path) -> int:
             + "".join(f"{k}={v}\n" for k, v in emulators.env().items())
         )
         os.chmod(env_file, 0o600)
-        while not stop.wait(1.0):
-            dead = [p.name for p in services if p.popen is not None and p.popen.poll() is not None]
-            if dead:
-                print(f"stack: {', '.join(dead)} exited; stopping (logs in {logs})", file=sys.stderr)
-                return 1
-        return 0
+        log.info("stack up", extra={"url": f"http://127.0.0.1:{api_port}", "state": str(state)})
+        return _supervise(services, emulators, stop)
     finally:
         env_file.unlink(missing_ok=True)
-        for p in reversed(services):
-            p.stop()
+        for service in reversed(services):
+            service.process.stop()
         emulators.stop()
+
+
+def _supervise(services: list[Supervised], emulators: Emulators, stop: threading.Event) -> int:
+    """Until asked to stop: restart dead services, save the Datastore now and then.
+    Returns 0 when asked to stop, 1 when an emulator died."""
+    next_save = time.monotonic() + SAVE_EVERY_S
+    while not stop.wait(1.0):
+        now = time.monotonic()
+        dead = [p.name for p in emulators.processes if p.popen is not None and p.popen.poll() is not None]
+        if dead:
+            log.error(f"emulator {', '.join(dead)} exited; stopping the stack", extra={"emulators": dead})
+            return 1
+        for service in services:
+            service.check(now)
+        if now >= next_save:
+            next_save = now + SAVE_EVERY_S
+            try:
+                emulators.save_datastore()
+            except Exception:  # noqa: BLE001 — the previous snapshot stays; the next save may work
+                log.warning("could not save the datastore", exc_info=True)
+    log.info("stopping: asked to")
+    return 0
 
 
 def _wait_listening(process: Process, port: int, timeout_s: float = 120.0) -> None:
@@ -230,6 +327,20 @@ def down(state: Path) -> int:
     return 0
 
 
+def reset(state: Path) -> int:
+    """Stop the stack and delete its data (entities, objects, the local admin key), jobs
+    and caches; logs stay."""
+    down(state)
+    for name in RESET_PATHS:
+        path = state / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    print(f"stack data deleted from {state}")
+    return 0
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -245,13 +356,15 @@ def _alive(pid: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.localstack", description="run Assay on one machine")
-    parser.add_argument("command", choices=["up", "down", "serve"])
+    parser.add_argument("command", choices=["up", "down", "reset", "serve"])
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE, help="directory for logs, pids and settings")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args.state)
     if args.command == "up":
         return up(args.state)
+    if args.command == "reset":
+        return reset(args.state)
     return down(args.state)
 
 

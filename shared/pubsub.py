@@ -2,12 +2,20 @@
 
 A hint is never the truth (Datastore is): losing one only delays work until the daemon's
 next poll, so publishing failures are logged, never raised to the user.
+
+The daemon waits on a streaming pull (one long-lived gRPC stream that the server pushes
+messages down), not a loop of synchronous pulls: a synchronous pull with nothing to
+deliver may return at once (the emulator's always does), so a loop of them spins; idle,
+such a loop cost the daemon ~27% of a core and the Pub/Sub emulator ~25%
+(bench/idle_stack.py has the figures now).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -15,6 +23,8 @@ from google import pubsub_v1 as pubsub_gapic
 from google.api_core import exceptions as gexc
 from google.api_core import retry as retries
 from google.cloud import pubsub_v1
+from google.cloud.pubsub_v1.subscriber.futures import StreamingPullFuture
+from google.cloud.pubsub_v1.subscriber.message import Message
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
@@ -68,6 +78,11 @@ class Hint:
     account: str
 
 
+# After the stream fails for good (say, the subscription was deleted), how long ``wait``
+# sleeps through its timeouts (the daemon polls meanwhile) before opening a new one.
+REOPEN_AFTER_S = 30.0
+
+
 class Hints:
     """Publish and receive wake-up hints on the hint topic."""
 
@@ -75,6 +90,11 @@ class Hints:
         self.settings = settings
         self._publisher: pubsub_gapic.PublisherClient | None = None
         self._subscriber: pubsub_v1.SubscriberClient | None = None
+        # What the stream delivered and ``wait`` has not yet returned, under this condition.
+        self._arrived = threading.Condition()
+        self._received: list[Hint] = []
+        self._stream: StreamingPullFuture | None = None
+        self._reopen_at = 0.0  # monotonic
 
     @property
     def topic_path(self) -> str:
@@ -119,30 +139,60 @@ class Hints:
             return False
 
     def wait(self, timeout_s: float, *, max_messages: int = 100) -> list[Hint]:
-        """Block until hints arrive or ``timeout_s`` passes; acknowledges what it returns."""
-        try:
-            response = self._sub().pull(
-                request={"subscription": self.subscription_path, "max_messages": max_messages}, timeout=timeout_s
-            )
-        except (gexc.DeadlineExceeded, gexc.RetryError):
-            return []
-        except gexc.GoogleAPICallError:
-            log.warning("could not pull hints; falling back to polling", exc_info=True)
-            return []
-        if not response.received_messages:
-            return []
-        self._sub().acknowledge(
-            request={"subscription": self.subscription_path, "ack_ids": [m.ack_id for m in response.received_messages]}
-        )
-        out = []
-        for received in response.received_messages:
-            try:
-                data = json.loads(received.message.data)
-                out += [Hint(**h) for h in (data if isinstance(data, list) else [data])]  # a dict: one hint, as once sent
-            except (ValueError, TypeError):
-                log.warning("ignoring malformed hint", extra={"message_id": received.message.message_id})
+        """Block until hints arrive or ``timeout_s`` passes; what it returns is acknowledged.
+
+        The first call opens a streaming pull that stays open until ``close``; hints that
+        arrive between calls are kept for the next one. Never raises: when the stream fails
+        it is logged, and ``wait`` just sleeps (the caller's poll stands in) until it is
+        reopened ``REOPEN_AFTER_S`` later. ``max_messages`` bounds what the stream holds
+        unacknowledged (it acknowledges on arrival, so this is only flow control).
+        """
+        self._listen(max_messages)
+        with self._arrived:
+            if not self._received:
+                self._arrived.wait(timeout_s)
+            out, self._received = self._received, []
         return out
 
+    def _listen(self, max_messages: int) -> None:
+        """Open the stream unless it is open, or failed too recently."""
+        if self._stream is not None and self._stream.done():
+            try:
+                self._stream.result(timeout=0)
+            except Exception:  # noqa: BLE001 — the stream's end is logged, then reopened later
+                log.warning("hint stream ended; polling only for now", exc_info=True,
+                            extra={"retry_in_s": REOPEN_AFTER_S})
+            self._stream = None
+            self._reopen_at = time.monotonic() + REOPEN_AFTER_S
+        if self._stream is not None or time.monotonic() < self._reopen_at:
+            return
+        self._stream = self._sub().subscribe(
+            self.subscription_path,
+            callback=self._on_message,
+            flow_control=pubsub_v1.types.FlowControl(max_messages=max_messages),
+        )
+
+    def _on_message(self, message: Message) -> None:
+        """Runs on the subscriber's threads, once per message."""
+        message.ack()
+        try:
+            data = json.loads(message.data)
+            hints = [Hint(**h) for h in (data if isinstance(data, list) else [data])]  # a dict: one hint, as once sent
+        except (ValueError, TypeError):
+            log.warning("ignoring malformed hint", extra={"message_id": message.message_id})
+            return
+        with self._arrived:
+            self._received += hints
+            self._arrived.notify_all()
+
     def close(self) -> None:
+        """Stop the stream (waiting for its threads) and the clients."""
+        if self._stream is not None:
+            self._stream.cancel()
+            try:
+                self._stream.result(timeout=10)
+            except Exception:  # noqa: BLE001 — shutting down: how the stream ended no longer matters
+                pass
+            self._stream = None
         if self._subscriber is not None:
             self._subscriber.close()

@@ -104,6 +104,12 @@ class Txn:
     def delete(self, cls: type[Entity], entity_id: str) -> None:
         self.mutations.append(Mutation(delete=self._store.rpc.key(cls.kind, entity_id)))
 
+    def list(self, cls: type[E], *, account: str, **kwargs: Any) -> Page:
+        """As ``Store.list``, read inside this transaction: the entities it returns are held
+        like looked-up ones, so a transaction that decides on what it counted cannot race
+        another one changing them."""
+        return self._store.list(cls, account=account, transaction=self.id, **kwargs)
+
 
 class Store:
     def __init__(
@@ -214,6 +220,7 @@ class Store:
         reason: str | None = None,
         message: str | None = None,
         check: Callable[[E], bool] | None = None,
+        guard: Callable[[Txn, E], None] | None = None,
         **changes: Any,
     ) -> E:
         """Move an entity from one of the ``expected`` statuses to ``to``, with ``changes``.
@@ -221,7 +228,9 @@ class Store:
         ``check`` (optional) is a further precondition on the current entity, e.g. that the
         attempt is still the caller's. Raises ``TransitionConflict`` when the lifecycle does
         not allow ``expected -> to``, or when the current status is not expected or ``check``
-        fails (a lost race: ``.current`` says what was found).
+        fails (a lost race: ``.current`` says what was found). ``guard`` (optional) runs in
+        the same transaction once the status matched, may read more there, and refuses the
+        change by raising.
         """
         expected_set = {expected} if isinstance(expected, str) else set(expected)
         for source in expected_set:
@@ -233,7 +242,7 @@ class Store:
                 )
 
         status_change = {"status": cls.status_enum(to), "reason": reason, "message": message, "status_changed_at": utcnow()}
-        return self._compare_and_set(cls, entity_id, account, expected_set, check, {**changes, **status_change})
+        return self._compare_and_set(cls, entity_id, account, expected_set, check, {**changes, **status_change}, guard=guard)
 
     def update(
         self,
@@ -257,8 +266,10 @@ class Store:
         expected: set[str] | None,
         check: Callable[[E], bool] | None,
         changes: dict[str, Any],
+        *,
+        guard: Callable[[Txn, E], None] | None = None,
     ) -> E:
-        """Read, check the status (and ``check``), write ``changes``: one transaction."""
+        """Read, check the status (and ``check``, ``guard``), write ``changes``: one transaction."""
 
         def cas(txn: Txn) -> E:
             current = txn.find(cls, entity_id, account=account)
@@ -269,6 +280,8 @@ class Store:
                     f"{cls.kind} {entity_id} is {current.status}, expected {sorted(expected or [])}",
                     current=str(current.status),
                 )
+            if guard is not None:
+                guard(txn, current)
             updated = cls.model_validate({**current.model_dump(), **changes, "updated_at": utcnow()})
             txn.put(updated)
             return updated
@@ -287,11 +300,12 @@ class Store:
         order: str | None = "-created_at",
         limit: int = 50,
         page_token: str | None = None,
+        transaction: bytes | None = None,
     ) -> Page:
         """One page of entities matching equality ``filters`` and ``labels``.
 
         ``order`` is a property name, ``-`` for descending, or None. Raises InvalidRequest
-        for a page token this store did not hand out.
+        for a page token this store did not hand out. (``Txn.list`` passes ``transaction``.)
         """
         filters = {k: (v.value if isinstance(v, Enum) else v) for k, v in (filters or {}).items() if v is not None}
         for name in filters:
@@ -310,7 +324,7 @@ class Store:
         query = _query(cls.kind, conditions, order, limit, _decode_token(page_token))
         with translated_google_errors("datastore"):
             try:
-                batch = self.rpc.run_query(query)
+                batch = self.rpc.run_query(query, transaction=transaction)
             except gexc.InvalidArgument as e:
                 raise InvalidRequest("invalid page_token") from e
         items = [decode(cls, result.entity) for result in batch.entity_results]

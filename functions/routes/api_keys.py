@@ -6,6 +6,7 @@ from functions import keys
 from functions.routes.views import labels_filter, view
 from functions.routing import Router
 from functions.services import Call
+from shared import apikeys
 from shared.api import ApiKeyCreated, ApiKeyListQuery, ApiKeyPage, ApiKeyView, CreateApiKey
 from shared.entities import ApiKey, Scope
 
@@ -38,7 +39,8 @@ def get_api_key(call: Call, *, key_id: str) -> ApiKeyView:
 
 @router.delete("/v1/api-keys/{key_id}", scope=Scope.admin, response=ApiKeyView, params={"key_id": "key"})
 def revoke_api_key(call: Call, *, key_id: str) -> ApiKeyView:
-    """Revoke a key: every later request with it is refused."""
-    revoked = keys.revoke(call.store, key_id, account=call.account)
+    """Revoke a key: every later request with it is refused. The account's last usable admin
+    key cannot be revoked (409 ``last_admin_key``): make another admin key first."""
+    revoked = apikeys.revoke(call.store, key_id, account=call.account)
     call.services.keys.forget(key_id)
     return view(ApiKeyView, revoked)

@@ -141,3 +141,52 @@ def test_a_remembered_key_still_expires_on_time(client, services, alice):
     time.sleep(1.6)
     r = client.get("/v1/models", headers=bearer(plaintext))
     assert r.status_code == 401 and "expired" in r.json["error"]["message"]
+
+
+def test_an_account_cannot_revoke_its_last_admin_key_and_is_told_why(client, alice):
+    own = client.get("/v1/whoami", headers=alice.admin).json["api_key"]
+    r = client.delete(f"/v1/api-keys/{own}", headers=alice.admin)
+    assert r.status_code == 409, r.json
+    assert r.json["error"]["code"] == "last_admin_key" and "another admin key" in r.json["error"]["message"]
+    assert client.get(f"/v1/api-keys/{own}", headers=alice.admin).json["status"] == "active"
+
+    other = client.post("/v1/api-keys", json={"name": "second-admin", "scopes": ["admin"]}, headers=alice.admin).json
+    assert client.delete(f"/v1/api-keys/{own}", headers=alice.admin).json["status"] == "revoked"  # itself, now allowed
+    second = bearer(other["secret"])
+    r = client.delete(f"/v1/api-keys/{other['api_key']['id']}", headers=second)
+    assert r.status_code == 409 and r.json["error"]["code"] == "last_admin_key"
+
+
+def test_assay_admin_issues_a_key_for_an_existing_account_and_lists_accounts_without_secrets(
+    client, settings, monkeypatch, capsys
+):
+    monkeypatch.setenv("DATASTORE_EMULATOR_HOST", settings.datastore_emulator_host)
+    monkeypatch.setenv("ASSAY_PROJECT", settings.project)
+    assert admin.main(["create-account", "acme", "--json"]) == 0
+    created = json.loads(capsys.readouterr().out)
+
+    assert admin.main(["issue-key", created["account"], "--json"]) == 0  # admin by default
+    issued = json.loads(capsys.readouterr().out)
+    assert issued["account"] == created["account"] and issued["scopes"] == ["admin"]
+    r = client.get("/v1/api-keys", headers=bearer(issued["api_key"]))
+    assert r.status_code == 200 and len(r.json["items"]) == 2
+    assert admin.main(["issue-key", created["account"], "--name", "ci", "--scope", "read", "--scope", "write"]) == 0
+    assert "shown once" in capsys.readouterr().out
+
+    assert admin.main(["issue-key", "acc_" + "0" * 20]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert admin.main(["issue-key", created["account"], "--name", "Not A Name"]) == 2
+
+    assert admin.main(["list-accounts", "--json"]) == 0
+    printed = capsys.readouterr().out
+    [account] = json.loads(printed)
+    assert account["id"] == created["account"] and account["name"] == "acme"
+    assert sorted(k["name"] for k in account["keys"]) == ["bootstrap", "ci", "operator"]
+    assert {k["id"] for k in account["keys"]} >= {issued["key"], apikeys.parse_key(created["api_key"])[0]}
+    assert sorted(map(tuple, (k["scopes"] for k in account["keys"]))) == [("admin",), ("admin",), ("read", "write")]
+    for plaintext in (created["api_key"], issued["api_key"]):
+        assert apikeys.parse_key(plaintext)[1] not in printed
+    assert "secret" not in printed
+    assert admin.main(["list-accounts"]) == 0
+    text = capsys.readouterr().out
+    assert f"account {created['account']} (acme, active)" in text and issued["key"] in text
