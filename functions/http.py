@@ -19,7 +19,6 @@ from werkzeug.exceptions import HTTPException
 
 from functions.routing import Route
 from functions.services import Call, Caller, Services
-from shared.api import matches_id
 from shared.apikeys import require_scope
 from shared.errors import AssayError, Invalid, InvalidRequest, NotFound, RateLimited, Unavailable
 
@@ -116,9 +115,6 @@ def run_route(route: Route, services: Services, path_values: dict[str, str]) -> 
         key = services.keys.authenticate(services.store, request.headers.get("Authorization"))
         require_scope(key, route.scope)
         call.caller = Caller(key)
-    for param in route.params:
-        if not matches_id(param.prefix, path_values[param.name]):
-            raise NotFound(f"{path_values[param.name]!r} is not a {param.prefix}_… id", details={"id": path_values[param.name]})
     kwargs: dict[str, Any] = dict(path_values)
     if route.query is not None:
         kwargs["query"] = parse_query(route.query, request.args)

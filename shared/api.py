@@ -9,6 +9,7 @@ not know, so an older SDK keeps working when the server adds one.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import re
 from enum import StrEnum
@@ -67,7 +68,39 @@ def id_type(prefix: str) -> Any:
 
 
 def matches_id(prefix: str, value: str) -> bool:
-    return re.match(id_pattern(prefix), value) is not None
+    # fullmatch: with re.match, "$" also matches before a trailing newline ("mdl_…\n").
+    return re.fullmatch(id_pattern(prefix), value) is not None
+
+
+# --- page tokens --------------------------------------------------------------------------
+
+# A page token is opaque: unpadded URL-safe base64 of what the server needs to resume. The
+# schema can say its alphabet, not which tokens the server issued; anything else is a 400.
+PAGE_TOKEN_PATTERN = r"^[A-Za-z0-9_-]*$"
+PageToken = Annotated[
+    str,
+    Field(
+        max_length=4096,
+        description="Opaque: the next_page_token of the previous page of the same listing; empty for the first page.",
+        json_schema_extra={"pattern": PAGE_TOKEN_PATTERN},
+    ),
+]
+
+
+def encode_page_token(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> bytes:
+    """The bytes a token encodes; ValueError unless it is exactly what ``encode_page_token``
+    makes of some non-empty bytes (``base64`` alone would skip foreign characters and accept
+    non-canonical trailing bits, so a mangled token would pass for another one)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", token) or len(token) % 4 == 1:
+        raise ValueError("not a page token")
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    if encode_page_token(raw) != token:
+        raise ValueError("not a page token")
+    return raw
 
 
 # --- content types ------------------------------------------------------------------------
@@ -140,7 +173,7 @@ class ListQuery(ApiRequest):
         default=None, description="Equality selector: 'key=value,key2=value2' (all must match).", max_length=4096
     )
     limit: int = Field(default=50, ge=1, le=200)
-    page_token: str | None = Field(default=None, max_length=4096)
+    page_token: PageToken | None = None
 
 
 class ModelListQuery(ListQuery):

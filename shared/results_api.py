@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.api import SplitName, id_type
+from shared.api import PageToken, SplitName, id_type
 
 # --- per-instance rows --------------------------------------------------------------------
 
@@ -33,7 +33,7 @@ class InstancesQuery(BaseModel):
     max_confidence: float | None = Field(default=None, ge=0.0, le=1.0)
     order_by: InstanceOrder = "instance_id"
     limit: int = Field(default=100, ge=1, le=1000)
-    page_token: str | None = Field(default=None, max_length=2048)
+    page_token: PageToken | None = None
 
     @model_validator(mode="after")
     def _range(self) -> "InstancesQuery":
@@ -264,7 +264,7 @@ class LeaderboardQuery(BaseModel):
     split: SplitName | None = None
     metric: LeaderboardMetric = "accuracy"
     limit: int = Field(default=50, ge=1, le=500)
-    page_token: str | None = Field(default=None, max_length=256)
+    page_token: PageToken | None = None
 
 
 class LeaderboardEntry(BaseModel):

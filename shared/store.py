@@ -14,8 +14,6 @@ and encodes entities with ``shared.encoding``; nothing else in Assay does either
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import logging
 import random
@@ -26,6 +24,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from google.api_core import exceptions as gexc
 
+from shared.api import decode_page_token, encode_page_token
 from shared.datastore_rpc import CompositeFilter, DatastoreRpc, Mutation, PropertyFilter, PropertyOrder, Query, QueryResultBatch
 from shared.encoding import decode, encode, label_pairs, set_value
 from shared.entities import Entity, utcnow
@@ -312,7 +311,7 @@ class Store:
             try:
                 batch = self.rpc.run_query(query)
             except gexc.InvalidArgument as e:
-                raise InvalidRequest("invalid page_token") from e
+                raise InvalidRequest("invalid page_token", code="invalid_page_token") from e
         items = [decode(cls, result.entity) for result in batch.entity_results]
         more = batch.more_results != QueryResultBatch.NO_MORE_RESULTS and len(items) == limit
         return Page(items, _encode_token(batch.end_cursor) if more else None)
@@ -356,13 +355,13 @@ def _query(kind: str, conditions: list[tuple[str, Any]], order: str | None, limi
 
 
 def _encode_token(cursor: bytes) -> str:
-    return base64.urlsafe_b64encode(cursor).decode()
+    return encode_page_token(cursor)
 
 
 def _decode_token(token: str | None) -> bytes | None:
     if not token:
         return None
     try:
-        return base64.urlsafe_b64decode(token.encode())
-    except (binascii.Error, ValueError) as e:
-        raise InvalidRequest("invalid page_token") from e
+        return decode_page_token(token)
+    except ValueError as e:
+        raise InvalidRequest("invalid page_token", code="invalid_page_token") from e
