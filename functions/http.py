@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 from functions.routing import Route
 from functions.services import Call, Caller, Services
 from shared.apikeys import require_scope
-from shared.errors import AssayError, Invalid, InvalidRequest, NotFound, RateLimited, Unavailable
+from shared.errors import AssayError, Invalid, InvalidRequest, RateLimited, Unavailable
 
 log = logging.getLogger("functions.api")
 
@@ -109,6 +109,13 @@ def parse_query(model: type[BaseModel], args: Any) -> BaseModel:
 
 
 def run_route(route: Route, services: Services, path_values: dict[str, str]) -> flask.Response:
+    """Every Datastore call the request makes (authentication included) shares one budget:
+    past it the request answers 503 with Retry-After instead of holding its thread."""
+    with services.store.budget(services.settings.api_datastore_deadline_s):
+        return _run_route(route, services, path_values)
+
+
+def _run_route(route: Route, services: Services, path_values: dict[str, str]) -> flask.Response:
     request = flask.request
     call = Call(services=services, request_id=request_id())
     if route.scope is not None:

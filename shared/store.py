@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, TypeVar
 from google.api_core import exceptions as gexc
 
 from shared.api import decode_page_token, encode_page_token
+from shared.datastore_rpc import budget as datastore_budget
 from shared.datastore_rpc import CompositeFilter, DatastoreRpc, Mutation, PropertyFilter, PropertyOrder, Query, QueryResultBatch
 from shared.encoding import decode, encode, label_pairs, set_value
 from shared.entities import Entity, utcnow
@@ -119,12 +120,24 @@ class Store:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, indexes: list[Index] | None = None, deadline_s: float | None = None
+        cls,
+        settings: Settings,
+        *,
+        indexes: list[Index] | None = None,
+        deadline_s: float | None = None,
+        refused_s: float | None = None,
     ) -> "Store":
         """``deadline_s`` bounds how long one Datastore call retries an unavailable backend
-        (60 s when not given); a request handler wants a 503 well before."""
-        rpc = DatastoreRpc.from_settings(settings, deadline_s=deadline_s)
+        (60 s when not given), ``refused_s`` how long once the connection is refused (1 s); a
+        request handler wants a 503 well before, and bounds its calls together (``budget``)."""
+        rpc = DatastoreRpc.from_settings(settings, deadline_s=deadline_s, refused_s=refused_s)
         return cls(rpc, transaction_attempts=settings.transaction_attempts, indexes=indexes)
+
+    @staticmethod
+    def budget(seconds: float) -> contextlib.AbstractContextManager[None]:
+        """Every Datastore call inside the block shares one deadline; once it has passed,
+        each call fails at once and surfaces as ``Unavailable``."""
+        return datastore_budget(seconds)
 
     # -- transactions --
 
