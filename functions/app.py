@@ -43,7 +43,7 @@ def create_app(
     app.extensions["assay"] = services
     routes = [route for router in routers for route in router.routes]
     app.extensions["assay.routes"] = routes
-    app.extensions["assay.openapi"] = functools.cache(lambda: openapi_document(routers))
+    app.extensions["assay.openapi"] = functools.cache(lambda: openapi_document(routers, settings=services.settings))
 
     for route in routes:
         _add(app, route, services)

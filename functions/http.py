@@ -8,6 +8,7 @@ logged with its stack and answered as a 500 that carries only the request id.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -90,12 +91,27 @@ def _validation_details(error: ValidationError) -> dict[str, Any]:
     }
 
 
+def _integral_as_int(text: str) -> int | float:
+    """JSON Schema counts 23.0 as an integer; pydantic's strict mode would refuse it for an
+    int field. A float with no fraction becomes an int (a float field takes ints)."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_body(model: type[BaseModel], raw: bytes) -> BaseModel:
     """Raises InvalidRequest for malformed JSON, Invalid (with field paths) for the rest."""
     try:
-        return model.model_validate_json(raw or b"", strict=True)
+        document = json.loads(raw or b"", parse_float=_integral_as_int, parse_constant=_not_json)
+    except (ValueError, RecursionError):  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InvalidRequest("request body is not valid JSON") from None
+    try:
+        return model.model_validate_json(json.dumps(document), strict=True)
     except ValidationError as e:
-        if any(err["type"] == "json_invalid" for err in e.errors()):
+        if any(err["type"] == "json_invalid" for err in e.errors()):  # e.g. a lone surrogate in a string
             raise InvalidRequest("request body is not valid JSON") from None
         raise Invalid("request body is invalid", details=_validation_details(e)) from None
 

@@ -57,6 +57,13 @@ ApiLabels = Annotated[
     ),
 ]
 SplitName = Annotated[str, Field(pattern=SPLIT_PATTERN)]
+_LABEL_KEY = re.compile(LABEL_KEY_PATTERN.removeprefix("^").removesuffix("$"))
+_LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN.removeprefix("^").removesuffix("$"))
+_PAIR = f"{_LABEL_KEY.pattern}={_LABEL_VALUE.pattern}"
+LABEL_SELECTOR_PATTERN = f"^({_PAIR}(,{_PAIR})*)?$"
+# A field whose upper bound is a deployment's setting: the OpenAPI document served puts the
+# setting's value in as the field's "maximum" (functions/openapi.py); the handler checks it.
+SETTING_MAXIMUM = "x-maximum-from-setting"
 
 
 def id_pattern(prefix: str) -> str:
@@ -105,8 +112,10 @@ def decode_page_token(token: str) -> bytes:
 
 # --- content types ------------------------------------------------------------------------
 
-# Content types accepted per archive format; the first is the default. The one chosen is
-# signed into the upload URL, so the client must send exactly it.
+# Content types per archive format; the first is the default. The one chosen is signed into
+# the upload URL, so the client must send exactly it. A request may name any type of its
+# model's or dataset's formats: the workers read the bytes by the declared format, never by
+# the content type, and "any of these" is what a JSON Schema enum can say.
 CONTENT_TYPES: dict[str, tuple[str, ...]] = {
     "zip": ("application/zip", "application/x-zip-compressed"),
     "tar.gz": ("application/gzip", "application/x-gzip", "application/x-tar+gzip"),
@@ -114,6 +123,8 @@ CONTENT_TYPES: dict[str, tuple[str, ...]] = {
 }
 MODEL_ARCHIVE: dict[str, str] = {"zip": "zip", "tar.gz": "tar.gz"}
 DATASET_ARCHIVE: dict[str, str] = {"imagefolder-zip": "zip", "imagefolder-tar.gz": "tar.gz", "parquet": "parquet"}
+ModelContentType = Literal[tuple(t for a in dict.fromkeys(MODEL_ARCHIVE.values()) for t in CONTENT_TYPES[a])]  # type: ignore[misc]
+DatasetContentType = Literal[tuple(t for a in dict.fromkeys(DATASET_ARCHIVE.values()) for t in CONTENT_TYPES[a])]  # type: ignore[misc]
 
 
 # --- requests -----------------------------------------------------------------------------
@@ -129,8 +140,11 @@ class CreateModel(ApiRequest):
     task: ModelTask = "image-classification"
     framework: ModelFramework = "transformers"
     archive_format: ArchiveFormat = "zip"
-    size: int = Field(gt=0, description="Size of the archive in bytes; the upload may not exceed it.")
-    content_type: str | None = Field(default=None, description="Defaults to the archive format's usual type.")
+    size: int = Field(
+        gt=0, description="Size of the archive in bytes; the upload may not exceed it.",
+        json_schema_extra={SETTING_MAXIMUM: "max_model_bytes"},
+    )
+    content_type: ModelContentType | None = Field(default=None, description="Defaults to the archive format's usual type.")
 
 
 class CreateDataset(ApiRequest):
@@ -138,8 +152,11 @@ class CreateDataset(ApiRequest):
     labels: ApiLabels = Field(default_factory=dict)
     task: ModelTask = "image-classification"
     format: DatasetFormat = "imagefolder-zip"
-    size: int = Field(gt=0, description="Size of the upload in bytes; the upload may not exceed it.")
-    content_type: str | None = Field(default=None, description="Defaults to the format's usual type.")
+    size: int = Field(
+        gt=0, description="Size of the upload in bytes; the upload may not exceed it.",
+        json_schema_extra={SETTING_MAXIMUM: "max_dataset_bytes"},
+    )
+    content_type: DatasetContentType | None = Field(default=None, description="Defaults to the format's usual type.")
 
 
 class CreateEvaluations(ApiRequest):
@@ -170,7 +187,8 @@ class ListQuery(ApiRequest):
 
     name: ApiName | None = None
     labels: str | None = Field(
-        default=None, description="Equality selector: 'key=value,key2=value2' (all must match).", max_length=4096
+        default=None, description="Equality selector: 'key=value,key2=value2' (all must match).", max_length=4096,
+        json_schema_extra={"pattern": LABEL_SELECTOR_PATTERN},
     )
     limit: int = Field(default=50, ge=1, le=200)
     page_token: PageToken | None = None
@@ -300,13 +318,14 @@ class ErrorResponse(View):
 
 
 def parse_labels_selector(text: str | None) -> dict[str, str]:
-    """``'a=1,b=2'`` → ``{'a': '1', 'b': '2'}``; raises ValueError on anything else."""
+    """``'a=1,b=2'`` → ``{'a': '1', 'b': '2'}``: exactly ``LABEL_SELECTOR_PATTERN`` (no spaces,
+    keys and values as labels have them); raises ValueError on anything else."""
     if not text:
         return {}
     out: dict[str, str] = {}
     for part in text.split(","):
         key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"label selector {part!r}: expected key=value")
-        out[key.strip()] = value.strip()
+        if not sep or not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+            raise ValueError(f"label selector {part!r}: expected key=value, as label keys and values are written")
+        out[key] = value
     return out

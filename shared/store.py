@@ -36,6 +36,8 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 ANY_ACCOUNT = "*"
+# Datastore refuses an indexed string value longer than this.
+MAX_INDEXED_BYTES = 1500
 E = TypeVar("E", bound=Entity)
 T = TypeVar("T")
 
@@ -314,7 +316,10 @@ class Store:
         if account != ANY_ACCOUNT:
             conditions.append(("account", account))
             equality.append("account")
-        conditions += [("label_pairs", pair) for pair in label_pairs(labels or {})]
+        pairs = label_pairs(labels or {})
+        if any(len(pair.encode()) > MAX_INDEXED_BYTES for pair in pairs):
+            return Page([], None)  # no entity holds a label that long: it matches nothing
+        conditions += [("label_pairs", pair) for pair in pairs]
         if labels:
             equality.append("label_pairs")
         orders = [order] if order else []
@@ -324,7 +329,9 @@ class Store:
             try:
                 batch = self.rpc.run_query(query)
             except gexc.InvalidArgument as e:
-                raise InvalidRequest("invalid page_token", code="invalid_page_token") from e
+                if page_token:  # a cursor Datastore cannot read; otherwise the query is our bug
+                    raise InvalidRequest("invalid page_token", code="invalid_page_token") from e
+                raise
         items = [decode(cls, result.entity) for result in batch.entity_results]
         more = batch.more_results != QueryResultBatch.NO_MORE_RESULTS and len(items) == limit
         return Page(items, _encode_token(batch.end_cursor) if more else None)

@@ -142,9 +142,8 @@ def metrics(store: Store, cache: ResultCache, evaluation_id: str, request: Metri
 
 
 def compare(store: Store, cache: ResultCache, query: CompareQuery, *, account: str) -> CompareResult:
-    """Raises Invalid unless a and b are two evaluations of the same dataset split."""
-    if query.a == query.b:
-        raise Invalid("compare two different evaluations", details={"a": query.a, "b": query.b})
+    """Raises Invalid unless a and b are evaluations of the same dataset split (an evaluation
+    compared with itself agrees everywhere: nothing discordant)."""
     a = complete_evaluation(store, query.a, account=account)
     b = complete_evaluation(store, query.b, account=account)
     if (a.dataset_id, a.split) != (b.dataset_id, b.split):
