@@ -74,11 +74,6 @@ def id_type(prefix: str) -> Any:
     return Annotated[str, Field(pattern=id_pattern(prefix))]
 
 
-def matches_id(prefix: str, value: str) -> bool:
-    # fullmatch: with re.match, "$" also matches before a trailing newline ("mdl_…\n").
-    return re.fullmatch(id_pattern(prefix), value) is not None
-
-
 # --- page tokens --------------------------------------------------------------------------
 
 # A page token is opaque: unpadded URL-safe base64 of what the server needs to resume. The
