@@ -36,8 +36,6 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 ANY_ACCOUNT = "*"
-# Datastore refuses an indexed string value longer than this.
-MAX_INDEXED_BYTES = 1500
 E = TypeVar("E", bound=Entity)
 T = TypeVar("T")
 
@@ -316,10 +314,7 @@ class Store:
         if account != ANY_ACCOUNT:
             conditions.append(("account", account))
             equality.append("account")
-        pairs = label_pairs(labels or {})
-        if any(len(pair.encode()) > MAX_INDEXED_BYTES for pair in pairs):
-            return Page([], None)  # no entity holds a label that long: it matches nothing
-        conditions += [("label_pairs", pair) for pair in pairs]
+        conditions += [("label_pairs", pair) for pair in label_pairs(labels or {})]
         if labels:
             equality.append("label_pairs")
         orders = [order] if order else []

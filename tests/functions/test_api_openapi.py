@@ -103,3 +103,12 @@ def test_an_evaluation_ordered_with_an_integral_float_top_k_is_the_same_as_with_
     again = client.post("/v1/evaluations", json={**order, "config": {"top_k": 23}}, headers=alice.write)
     assert (first.status_code, again.status_code) == (201, 200)
     assert first.json["evaluations"][0]["evaluation"]["config"]["top_k"] == 23
+
+
+def test_a_label_key_prefix_over_253_characters_is_refused_by_schema_and_server_alike(client, alice):
+    for prefix, status in (("a" * 253, 200), ("a" * 254, 422)):
+        selector = f"{prefix}/team=vision"
+        assert client.get("/v1/models", query_string={"labels": selector}, headers=alice.read).status_code == status
+        body = {"name": "m", "size": 1, "labels": {f"{prefix}/team": "vision"}}
+        assert (client.post("/v1/models", json=body, headers=alice.write).status_code == 201) == (status == 200)
+        assert body_schema_valid("/v1/models", "post", body) == (status == 200)
