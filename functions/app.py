@@ -12,7 +12,7 @@ import flask
 
 from functions.http import error_reply, request_id, run_route
 from functions.openapi import openapi_document
-from functions.routing import Route, Router
+from functions.routing import IdConverter, Route, Router
 from functions.services import Services
 from shared.indexes import Index
 from shared.settings import Settings
@@ -33,12 +33,17 @@ def create_app(
 
         routers = ROUTERS
     app = flask.Flask("assay-api")
+    # Paths match exactly: werkzeug would otherwise answer "/v1//models" with a redirect
+    # (an HTML body) to "/v1/models". A path that matches no rule is a JSON 404.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = True
+    app.url_map.converters["id"] = IdConverter
     app.config["MAX_CONTENT_LENGTH"] = services.settings.api_max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["assay"] = services
     routes = [route for router in routers for route in router.routes]
     app.extensions["assay.routes"] = routes
-    app.extensions["assay.openapi"] = functools.cache(lambda: openapi_document(routers))
+    app.extensions["assay.openapi"] = functools.cache(lambda: openapi_document(routers, settings=services.settings))
 
     for route in routes:
         _add(app, route, services)

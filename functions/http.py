@@ -8,6 +8,7 @@ logged with its stack and answered as a 500 that carries only the request id.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -19,9 +20,8 @@ from werkzeug.exceptions import HTTPException
 
 from functions.routing import Route
 from functions.services import Call, Caller, Services
-from shared.api import matches_id
 from shared.apikeys import require_scope
-from shared.errors import AssayError, Invalid, InvalidRequest, NotFound, RateLimited, Unavailable
+from shared.errors import AssayError, Invalid, InvalidRequest, RateLimited, Unavailable
 
 log = logging.getLogger("functions.api")
 
@@ -91,12 +91,27 @@ def _validation_details(error: ValidationError) -> dict[str, Any]:
     }
 
 
+def _integral_as_int(text: str) -> int | float:
+    """JSON Schema counts 23.0 as an integer; pydantic's strict mode would refuse it for an
+    int field. A float with no fraction becomes an int (a float field takes ints)."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_body(model: type[BaseModel], raw: bytes) -> BaseModel:
     """Raises InvalidRequest for malformed JSON, Invalid (with field paths) for the rest."""
     try:
-        return model.model_validate_json(raw or b"", strict=True)
+        document = json.loads(raw or b"", parse_float=_integral_as_int, parse_constant=_not_json)
+    except (ValueError, RecursionError):  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InvalidRequest("request body is not valid JSON") from None
+    try:
+        return model.model_validate_json(json.dumps(document), strict=True)
     except ValidationError as e:
-        if any(err["type"] == "json_invalid" for err in e.errors()):
+        if any(err["type"] == "json_invalid" for err in e.errors()):  # e.g. a lone surrogate in a string
             raise InvalidRequest("request body is not valid JSON") from None
         raise Invalid("request body is invalid", details=_validation_details(e)) from None
 
@@ -110,15 +125,19 @@ def parse_query(model: type[BaseModel], args: Any) -> BaseModel:
 
 
 def run_route(route: Route, services: Services, path_values: dict[str, str]) -> flask.Response:
+    """Every Datastore call the request makes (authentication included) shares one budget:
+    past it the request answers 503 with Retry-After instead of holding its thread."""
+    with services.store.budget(services.settings.api_datastore_deadline_s):
+        return _run_route(route, services, path_values)
+
+
+def _run_route(route: Route, services: Services, path_values: dict[str, str]) -> flask.Response:
     request = flask.request
     call = Call(services=services, request_id=request_id())
     if route.scope is not None:
         key = services.keys.authenticate(services.store, request.headers.get("Authorization"))
         require_scope(key, route.scope)
         call.caller = Caller(key)
-    for param in route.params:
-        if not matches_id(param.prefix, path_values[param.name]):
-            raise NotFound(f"{path_values[param.name]!r} is not a {param.prefix}_… id", details={"id": path_values[param.name]})
     kwargs: dict[str, Any] = dict(path_values)
     if route.query is not None:
         kwargs["query"] = parse_query(route.query, request.args)

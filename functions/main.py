@@ -19,6 +19,7 @@ from cloudevents.http import CloudEvent
 from flask.ctx import RequestContext
 
 from functions.app import create_app
+from functions.http import error_reply, request_id
 from functions.services import Services
 from functions.uploads import object_finalized, parse_event
 from shared.logs import configure_logging
@@ -48,6 +49,17 @@ def api(request: flask.Request) -> flask.Response:
     inner = app()
     with RequestContext(inner, request.environ, request=request):
         return inner.full_dispatch_request()
+
+
+@functions_framework.errorhandler(Exception)
+def framework_refusal(exc: Exception) -> flask.Response:
+    """What functions-framework answers itself, in the API's error shape: its rule
+    ``/<path:path>`` matches no path holding a newline (``/v1/models/mdl_…%0a``), it refuses
+    ``/robots.txt`` and ``/favicon.ico``, and it turns an error raised before the API app
+    runs (settings that do not validate) into a 500 — each an HTML page of its own."""
+    reply = error_reply(exc)
+    reply.headers["X-Request-Id"] = request_id()
+    return reply
 
 
 @functions_framework.cloud_event

@@ -13,12 +13,15 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from functions.routing import Route, Router
-from shared.api import ErrorResponse, id_pattern
+from shared.api import SETTING_MAXIMUM, ErrorResponse, id_pattern
+from shared.settings import Settings
 
 REF = "#/components/schemas/{model}"
 
 
-def openapi_document(routers: list[Router], *, version: str = "1") -> dict[str, Any]:
+def openapi_document(routers: list[Router], *, settings: Settings | None = None, version: str = "1") -> dict[str, Any]:
+    """The document; with ``settings``, the limits a deployment sets (``SETTING_MAXIMUM``)
+    become the fields' ``maximum``, so a request the schema allows is one the server takes."""
     routes = [route for router in routers for route in router.routes]
     models: list[tuple[type[BaseModel], str]] = [(ErrorResponse, "serialization")]
     for route in routes:
@@ -27,7 +30,7 @@ def openapi_document(routers: list[Router], *, version: str = "1") -> dict[str, 
         if route.response is not None:
             models.append((route.response, "serialization"))
     refs, defs = models_json_schema(models, ref_template=REF)
-    schemas = defs.get("$defs", {})
+    schemas = _with_settings(defs.get("$defs", {}), settings or Settings())
 
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
@@ -90,6 +93,17 @@ def _operation(route: Route, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
             "content": {"application/json": {"schema": refs[(route.body, "validation")]}},
         }
     return op
+
+
+def _with_settings(schema: Any, settings: Settings) -> Any:
+    if isinstance(schema, dict):
+        out = {k: _with_settings(v, settings) for k, v in schema.items() if k != SETTING_MAXIMUM}
+        if SETTING_MAXIMUM in schema:
+            out["maximum"] = getattr(settings, schema[SETTING_MAXIMUM])
+        return out
+    if isinstance(schema, list):
+        return [_with_settings(v, settings) for v in schema]
+    return schema
 
 
 def _inline(schema: Any, defs: dict[str, Any]) -> Any:

@@ -15,8 +15,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
+from werkzeug.routing import BaseConverter, Map
 
+from shared.api import id_pattern
 from shared.entities import Scope
+
+
+class IdConverter(BaseConverter):
+    """A path segment that is exactly an id with the given prefix (``<id('mdl'):model_id>``)."""
+
+    part_isolating = True
+
+    def __init__(self, url_map: Map, prefix: str):
+        super().__init__(url_map)
+        if not re.fullmatch(r"[a-z]{3}", prefix):
+            raise ValueError(f"id prefix {prefix!r}: three lower-case letters")
+        self.regex = id_pattern(prefix).removeprefix("^").removesuffix("$")
 
 
 @dataclass(frozen=True)
@@ -44,7 +58,11 @@ class Route:
 
     @property
     def flask_rule(self) -> str:
-        return re.sub(r"\{(\w+)\}", r"<\1>", self.path)
+        """The werkzeug rule: each id parameter through ``IdConverter``, so a path segment
+        that is not exactly an id of its kind matches no route (a 404 from routing itself,
+        before authentication: the route table is public)."""
+        prefixes = {p.name: p.prefix for p in self.params}
+        return re.sub(r"\{(\w+)\}", lambda m: f"<id({prefixes[m.group(1)]!r}):{m.group(1)}>", self.path)
 
     @property
     def endpoint(self) -> str:

@@ -41,7 +41,10 @@ class Services:
     def from_settings(cls, settings: Settings, *, indexes: list[Index] | None = None) -> "Services":
         return cls(
             settings=settings,
-            store=Store.from_settings(settings, indexes=indexes, deadline_s=settings.api_datastore_deadline_s),
+            store=Store.from_settings(
+                settings, indexes=indexes, deadline_s=settings.api_datastore_deadline_s,
+                refused_s=settings.api_datastore_refused_s,
+            ),
             storage=Storage.from_settings(settings),
             hints=Hints(settings),
             keys=KeyCache(settings.api_auth_cache_s),

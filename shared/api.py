@@ -9,6 +9,7 @@ not know, so an older SDK keeps working when the server adds one.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import re
 from enum import StrEnum
@@ -37,8 +38,9 @@ from shared.entities import (
 # JSON Schema mirrors of the checks in shared.entities, so the OpenAPI document tells a
 # client what the server will accept (the validators stay the authority).
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$"
+# The lookahead bounds the prefix (a DNS subdomain) to 253 characters, as the validator does.
 LABEL_KEY_PATTERN = (
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"^((?=[-a-z0-9.]{1,253}/)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
 LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
@@ -56,6 +58,13 @@ ApiLabels = Annotated[
     ),
 ]
 SplitName = Annotated[str, Field(pattern=SPLIT_PATTERN)]
+_LABEL_KEY = re.compile(LABEL_KEY_PATTERN.removeprefix("^").removesuffix("$"))
+_LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN.removeprefix("^").removesuffix("$"))
+_PAIR = f"{_LABEL_KEY.pattern}={_LABEL_VALUE.pattern}"
+LABEL_SELECTOR_PATTERN = f"^({_PAIR}(,{_PAIR})*)?$"
+# A field whose upper bound is a deployment's setting: the OpenAPI document served puts the
+# setting's value in as the field's "maximum" (functions/openapi.py); the handler checks it.
+SETTING_MAXIMUM = "x-maximum-from-setting"
 
 
 def id_pattern(prefix: str) -> str:
@@ -66,14 +75,43 @@ def id_type(prefix: str) -> Any:
     return Annotated[str, Field(pattern=id_pattern(prefix))]
 
 
-def matches_id(prefix: str, value: str) -> bool:
-    return re.match(id_pattern(prefix), value) is not None
+# --- page tokens --------------------------------------------------------------------------
+
+# A page token is opaque: unpadded URL-safe base64 of what the server needs to resume. The
+# schema can say its alphabet, not which tokens the server issued; anything else is a 400.
+PAGE_TOKEN_PATTERN = r"^[A-Za-z0-9_-]*$"
+PageToken = Annotated[
+    str,
+    Field(
+        max_length=4096,
+        description="Opaque: the next_page_token of the previous page of the same listing; empty for the first page.",
+        json_schema_extra={"pattern": PAGE_TOKEN_PATTERN},
+    ),
+]
+
+
+def encode_page_token(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> bytes:
+    """The bytes a token encodes; ValueError unless it is exactly what ``encode_page_token``
+    makes of some non-empty bytes (``base64`` alone would skip foreign characters and accept
+    non-canonical trailing bits, so a mangled token would pass for another one)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", token) or len(token) % 4 == 1:
+        raise ValueError("not a page token")
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    if encode_page_token(raw) != token:
+        raise ValueError("not a page token")
+    return raw
 
 
 # --- content types ------------------------------------------------------------------------
 
-# Content types accepted per archive format; the first is the default. The one chosen is
-# signed into the upload URL, so the client must send exactly it.
+# Content types per archive format; the first is the default. The one chosen is signed into
+# the upload URL, so the client must send exactly it. A request may name any type of its
+# model's or dataset's formats: the workers read the bytes by the declared format, never by
+# the content type, and "any of these" is what a JSON Schema enum can say.
 CONTENT_TYPES: dict[str, tuple[str, ...]] = {
     "zip": ("application/zip", "application/x-zip-compressed"),
     "tar.gz": ("application/gzip", "application/x-gzip", "application/x-tar+gzip"),
@@ -81,6 +119,8 @@ CONTENT_TYPES: dict[str, tuple[str, ...]] = {
 }
 MODEL_ARCHIVE: dict[str, str] = {"zip": "zip", "tar.gz": "tar.gz"}
 DATASET_ARCHIVE: dict[str, str] = {"imagefolder-zip": "zip", "imagefolder-tar.gz": "tar.gz", "parquet": "parquet"}
+ModelContentType = Literal[tuple(t for a in dict.fromkeys(MODEL_ARCHIVE.values()) for t in CONTENT_TYPES[a])]  # type: ignore[misc]
+DatasetContentType = Literal[tuple(t for a in dict.fromkeys(DATASET_ARCHIVE.values()) for t in CONTENT_TYPES[a])]  # type: ignore[misc]
 
 
 # --- requests -----------------------------------------------------------------------------
@@ -96,8 +136,11 @@ class CreateModel(ApiRequest):
     task: ModelTask = "image-classification"
     framework: ModelFramework = "transformers"
     archive_format: ArchiveFormat = "zip"
-    size: int = Field(gt=0, description="Size of the archive in bytes; the upload may not exceed it.")
-    content_type: str | None = Field(default=None, description="Defaults to the archive format's usual type.")
+    size: int = Field(
+        gt=0, description="Size of the archive in bytes; the upload may not exceed it.",
+        json_schema_extra={SETTING_MAXIMUM: "max_model_bytes"},
+    )
+    content_type: ModelContentType | None = Field(default=None, description="Defaults to the archive format's usual type.")
 
 
 class CreateDataset(ApiRequest):
@@ -105,8 +148,11 @@ class CreateDataset(ApiRequest):
     labels: ApiLabels = Field(default_factory=dict)
     task: ModelTask = "image-classification"
     format: DatasetFormat = "imagefolder-zip"
-    size: int = Field(gt=0, description="Size of the upload in bytes; the upload may not exceed it.")
-    content_type: str | None = Field(default=None, description="Defaults to the format's usual type.")
+    size: int = Field(
+        gt=0, description="Size of the upload in bytes; the upload may not exceed it.",
+        json_schema_extra={SETTING_MAXIMUM: "max_dataset_bytes"},
+    )
+    content_type: DatasetContentType | None = Field(default=None, description="Defaults to the format's usual type.")
 
 
 class CreateEvaluations(ApiRequest):
@@ -137,10 +183,11 @@ class ListQuery(ApiRequest):
 
     name: ApiName | None = None
     labels: str | None = Field(
-        default=None, description="Equality selector: 'key=value,key2=value2' (all must match).", max_length=4096
+        default=None, description="Equality selector: 'key=value,key2=value2' (all must match).", max_length=4096,
+        json_schema_extra={"pattern": LABEL_SELECTOR_PATTERN},
     )
     limit: int = Field(default=50, ge=1, le=200)
-    page_token: str | None = Field(default=None, max_length=4096)
+    page_token: PageToken | None = None
 
 
 class ModelListQuery(ListQuery):
@@ -267,13 +314,14 @@ class ErrorResponse(View):
 
 
 def parse_labels_selector(text: str | None) -> dict[str, str]:
-    """``'a=1,b=2'`` → ``{'a': '1', 'b': '2'}``; raises ValueError on anything else."""
+    """``'a=1,b=2'`` → ``{'a': '1', 'b': '2'}``: exactly ``LABEL_SELECTOR_PATTERN`` (no spaces,
+    keys and values as labels have them); raises ValueError on anything else."""
     if not text:
         return {}
     out: dict[str, str] = {}
     for part in text.split(","):
         key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"label selector {part!r}: expected key=value")
-        out[key.strip()] = value.strip()
+        if not sep or not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+            raise ValueError(f"label selector {part!r}: expected key=value, as label keys and values are written")
+        out[key] = value
     return out

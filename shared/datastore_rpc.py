@@ -13,6 +13,12 @@ Retries: a call that finds the backend unavailable is retried with capped, jitte
 backoff until ``deadline_s`` — every call but ``Commit``, which may have landed before the
 error. ``Aborted`` (contention) is never retried here: the store's transaction loop does.
 
+Budgets: inside ``with budget(seconds)`` every call shares one deadline, so a caller that
+makes several calls (an API request: authenticate, then a transaction) gives up on all of
+them together; past it a call fails at once with ``DeadlineExceeded``. A connection that
+cannot be made (refused, no route) fails in microseconds, so waiting out the whole budget
+for it only holds the caller: once refused, a call retries for ``refused_s`` at most.
+
 Channels: a few, each thread keeping one. A grpc Python channel serialises its calls'
 bookkeeping on one Python lock, which it holds while it releases the GIL to call into gRPC
 core; in a busy threaded process the holder then waits for the GIL, and every other call on
@@ -22,11 +28,13 @@ of a request thread's time went to that wait (bench/README.md: api_latency).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -61,6 +69,29 @@ _MAX_LOOKUP_ROUNDS = 100
 # Channels per process (see the module's docstring). Under the API benchmark's 16 clients, 4
 # channels took the create's p50 down ~8%; 20 (one per request thread) did no better.
 CHANNELS = 4
+# When the current budget ends (time.monotonic()), if a ``budget`` block is open.
+_budget_ends: contextvars.ContextVar[float | None] = contextvars.ContextVar("datastore_budget_ends", default=None)
+
+
+@contextlib.contextmanager
+def budget(seconds: float) -> Iterator[None]:
+    """Every Datastore call made inside the block (in this thread or context) shares one
+    deadline ``seconds`` from now; a nested block cannot extend an outer one's."""
+    ends = time.monotonic() + seconds
+    outer = _budget_ends.get()
+    token = _budget_ends.set(ends if outer is None else min(outer, ends))
+    try:
+        yield
+    finally:
+        _budget_ends.reset(token)
+
+
+def _refused(error: grpc.RpcError) -> bool:
+    """Whether gRPC could not make a connection at all (nothing listens, no route)."""
+    details = (error.details() or "") if isinstance(error, grpc.Call) else ""
+    return error.code() == grpc.StatusCode.UNAVAILABLE and (
+        "failed to connect" in details.lower() or "connection refused" in details.lower()
+    )
 
 
 class _Stubs:
@@ -89,11 +120,13 @@ class DatastoreRpc:
         project: str,
         namespace: str | None = None,
         deadline_s: float = 60.0,
+        refused_s: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.project = project
         self.namespace = namespace or ""
         self.deadline_s = deadline_s
+        self.refused_s = refused_s
         self._sleep = sleep
         # Production routes on this header (the library sends it on every call too).
         self._metadata = (("x-goog-request-params", f"project_id={project}"),)
@@ -103,7 +136,9 @@ class DatastoreRpc:
         self._thread = threading.local()
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, deadline_s: float | None = None) -> "DatastoreRpc":
+    def from_settings(
+        cls, settings: Settings, *, deadline_s: float | None = None, refused_s: float | None = None
+    ) -> "DatastoreRpc":
         """The emulator over plain gRPC when ``datastore_emulator_host`` is set; otherwise
         Datastore with the environment's default credentials."""
         if settings.datastore_emulator_host:
@@ -117,7 +152,7 @@ class DatastoreRpc:
                 DatastoreGrpcTransport.create_channel(PRODUCTION_HOST, credentials=credentials, options=_CHANNEL_OPTIONS)
                 for _ in range(CHANNELS)
             ]
-        kwargs = {} if deadline_s is None else {"deadline_s": deadline_s}
+        kwargs = {k: v for k, v in (("deadline_s", deadline_s), ("refused_s", refused_s)) if v is not None}
         return cls(channels, project=settings.project, namespace=settings.namespace, **kwargs)
 
     # -- messages --
@@ -192,7 +227,14 @@ class DatastoreRpc:
         return stubs
 
     def _call(self, stub: grpc.UnaryUnaryMultiCallable, request: Any, *, retry: bool = True) -> Any:
-        give_up_at = time.monotonic() + self.deadline_s
+        now = time.monotonic()
+        give_up_at = now + self.deadline_s
+        ends = _budget_ends.get()
+        if ends is not None:
+            if ends <= now:
+                raise gexc.DeadlineExceeded("the Datastore budget of this request is spent")
+            give_up_at = min(give_up_at, ends)
+        refused_since: float | None = None
         attempt = 0
         while True:
             attempt += 1
@@ -203,6 +245,9 @@ class DatastoreRpc:
                 error = gexc.from_grpc_error(e)
                 if not retry or not isinstance(error, _TRANSIENT):
                     raise error from e
+                if refused_since is None and _refused(e):
+                    refused_since = time.monotonic()
+                    give_up_at = min(give_up_at, refused_since + self.refused_s)
                 delay = min(1.0, 0.05 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                 if time.monotonic() + delay >= give_up_at:
                     raise error from e

@@ -7,11 +7,11 @@ sees an unchecked value, and user text only ever reaches DuckDB as a bound param
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.api import SplitName, id_type
+from shared.api import PageToken, SplitName, id_type
 
 # --- per-instance rows --------------------------------------------------------------------
 
@@ -22,6 +22,7 @@ class InstancesQuery(BaseModel):
     """``GET …/results/instances``: filters, order and a page.
 
     ``label`` and ``prediction`` take a label name, or a class index when no name matches.
+    A ``min_confidence`` above ``max_confidence`` is an empty range: no rows.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -33,14 +34,7 @@ class InstancesQuery(BaseModel):
     max_confidence: float | None = Field(default=None, ge=0.0, le=1.0)
     order_by: InstanceOrder = "instance_id"
     limit: int = Field(default=100, ge=1, le=1000)
-    page_token: str | None = Field(default=None, max_length=2048)
-
-    @model_validator(mode="after")
-    def _range(self) -> "InstancesQuery":
-        if self.min_confidence is not None and self.max_confidence is not None:
-            if self.min_confidence > self.max_confidence:
-                raise ValueError("min_confidence must not exceed max_confidence")
-        return self
+    page_token: PageToken | None = None
 
     def filter_fields(self) -> dict[str, Any]:
         """What a page token is bound to: the same filters and order, any limit."""
@@ -111,10 +105,40 @@ Average = Literal["macro", "weighted", "micro"]
 _AVERAGED = {"precision", "recall", "f_beta"}
 
 
+def _metric_spec_schema(schema: dict[str, Any]) -> None:
+    """Say in the schema what ``MetricSpec._parameters`` checks: one variant per kind of
+    metric, each with exactly the parameters it takes (null where it takes none)."""
+    props = schema["properties"]
+    null = {"type": "null"}
+
+    def variant(names: list[str], **params: Any) -> dict[str, Any]:
+        fields = {"name": {"enum": names, "type": "string"}}
+        for p in ("k", "beta", "average"):
+            fields[p] = params.get(p, null)
+        return {"type": "object", "properties": fields, "required": ["name", *params.get("required", [])],
+                "additionalProperties": False}
+
+    plain = [n for n in get_args(MetricName) if n not in _AVERAGED and n != "top_k_accuracy"]
+    k = {key: v for key, v in props["k"]["anyOf"][0].items()}
+    beta = props["beta"]
+    average = props["average"]
+    for p in (beta, average):
+        p.pop("title", None)
+        p.pop("default", None)
+    schema.clear()
+    schema["anyOf"] = [
+        variant(plain),
+        variant(["top_k_accuracy"], k=k, required=["k"]),
+        variant(["precision", "recall"], average=average),
+        variant(["f_beta"], beta=beta, average=average),
+    ]
+    schema["description"] = MetricSpec.__doc__
+
+
 class MetricSpec(BaseModel):
     """One metric to compute; parameters only where the metric takes them."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_metric_spec_schema)
 
     name: MetricName
     k: int | None = Field(default=None, ge=1, le=1000, description="top_k_accuracy only")
@@ -169,6 +193,10 @@ class MetricsRequest(BaseModel):
         min_length=1,
         max_length=32,
         description="default: accuracy, balanced_accuracy, f_beta (β=1, macro), cohen_kappa, matthews_corrcoef",
+        json_schema_extra=lambda schema: schema.update(
+            items={"anyOf": [{"type": "string", "enum": [n for n in get_args(MetricName) if n != "top_k_accuracy"]},
+                             schema["items"]]}
+        ),
     )
     bootstrap: BootstrapSpec | None = Field(default=None, description="percentile interval for every metric")
 
@@ -264,7 +292,7 @@ class LeaderboardQuery(BaseModel):
     split: SplitName | None = None
     metric: LeaderboardMetric = "accuracy"
     limit: int = Field(default=50, ge=1, le=500)
-    page_token: str | None = Field(default=None, max_length=256)
+    page_token: PageToken | None = None
 
 
 class LeaderboardEntry(BaseModel):

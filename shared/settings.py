@@ -58,13 +58,15 @@ class Settings(BaseSettings):
     # the instance's memory, so keep it well under the memory setting there).
     results_cache_bytes: int = Field(default=2 * 1024**3, gt=0)
 
-    # The HTTP API (functions/): request body cap, how long one Datastore call may retry
-    # before the request answers 503, how long a hint publish may take, and how often an
-    # instance publishes hints: a hint goes at once when none went within the interval,
-    # otherwise with the others that arrive before the interval ends (a hint only wakes
-    # the daemon, so one publish wakes it for all of them).
+    # The HTTP API (functions/): request body cap; each request's budget for Datastore (all
+    # its calls together: past it the request answers 503 with Retry-After) and, within it,
+    # how long calls go on retrying once the connection is refused; how long a hint publish
+    # may take, and how often an instance publishes hints: a hint goes at once when none
+    # went within the interval, otherwise with the others that arrive before the interval
+    # ends (a hint only wakes the daemon, so one publish wakes it for all of them).
     api_max_body_bytes: int = Field(default=64 * 1024, gt=0)
-    api_datastore_deadline_s: float = Field(default=10.0, gt=0)
+    api_datastore_deadline_s: float = Field(default=5.0, gt=0)
+    api_datastore_refused_s: float = Field(default=0.5, ge=0)
     api_hint_timeout_s: float = Field(default=2.0, gt=0)
     api_hint_interval_s: float = Field(default=0.05, ge=0)
     # An instance trusts a verified key this long before reading it again (0: always

@@ -14,8 +14,6 @@ and encodes entities with ``shared.encoding``; nothing else in Assay does either
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import logging
 import random
@@ -26,6 +24,8 @@ from typing import Any, NamedTuple, TypeVar
 
 from google.api_core import exceptions as gexc
 
+from shared.api import decode_page_token, encode_page_token
+from shared.datastore_rpc import budget as datastore_budget
 from shared.datastore_rpc import CompositeFilter, DatastoreRpc, Mutation, PropertyFilter, PropertyOrder, Query, QueryResultBatch
 from shared.encoding import decode, encode, label_pairs, set_value
 from shared.entities import Entity, utcnow
@@ -126,12 +126,24 @@ class Store:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, indexes: list[Index] | None = None, deadline_s: float | None = None
+        cls,
+        settings: Settings,
+        *,
+        indexes: list[Index] | None = None,
+        deadline_s: float | None = None,
+        refused_s: float | None = None,
     ) -> "Store":
         """``deadline_s`` bounds how long one Datastore call retries an unavailable backend
-        (60 s when not given); a request handler wants a 503 well before."""
-        rpc = DatastoreRpc.from_settings(settings, deadline_s=deadline_s)
+        (60 s when not given), ``refused_s`` how long once the connection is refused (1 s); a
+        request handler wants a 503 well before, and bounds its calls together (``budget``)."""
+        rpc = DatastoreRpc.from_settings(settings, deadline_s=deadline_s, refused_s=refused_s)
         return cls(rpc, transaction_attempts=settings.transaction_attempts, indexes=indexes)
+
+    @staticmethod
+    def budget(seconds: float) -> contextlib.AbstractContextManager[None]:
+        """Every Datastore call inside the block shares one deadline; once it has passed,
+        each call fails at once and surfaces as ``Unavailable``."""
+        return datastore_budget(seconds)
 
     # -- transactions --
 
@@ -326,7 +338,9 @@ class Store:
             try:
                 batch = self.rpc.run_query(query, transaction=transaction)
             except gexc.InvalidArgument as e:
-                raise InvalidRequest("invalid page_token") from e
+                if page_token:  # a cursor Datastore cannot read; otherwise the query is our bug
+                    raise InvalidRequest("invalid page_token", code="invalid_page_token") from e
+                raise
         items = [decode(cls, result.entity) for result in batch.entity_results]
         more = batch.more_results != QueryResultBatch.NO_MORE_RESULTS and len(items) == limit
         return Page(items, _encode_token(batch.end_cursor) if more else None)
@@ -370,13 +384,13 @@ def _query(kind: str, conditions: list[tuple[str, Any]], order: str | None, limi
 
 
 def _encode_token(cursor: bytes) -> str:
-    return base64.urlsafe_b64encode(cursor).decode()
+    return encode_page_token(cursor)
 
 
 def _decode_token(token: str | None) -> bytes | None:
     if not token:
         return None
     try:
-        return base64.urlsafe_b64decode(token.encode())
-    except (binascii.Error, ValueError) as e:
-        raise InvalidRequest("invalid page_token") from e
+        return decode_page_token(token)
+    except ValueError as e:
+        raise InvalidRequest("invalid page_token", code="invalid_page_token") from e

@@ -7,8 +7,6 @@ listed, a class never predicted has precision 0, one never seen has recall 0.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 from typing import Any
@@ -25,6 +23,7 @@ from shared.results_api import (
     InstancesQuery,
     TopKEntry,
 )
+from shared.api import decode_page_token, encode_page_token
 from shared.errors import Invalid, InvalidRequest
 
 _ROW_COLUMNS = "instance_id, label, prediction, correct, confidence, label_score, topk_ids, topk_scores"
@@ -48,28 +47,27 @@ def _filters_digest(query: InstancesQuery) -> str:
 def _encode_token(query: InstancesQuery, last: tuple[Any, ...]) -> str:
     """Opaque to clients: the last row's sort key, bound to the filters and order."""
     body = {"v": 1, "f": _filters_digest(query), "k": list(last)}
-    return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
+    return encode_page_token(json.dumps(body, separators=(",", ":")).encode())
 
 
 def _decode_token(query: InstancesQuery) -> list[Any] | None:
     if not query.page_token:
         return None
     try:
-        padded = query.page_token + "=" * (-len(query.page_token) % 4)
-        body = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        body = json.loads(decode_page_token(query.page_token))
         key = body["k"]
         valid = body.get("v") == 1 and isinstance(key, list)
-    except (binascii.Error, ValueError, TypeError, KeyError) as e:
-        raise InvalidRequest("invalid page_token") from e
+    except (ValueError, TypeError, KeyError) as e:
+        raise InvalidRequest("invalid page_token", code="invalid_page_token") from e
     if not valid:
-        raise InvalidRequest("invalid page_token")
+        raise InvalidRequest("invalid page_token", code="invalid_page_token")
     if body.get("f") != _filters_digest(query):
-        raise InvalidRequest("page_token was made for other filters or another order")
+        raise InvalidRequest("page_token was made for other filters or another order", code="invalid_page_token")
     expected = 1 if _ORDER[query.order_by][1] is None else 2
     if len(key) != expected or not isinstance(key[-1], str):
-        raise InvalidRequest("invalid page_token")
+        raise InvalidRequest("invalid page_token", code="invalid_page_token")
     if expected == 2 and not isinstance(key[0], (int, float)):
-        raise InvalidRequest("invalid page_token")
+        raise InvalidRequest("invalid page_token", code="invalid_page_token")
     return key
 
 

@@ -7,8 +7,6 @@ cache and runs one query family on it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import json
 import threading
@@ -45,6 +43,7 @@ from shared.results_api import (
     MetricsResult,
 )
 from shared.entities import Dataset, Evaluation, EvaluationStatus, Model
+from shared.api import decode_page_token, encode_page_token
 from shared.errors import Invalid, InvalidRequest
 from shared.settings import Settings
 from shared.storage import Storage, evaluation_prefix, evaluation_summary
@@ -143,9 +142,8 @@ def metrics(store: Store, cache: ResultCache, evaluation_id: str, request: Metri
 
 
 def compare(store: Store, cache: ResultCache, query: CompareQuery, *, account: str) -> CompareResult:
-    """Raises Invalid unless a and b are two evaluations of the same dataset split."""
-    if query.a == query.b:
-        raise Invalid("compare two different evaluations", details={"a": query.a, "b": query.b})
+    """Raises Invalid unless a and b are evaluations of the same dataset split (an evaluation
+    compared with itself agrees everywhere: nothing discordant)."""
     a = complete_evaluation(store, query.a, account=account)
     b = complete_evaluation(store, query.b, account=account)
     if (a.dataset_id, a.split) != (b.dataset_id, b.split):
@@ -162,11 +160,12 @@ def _offset(token: str | None) -> int:
     if not token:
         return 0
     try:
-        offset = int(base64.urlsafe_b64decode(token.encode() + b"==").decode())
-    except (binascii.Error, ValueError, UnicodeDecodeError) as e:
-        raise InvalidRequest("invalid page_token") from e
-    if offset < 0:
-        raise InvalidRequest("invalid page_token")
+        text = decode_page_token(token).decode()
+        offset = int(text) if text.isdigit() and str(int(text)) == text else -1
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidRequest("invalid page_token", code="invalid_page_token") from e
+    if offset < 1:
+        raise InvalidRequest("invalid page_token", code="invalid_page_token")
     return offset
 
 
@@ -198,7 +197,7 @@ def leaderboard(store: Store, dataset_id: str, query: LeaderboardQuery, *, accou
         for i, (evaluation, value) in enumerate(window)
     ]
     end = start + len(window)
-    token = base64.urlsafe_b64encode(str(end).encode()).decode().rstrip("=") if end < len(ranked) else None
+    token = encode_page_token(str(end).encode()) if end < len(ranked) else None
     return LeaderboardPage(
         dataset_id=dataset_id,
         metric=query.metric,

@@ -15,7 +15,7 @@ from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import datastore
 
-from shared.datastore_rpc import CHANNELS, DatastoreRpc
+from shared.datastore_rpc import CHANNELS, DatastoreRpc, budget
 from shared.entities import ArtifactStatus, Evaluation, EvaluationStatus, InferenceConfig, Model, evaluation_fingerprint
 from shared.errors import Unavailable
 from shared.settings import Settings
@@ -193,3 +193,28 @@ def test_the_production_channels_are_made_with_the_default_credentials_once(monk
     rpc = DatastoreRpc.from_settings(Settings(project="assay-prod", datastore_emulator_host=None))
     assert len(rpc._channel_stubs) == CHANNELS
     assert [set(scopes) for scopes in found] == [{"https://www.googleapis.com/auth/datastore", "https://www.googleapis.com/auth/cloud-platform"}]
+
+
+def test_once_refused_a_call_retries_for_refused_s_not_its_whole_deadline():
+    sleep = RecordingSleep()
+    rpc = DatastoreRpc([grpc.insecure_channel("127.0.0.1:9")], project="p", deadline_s=60, refused_s=0.3, sleep=sleep)
+    started = time.monotonic()
+    with pytest.raises(gexc.ServiceUnavailable):
+        rpc.lookup([rpc.key("Model", "mdl_x")])
+    assert time.monotonic() - started < 10  # generous: 0.3 s of retries, against a 60 s deadline
+    assert sleep.delays and sum(sleep.delays) <= 0.3
+
+
+def test_calls_in_a_budget_share_its_deadline_and_a_nested_one_cannot_extend_it(settings: Settings):
+    rpc = DatastoreRpc.from_settings(settings)
+    key = rpc.key("Model", "mdl_x")
+    with budget(0.5):
+        assert rpc.lookup([key]) == {}  # within the budget: an ordinary call
+        time.sleep(0.6)
+        started = time.monotonic()
+        with pytest.raises(gexc.DeadlineExceeded):
+            rpc.lookup([key])
+        assert time.monotonic() - started < 0.5  # spent: it fails without trying
+        with budget(30), pytest.raises(gexc.DeadlineExceeded):
+            rpc.lookup([key])
+    assert rpc.lookup([key]) == {}  # outside any budget: the call's own deadline
