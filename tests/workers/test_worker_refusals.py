@@ -52,14 +52,25 @@ def _snapshot(*roots: Path) -> set[Path]:
 
 
 @pytest.fixture
-def outside(settings, tmp_path):
+def inputs(tmp_path) -> Path:
+    """Where a test builds its uploads (apart from the directories it watches)."""
+    (tmp_path / "in").mkdir()
+    return tmp_path / "in"
+
+
+@pytest.fixture
+def outside(settings, tmp_path, inputs):
     """Where an escaping write would land: beside the cache dir, and under /tmp by absolute path.
     Yields a unique marker name; checks afterwards that nothing appeared outside the cache."""
     marker = f"assay-escape-{uuid.uuid4().hex}"
     cache = Path(settings.cache_dir)
-    before = {p for p in _snapshot(tmp_path) if not p.is_relative_to(cache)}
+
+    def watched() -> set[Path]:
+        return {p for p in _snapshot(tmp_path) if not p.is_relative_to(cache) and not p.is_relative_to(inputs)}
+
+    before = watched()
     yield marker
-    after = {p for p in _snapshot(tmp_path) if not p.is_relative_to(cache)}
+    after = watched()
     assert after == before, f"written outside the cache dir: {sorted(after - before)[:5]}"
     assert not any(Path(d, marker).exists() for d in ("/tmp", "/", str(tmp_path), str(ROOT)))
     assert not list(Path("/tmp").glob(f"{marker}*"))
@@ -97,50 +108,50 @@ def _imagefolder_zip(path: Path, members: list[str]) -> Path:
 # --- 1. names from user data never become paths unchecked ----------------------------------
 
 
-def test_parquet_split_values_that_are_not_split_names_are_refused(settings, store, storage, tmp_path, outside):
+def test_parquet_split_values_that_are_not_split_names_are_refused(settings, store, storage, inputs, outside):
     for bad in (f"../../../../../../tmp/{outside}", f"/tmp/{outside}", "..", ".", f"a/../../{outside}",
                 "train\n", ".hidden", "x" * 64, "a b", "tr\\ain", "ünïcode"):
-        source = _parquet(tmp_path / "split.parquet", {"label": ["cat", "dog"], "split": ["train", bad]})
+        source = _parquet(inputs / "split.parquet", {"label": ["cat", "dog"], "split": ["train", bad]})
         failed = _refused_dataset(settings, store, storage, source, "invalid_dataset")
         assert "split name" in failed.message, (bad, failed.message)
 
 
-def test_a_non_string_split_column_is_refused(settings, store, storage, tmp_path, outside):
-    source = _parquet(tmp_path / "split.parquet", {"label": ["cat", "dog"], "split": [1, 2]})
+def test_a_non_string_split_column_is_refused(settings, store, storage, inputs, outside):
+    source = _parquet(inputs / "split.parquet", {"label": ["cat", "dog"], "split": [1, 2]})
     assert "'split' must be a string" in _refused_dataset(settings, store, storage, source, "invalid_dataset").message
 
 
-def test_archive_directories_that_are_not_split_names_are_refused(settings, store, storage, tmp_path, outside):
+def test_archive_directories_that_are_not_split_names_are_refused(settings, store, storage, inputs, outside):
     for bad in ("my split", "-dash", "tést", "a" * 64):
-        source = _imagefolder_zip(tmp_path / "d.zip", ["train/cat/0.png", f"{bad}/cat/1.png"])
+        source = _imagefolder_zip(inputs / "d.zip", ["train/cat/0.png", f"{bad}/cat/1.png"])
         failed = _refused_dataset(settings, store, storage, source, "invalid_dataset", fmt="imagefolder-zip")
         assert "split name" in failed.message, (bad, failed.message)
 
 
-def test_class_names_that_are_not_usable_text_are_refused(settings, store, storage, tmp_path, outside):
+def test_class_names_that_are_not_usable_text_are_refused(settings, store, storage, inputs, outside):
     cases = [
-        ("string label", _parquet(tmp_path / "a.parquet", {"label": ["cat", "bad\nname"]})),
-        ("long label", _parquet(tmp_path / "b.parquet", {"label": ["cat", "x" * 300]})),
-        ("blank label", _parquet(tmp_path / "c.parquet", {"label": ["cat", "   "]})),
-        ("declared names", _parquet(tmp_path / "d.parquet", {"label": [0, 1]}, label_names=["cat", "do\x00g"])),
-        ("duplicate declared", _parquet(tmp_path / "e.parquet", {"label": [0, 1]}, label_names=["cat", "cat"])),
+        ("string label", _parquet(inputs / "a.parquet", {"label": ["cat", "bad\nname"]})),
+        ("long label", _parquet(inputs / "b.parquet", {"label": ["cat", "x" * 300]})),
+        ("blank label", _parquet(inputs / "c.parquet", {"label": ["cat", "   "]})),
+        ("declared names", _parquet(inputs / "d.parquet", {"label": [0, 1]}, label_names=["cat", "do\x00g"])),
+        ("duplicate declared", _parquet(inputs / "e.parquet", {"label": [0, 1]}, label_names=["cat", "cat"])),
     ]
     for what, source in cases:
         failed = _refused_dataset(settings, store, storage, source, "invalid_dataset")
         assert "class name" in failed.message or "twice" in failed.message, (what, failed.message)
-    source = _imagefolder_zip(tmp_path / "d.zip", ["train/cat/0.png", "train/tab\there/1.png"])
+    source = _imagefolder_zip(inputs / "d.zip", ["train/cat/0.png", "train/tab\there/1.png"])
     failed = _refused_dataset(settings, store, storage, source, "invalid_dataset", fmt="imagefolder-zip")
     assert "control characters" in failed.message
 
 
-def test_archive_members_that_escape_are_refused_through_the_worker(settings, store, storage, tmp_path, outside):
+def test_archive_members_that_escape_are_refused_through_the_worker(settings, store, storage, inputs, outside):
     for bad in (f"../../{outside}.png", f"/tmp/{outside}.png", f"train/../../../{outside}.png"):
-        source = _imagefolder_zip(tmp_path / "d.zip", ["train/cat/0.png", bad])
+        source = _imagefolder_zip(inputs / "d.zip", ["train/cat/0.png", bad])
         _refused_dataset(settings, store, storage, source, "unsafe_archive", fmt="imagefolder-zip")
 
 
 def test_an_evaluation_of_a_split_that_is_not_a_split_name_writes_nothing(
-    settings, store, storage, digits_model_zip, tmp_path, outside
+    settings, store, storage, digits_model_zip, inputs, outside
 ):
     """A dataset recorded before names were checked, with a hostile split: the evaluation
     worker refuses it before the split becomes a directory of its cache."""
