@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -171,6 +172,35 @@ def _check_loading_info(info: dict) -> None:
         )
 
 
+def _check_size_before_loading(root: Path) -> None:
+    """The architecture the config describes, built on the meta device (no memory), must
+    not hold more parameters than the checkpoint has values: otherwise loading would
+    allocate, and initialise at random, whatever the config asks for (a config is a few
+    bytes; the parameters it sizes need not be)."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    try:
+        config = AutoConfig.from_pretrained(root, trust_remote_code=False, local_files_only=True)
+        with torch.device("meta"):
+            skeleton = AutoModelForImageClassification.from_config(config, trust_remote_code=False)
+        expected = sum(p.numel() for p in skeleton.parameters())
+        stored = 0
+        for path in sorted(root.glob("*.safetensors")):
+            with safe_open(str(path), framework="pt") as f:  # reads the header only
+                for key in f.keys():
+                    stored += math.prod(f.get_slice(key).get_shape())
+    except Exception as e:  # noqa: BLE001 -- as in load_model: these files are the upload's
+        raise WorkerFailure(FailureReason.load_error, f"{type(e).__name__}: {e}") from e
+    if stored < expected:
+        raise WorkerFailure(
+            FailureReason.weights_mismatch,
+            f"the weights do not match the architecture: parameters missing "
+            f"(the checkpoint holds {stored:,} values, the architecture needs {expected:,})",
+        )
+
+
 def load_model(root: Path):
     """``(model, image_processor)`` loaded safely: safetensors only, no remote code, no hub,
     every parameter from the checkpoint (so two loads are the same model).
@@ -181,6 +211,7 @@ def load_model(root: Path):
     """
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+    _check_size_before_loading(root)
     try:
         # Mismatched shapes are reported (below) rather than raised, so all three kinds
         # of mismatch get the same reason.

@@ -341,11 +341,12 @@ def test_a_message_built_from_user_data_is_bounded(settings, store, storage, dig
 @pytest.mark.parametrize(
     "change, words",
     [
-        (lambda sd: {k: v for k, v in sd.items() if not k.startswith("classifier.")}, "2 missing"),
+        (lambda sd: {k: v for k, v in sd.items() if not k.startswith("classifier.")}, "parameters missing"),
         (lambda sd: {**sd, "extra.weight": sd["classifier.bias"].clone()}, "1 unexpected"),
-        (lambda sd: {**sd, "classifier.bias": sd["classifier.bias"][:3].clone()}, "1 of another shape"),
+        (lambda sd: {**sd, "classifier.bias": sd["classifier.weight"][:, :20].contiguous().clone()}, "1 of another shape"),
+        (lambda sd: {f"renamed.{k}": v for k, v in sd.items()}, "unexpected"),
     ],
-    ids=["missing", "unexpected", "shape"],
+    ids=["missing", "unexpected", "shape", "renamed"],
 )
 def test_a_checkpoint_that_does_not_match_the_architecture_is_refused(digits_model_dir, tmp_path, change, words):
     from workers.failures import WorkerFailure
@@ -382,3 +383,21 @@ def test_the_same_model_evaluated_twice_gives_identical_predictions(settings, st
         predictions.append(table.select(["instance_id", "prediction", "confidence"]).to_pydict())
     assert len(predictions[0]["prediction"]) == 449
     assert predictions[0] == predictions[1]
+
+
+def test_a_config_sizing_a_larger_model_than_its_weights_is_refused_before_allocating(digits_model_dir, tmp_path):
+    """hidden_size 65,536 on the digits weights: the architecture would need ~100 GB; it is
+    measured on the meta device and refused, never allocated and initialised at random."""
+    from workers.failures import WorkerFailure
+    from workers.verify import verify_model_dir
+
+    staged = tmp_path / "m"
+    staged.mkdir()
+    for f in digits_model_dir.iterdir():
+        (staged / f.name).write_bytes(f.read_bytes())
+    config = json.loads((staged / "config.json").read_text())
+    config.update(hidden_size=65_536, intermediate_size=65_536 * 4)
+    (staged / "config.json").write_text(json.dumps(config))
+    with pytest.raises(WorkerFailure) as info:
+        verify_model_dir(staged)
+    assert info.value.reason == "weights_mismatch" and "the architecture needs" in info.value.message
