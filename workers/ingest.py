@@ -168,16 +168,12 @@ def _hf_label_names(schema: pa.Schema, limits: IngestLimits) -> list[str] | None
         return None
     if not isinstance(names, list):
         return None
-    if len(names) > limits.max_classes:
-        raise WorkerFailure(
-            FailureReason.invalid_dataset, f"the label feature declares {len(names)} names, more than {limits.max_classes}"
-        )
-    names = [str(n) for n in names]
-    for name in names:
-        _check_class(name)
-    if len(set(names)) != len(names):
-        raise WorkerFailure(FailureReason.invalid_dataset, "the label feature declares a name twice")
-    return names
+    try:
+        if len(names) > limits.max_classes:
+            raise ValueError(f"{len(names)} classes, more than the limit of {limits.max_classes}")
+        return check_class_names([str(n) for n in names])
+    except ValueError as e:
+        raise WorkerFailure(FailureReason.invalid_dataset, f"the label feature's names: {e}") from e
 
 
 def _image_bytes(value) -> bytes | None:
@@ -203,8 +199,9 @@ def _parquet_rows(path: Path, limits: IngestLimits) -> tuple[dict[str, list[_Row
     label_type = schema.field("label").type
     if not (pa.types.is_integer(label_type) or pa.types.is_string(label_type) or pa.types.is_large_string(label_type)):
         raise WorkerFailure(FailureReason.invalid_dataset, f"'label' must be an integer or a string, not {label_type}")
-    if "split" in schema.names and not pa.types.is_string(schema.field("split").type):
-        raise WorkerFailure(FailureReason.invalid_dataset, f"'split' must be a string, not {schema.field('split').type}")
+    split_type = schema.field("split").type if "split" in schema.names else pa.string()
+    if not (pa.types.is_string(split_type) or pa.types.is_large_string(split_type)):
+        raise WorkerFailure(FailureReason.invalid_dataset, f"'split' must be a string, not {split_type}")
     columns = ["image", "label"] + (["split"] if "split" in schema.names else [])
     names = _Names(limits)
     try:

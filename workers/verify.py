@@ -261,7 +261,7 @@ def verify_model_dir(root: str | Path) -> ModelReport:
 
     Raises:
         WorkerFailure: ``pickle_weights_refused``, ``remote_code_refused``,
-            ``file_not_allowed``, ``missing_weights``, ``unsupported_architecture`` or
+            ``file_not_allowed``, ``missing_weights``, ``weights_mismatch``, ``unsupported_architecture`` or
             ``load_error``.
     """
     root = Path(root)
