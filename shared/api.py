@@ -26,6 +26,11 @@ from shared.entities import (
     Dataset,
     Evaluation,
     EvaluationStatus,
+    LABEL_KEY_PATTERN,  # the name rules are defined once, in shared.entities;
+    LABEL_VALUE_PATTERN,  # the OpenAPI document carries them
+    MAX_SPLITS,
+    NAME_PATTERN,
+    SPLIT_PATTERN,
     InferenceConfig,
     Labels,
     Model,
@@ -34,18 +39,6 @@ from shared.entities import (
     Name,
     Scope,
 )
-
-# JSON Schema mirrors of the checks in shared.entities, so the OpenAPI document tells a
-# client what the server will accept (the validators stay the authority).
-NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$"
-# The lookahead bounds the prefix (a DNS subdomain) to 253 characters, as the validator does.
-LABEL_KEY_PATTERN = (
-    r"^((?=[-a-z0-9.]{1,253}/)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
-)
-LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
-SPLIT_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
-MAX_SPLITS = 32
 
 ApiName = Annotated[Name, Field(json_schema_extra={"pattern": NAME_PATTERN, "maxLength": 63})]
 ApiLabels = Annotated[

@@ -20,15 +20,75 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from shared.ids import new_id
 
 # --- names and labels, Kubernetes style --------------------------------------------------
+#
+# The one definition of every name rule. The patterns are JSON Schema-ready strings (the
+# OpenAPI document carries them, via shared.api) and the checks below compile the same
+# strings, so what the schema tells a client and what the server and the workers accept
+# cannot drift apart.
 
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$"
+_LABEL_NAME_PATTERN = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_PREFIX_PATTERN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+# The lookahead bounds the prefix (a DNS subdomain) to 253 characters, as the validator does.
+LABEL_KEY_PATTERN = rf"^((?=[-a-z0-9.]{{1,253}}/){_LABEL_PREFIX_PATTERN}/)?{_LABEL_NAME_PATTERN}$"
+LABEL_VALUE_PATTERN = rf"^({_LABEL_NAME_PATTERN})?$"
+# A split name becomes a directory of the worker and part of object names
+# (``datasets/{id}/{split}/…``): one path component, never '.', '..', '/' or a leading dot.
+SPLIT_PATTERN = rf"^{_LABEL_NAME_PATTERN}$"
+MAX_SPLITS = 32
+# Class names (label names of a model or a dataset) are data, never paths: any printable
+# text, bounded in length and in number, since an entity keeps the list.
+MAX_CLASS_NAME_CHARS = 256
+MAX_CLASSES = 10_000
+MAX_CLASS_NAMES_TOTAL_CHARS = 256 * 1024  # all of them: an entity must stay far below 1 MiB
+
+_NAME = re.compile(NAME_PATTERN)
+_LABEL_NAME = re.compile(rf"^{_LABEL_NAME_PATTERN}$")
+_LABEL_PREFIX = re.compile(rf"^{_LABEL_PREFIX_PATTERN}$")
+_SPLIT = re.compile(SPLIT_PATTERN)
 MAX_LABELS = 64
 
 
+def check_split_name(value: str) -> str:
+    """Raises ValueError unless ``value`` is a valid split name (``SPLIT_PATTERN``)."""
+    if not isinstance(value, str) or not _SPLIT.fullmatch(value):
+        shown = value if not isinstance(value, str) or len(value) <= 80 else value[:80] + "…"
+        raise ValueError(
+            f"split name {shown!r}: must be 1-63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def check_class_name(value: str) -> str:
+    """Raises ValueError unless ``value`` is a usable class name: 1-256 characters of
+    printable text, not blank (a label name of a model or a dataset)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"class name {value!r}: must be non-blank text")
+    if len(value) > MAX_CLASS_NAME_CHARS:
+        raise ValueError(f"class name {value[:40]!r}…: longer than {MAX_CLASS_NAME_CHARS} characters")
+    if not value.isprintable():
+        raise ValueError(f"class name {value!r}: control characters are not allowed")
+    return value
+
+
+def check_class_names(names: list[str]) -> list[str]:
+    """Raises ValueError unless ``names`` is a usable label set: each a class name, no
+    duplicates, at most ``MAX_CLASSES`` of them and ``MAX_CLASS_NAMES_TOTAL_CHARS`` in all."""
+    if len(names) > MAX_CLASSES:
+        raise ValueError(f"{len(names)} classes, more than the limit of {MAX_CLASSES}")
+    total = 0
+    for name in names:
+        total += len(check_class_name(name))
+    if total > MAX_CLASS_NAMES_TOTAL_CHARS:
+        raise ValueError(f"class names total {total} characters, more than the limit of {MAX_CLASS_NAMES_TOTAL_CHARS}")
+    if len(set(names)) != len(names):
+        raise ValueError("a class name appears twice")
+    return names
+
+
 def _check_name(value: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise ValueError(
             "must be 1-63 characters of lowercase letters, digits, '-' and '.', "
             "starting and ending with a letter or digit"
@@ -38,15 +98,15 @@ def _check_name(value: str) -> str:
 
 def check_label_key(key: str) -> str:
     prefix, _, name = key.rpartition("/")
-    if prefix and (len(prefix) > 253 or not _LABEL_PREFIX.match(prefix)):
+    if prefix and (len(prefix) > 253 or not _LABEL_PREFIX.fullmatch(prefix)):
         raise ValueError(f"label key {key!r}: prefix must be a DNS subdomain")
-    if not _LABEL_NAME.match(name):
+    if not _LABEL_NAME.fullmatch(name):
         raise ValueError(f"label key {key!r}: name must be 1-63 alphanumerics, '-', '_' or '.'")
     return key
 
 
 def check_label_value(value: str) -> str:
-    if value and not _LABEL_NAME.match(value):
+    if value and not _LABEL_NAME.fullmatch(value):
         raise ValueError(f"label value {value!r}: must be empty or 1-63 alphanumerics, '-', '_' or '.'")
     return value
 

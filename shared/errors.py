@@ -131,6 +131,11 @@ def translated_google_errors(what: str) -> Iterator[None]:
         raise Conflict(f"{what}: conflict") from e
     except gexc.TooManyRequests as e:
         raise RateLimited(f"{what}: rate limited", retry_after=2.0) from e
+    except gexc.BadRequest as e:
+        # InvalidArgument, FailedPrecondition, OutOfRange: the backend refuses this request
+        # as it is (an entity over Datastore's size limit, a bad object name), and would
+        # refuse it again. Permanent, never an outage to wait out.
+        raise Invalid(f"{what}: refused the request: {e.message}", code="backend_refused") from e
     except (
         gexc.ServiceUnavailable,
         gexc.DeadlineExceeded,

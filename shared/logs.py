@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 import logging
 
-# The attributes every LogRecord has; anything else on a record came from ``extra=``.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+# The attributes every LogRecord has; anything else on a record came from ``extra=``. A
+# logging call whose ``extra=`` names one of these raises KeyError (tests/shared scans the
+# code for that).
+RESERVED_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
 def extra_fields(record: logging.LogRecord) -> dict:
     """The structured fields a logging call passed as ``extra=``."""
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD}
+    return {k: v for k, v in vars(record).items() if k not in RESERVED_ATTRIBUTES}
 
 
 class JsonFormatter(logging.Formatter):

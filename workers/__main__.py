@@ -24,15 +24,24 @@ class FieldsFormatter(logging.Formatter):
         return line + "".join(f" {k}={v!r}" for k, v in extra_fields(record).items())
 
 
+LOG_LEVEL = logging.INFO
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def log_handler() -> logging.Handler:
+    """The workers' production log handler (the tests install the same one)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(FieldsFormatter(LOG_FORMAT))
+    return handler
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__.splitlines()[0])
     parser.add_argument("task", choices=[str(t) for t in TaskName])
     parser.add_argument("entity_id")
     parser.add_argument("--attempt", type=int, required=True)
     args = parser.parse_args(argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(FieldsFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    logging.basicConfig(level=LOG_LEVEL, handlers=[log_handler()])
     settings = Settings()
     # Models and processors are only ever read from local files; never reach the hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from workers.failures import FailureReason, WorkerFailure
+from workers.workdir import inside
 
 _CHUNK = 1 << 20
 
@@ -29,6 +30,10 @@ class ArchiveLimits:
     max_total_bytes: int = 4 * 1024**3
     max_files: int = 200_000
     max_ratio: float = 200.0
+    # Directories deep: far beyond any real layout, far below what recursive tree walks
+    # (pathlib's mkdir and glob, shutil.rmtree) survive (~1,000 levels end in RecursionError).
+    max_depth: int = 16
+    max_name_chars: int = 1024  # a member's whole path
     # A ratio check only means something once enough bytes came out; tiny archives of
     # text (config.json) compress well and are harmless.
     ratio_floor_bytes: int = 8 * 1024**2
@@ -52,8 +57,13 @@ def archive_format(path: str | Path) -> str:
     raise WorkerFailure(FailureReason.invalid_archive, "not a zip or tar.gz archive")
 
 
-def safe_member_path(name: str) -> PurePosixPath:
-    """The relative path a member may be written to; refuses anything that could escape."""
+def safe_member_path(name: str, limits: ArchiveLimits = ArchiveLimits()) -> PurePosixPath:
+    """The relative path a member may be written to; refuses anything that could escape,
+    and paths longer or deeper than ``limits`` allow."""
+    if len(name) > limits.max_name_chars:
+        raise WorkerFailure(
+            FailureReason.archive_too_large, f"member name longer than {limits.max_name_chars} characters: {name[:80]!r}…"
+        )
     if not name or "\x00" in name or "\\" in name:
         raise WorkerFailure(FailureReason.unsafe_archive, f"member name not allowed: {name!r}")
     path = PurePosixPath(name)
@@ -66,6 +76,11 @@ def safe_member_path(name: str) -> PurePosixPath:
     parts = [p for p in path.parts if p != "."]
     if not parts:
         raise WorkerFailure(FailureReason.unsafe_archive, f"empty member path: {name!r}")
+    if len(parts) > limits.max_depth:
+        raise WorkerFailure(
+            FailureReason.archive_too_large,
+            f"member nested {len(parts)} levels deep, more than the limit of {limits.max_depth}: {name[:80]!r}",
+        )
     return PurePosixPath(*parts)
 
 
@@ -85,15 +100,17 @@ class _Writer:
         if key in self.seen:
             raise WorkerFailure(FailureReason.unsafe_archive, f"duplicate member: {key!r}")
         self.seen.add(key)
-        target = self.root.joinpath(*rel.parts)
-        # Belt and braces: the checks above already forbid every way out.
-        if not target.resolve().is_relative_to(self.root.resolve()):
-            raise WorkerFailure(FailureReason.unsafe_archive, f"path escapes the archive: {key!r}")
-        return target
+        return self._inside(rel)
+
+    def _inside(self, rel: PurePosixPath) -> Path:
+        # Belt and braces: safe_member_path already forbids every way out.
+        try:
+            return inside(self.root, rel)
+        except WorkerFailure as e:
+            raise WorkerFailure(FailureReason.unsafe_archive, e.message) from e
 
     def directory(self, rel: PurePosixPath) -> None:
-        target = self.root.joinpath(*rel.parts)
-        target.mkdir(parents=True, exist_ok=True)
+        self._inside(rel).mkdir(parents=True, exist_ok=True)
 
     def file(self, rel: PurePosixPath, source: IO[bytes]) -> None:
         if len(self.files) >= self.limits.max_files:
@@ -121,9 +138,9 @@ class _Writer:
             )
 
 
-def _zip_members(zf: zipfile.ZipFile) -> Iterator[tuple[zipfile.ZipInfo, PurePosixPath, bool]]:
+def _zip_members(zf: zipfile.ZipFile, limits: ArchiveLimits) -> Iterator[tuple[zipfile.ZipInfo, PurePosixPath, bool]]:
     for info in zf.infolist():
-        rel = safe_member_path(info.filename)
+        rel = safe_member_path(info.filename, limits)
         # Unix zips keep st_mode in the high bits; a type of 0 (no type recorded) is a file.
         file_type = stat.S_IFMT(info.external_attr >> 16)
         if info.create_system == 3 and file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
@@ -135,7 +152,7 @@ def _zip_members(zf: zipfile.ZipFile) -> Iterator[tuple[zipfile.ZipInfo, PurePos
 def _extract_zip(path: Path, writer: _Writer) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
-            members = list(_zip_members(zf))  # refuse before writing anything
+            members = list(_zip_members(zf, writer.limits))  # refuse before writing anything
             declared = sum(info.file_size for info, _, _ in members)
             if declared > writer.limits.max_total_bytes:
                 raise WorkerFailure(FailureReason.archive_too_large, f"declares {declared} bytes uncompressed")
@@ -155,7 +172,7 @@ def _extract_tar(path: Path, writer: _Writer) -> None:
             # Streaming: members are checked one by one as the gzip stream is read, and
             # bytes counted as written, so neither headers nor sizes are taken on trust.
             for member in tf:
-                rel = safe_member_path(member.name)
+                rel = safe_member_path(member.name, writer.limits)
                 if member.isdir():
                     writer.directory(rel)
                 elif member.isfile():

@@ -44,6 +44,7 @@ from workers.failures import FailureReason, WorkerFailure
 from workers.metrics import classification_metrics, percentile
 from workers.pixels import recipe_for
 from workers.replicas import run_in_replicas
+from workers.workdir import inside
 
 MAX_CPU_REPLICAS = 8  # each holds a batch's activations: bounds memory on large machines
 
@@ -150,7 +151,7 @@ def align_labels(
 
 
 def prediction_shard_path(out_dir: Path, shard: Path) -> Path:
-    return out_dir / shard.name
+    return inside(out_dir, shard.name)
 
 
 def evaluate_shards(

@@ -15,6 +15,7 @@ class FailureReason(StrEnum):
     # archives
     invalid_archive = "invalid_archive"  # not a zip / tar.gz, or corrupt
     unsafe_archive = "unsafe_archive"  # absolute path, '..', link, device, duplicate
+    unsafe_path = "unsafe_path"  # a name from user data that would be written outside the work dir
     archive_too_large = "archive_too_large"  # total size or file count over the caps
     archive_bomb = "archive_bomb"  # compression ratio over the cap
     # models
@@ -22,10 +23,11 @@ class FailureReason(StrEnum):
     pickle_weights_refused = "pickle_weights_refused"
     remote_code_refused = "remote_code_refused"
     missing_weights = "missing_weights"
+    weights_mismatch = "weights_mismatch"  # parameters missing from, or unknown to, the architecture
     unsupported_architecture = "unsupported_architecture"
     load_error = "load_error"
     # datasets
-    invalid_dataset = "invalid_dataset"
+    invalid_dataset = "invalid_dataset"  # also: a size over its bound (labels, splits, text)
     empty_dataset = "empty_dataset"
     too_many_invalid_images = "too_many_invalid_images"
     # evaluations

@@ -12,6 +12,13 @@ original encoded bytes, untouched) and ``label`` (index into the manifest's labe
 and ``out/manifest.json``. Every image is decoded once here; undecodable ones and
 decompression bombs are left out, counted and reported, and above ``max_invalid_fraction``
 the dataset is refused.
+
+Names from the data are checked before they are used, by the rules of ``shared.entities``:
+a split becomes a directory here and part of object names (``check_split_name``); a class
+name is text kept on the entity (``check_class_name``). The sizes the data controls are
+bounded (``IngestLimits``): the number of splits, the label space (integer labels with no
+names span 0..max), the length of a name. Each breach is ``invalid_dataset``, found while
+reading, before anything is decoded or written.
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from shared.entities import MAX_CLASSES, MAX_SPLITS, check_class_name, check_class_names, check_split_name
 from workers.archive import ArchiveLimits, extract_archive
 from workers.failures import FailureReason, WorkerFailure
 from workers.images import DEFAULT_MAX_PIXELS, InvalidImage, decode_image
+from workers.workdir import inside
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 SHARD_SCHEMA = pa.schema([("instance_id", pa.string()), ("image", pa.binary()), ("label", pa.int64())])
@@ -45,6 +54,49 @@ class IngestLimits:
     shard_rows: int = 1000
     archive: ArchiveLimits = field(default_factory=ArchiveLimits)
     decode_threads: int = 2
+    max_splits: int = MAX_SPLITS
+    max_classes: int = MAX_CLASSES  # also bounds integer labels: 0 <= label < max_classes
+
+
+class _Names:
+    """The split and class names met while reading, each checked once when first seen and
+    counted against the limits as they appear, so a million distinct values stop at the
+    first one over the bound instead of being collected."""
+
+    def __init__(self, limits: IngestLimits):
+        self.limits = limits
+        self.splits: dict[str, list[_Row]] = {}
+        self.classes: set[str] = set()
+
+    def split(self, name: object) -> list[_Row]:
+        rows = self.splits.get(name)  # type: ignore[arg-type]
+        if rows is not None:
+            return rows
+        if not isinstance(name, str):
+            raise WorkerFailure(FailureReason.invalid_dataset, f"split names must be strings, not {type(name).__name__}")
+        try:
+            check_split_name(name)
+        except ValueError as e:
+            raise WorkerFailure(FailureReason.invalid_dataset, str(e)) from e
+        if len(self.splits) >= self.limits.max_splits:
+            raise WorkerFailure(FailureReason.invalid_dataset, f"more than {self.limits.max_splits} splits")
+        return self.splits.setdefault(name, [])
+
+    def label(self, name: str) -> str:
+        if name in self.classes:
+            return name
+        _check_class(name)
+        if len(self.classes) >= self.limits.max_classes:
+            raise WorkerFailure(FailureReason.invalid_dataset, f"more than {self.limits.max_classes} distinct labels")
+        self.classes.add(name)
+        return name
+
+
+def _check_class(name: str) -> None:
+    try:
+        check_class_name(name)
+    except ValueError as e:
+        raise WorkerFailure(FailureReason.invalid_dataset, str(e)) from e
 
 
 @dataclass
@@ -79,9 +131,9 @@ def _imagefolder_root(root: Path) -> Path:
             return root
 
 
-def _imagefolder_rows(root: Path) -> tuple[dict[str, list[_Row]], int]:
+def _imagefolder_rows(root: Path, limits: IngestLimits) -> tuple[dict[str, list[_Row]], int]:
     """Rows per split, and how many non-image files were ignored."""
-    splits: dict[str, list[_Row]] = {}
+    names = _Names(limits)
     ignored = 0
     files = sorted(p for p in root.rglob("*") if p.is_file())
     for path in files:
@@ -101,11 +153,11 @@ def _imagefolder_rows(root: Path) -> tuple[dict[str, list[_Row]], int]:
                 FailureReason.invalid_dataset,
                 f"{rel.as_posix()!r}: expected split/class_name/file or class_name/file",
             )
-        splits.setdefault(split, []).append(_Row(rel.as_posix(), path, label_name))
-    return splits, ignored
+        names.split(split).append(_Row(rel.as_posix(), path, names.label(label_name)))
+    return names.splits, ignored
 
 
-def _hf_label_names(schema: pa.Schema) -> list[str] | None:
+def _hf_label_names(schema: pa.Schema, limits: IngestLimits) -> list[str] | None:
     raw = (schema.metadata or {}).get(b"huggingface")
     if not raw:
         return None
@@ -114,7 +166,14 @@ def _hf_label_names(schema: pa.Schema) -> list[str] | None:
         names = features["label"]["names"]
     except (KeyError, TypeError, ValueError):
         return None
-    return [str(n) for n in names] if isinstance(names, list) else None
+    if not isinstance(names, list):
+        return None
+    try:
+        if len(names) > limits.max_classes:
+            raise ValueError(f"{len(names)} classes, more than the limit of {limits.max_classes}")
+        return check_class_names([str(n) for n in names])
+    except ValueError as e:
+        raise WorkerFailure(FailureReason.invalid_dataset, f"the label feature's names: {e}") from e
 
 
 def _image_bytes(value) -> bytes | None:
@@ -123,7 +182,8 @@ def _image_bytes(value) -> bytes | None:
     return value
 
 
-def _parquet_rows(path: Path) -> dict[str, list[_Row]]:
+def _parquet_rows(path: Path, limits: IngestLimits) -> tuple[dict[str, list[_Row]], list[str] | None]:
+    """Rows per split, and the label names the schema declares (None when it declares none)."""
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
@@ -135,30 +195,41 @@ def _parquet_rows(path: Path) -> dict[str, list[_Row]]:
     image_type = schema.field("image").type
     if not (pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type) or pa.types.is_struct(image_type)):
         raise WorkerFailure(FailureReason.invalid_dataset, f"'image' must be bytes or {{bytes, path}}, not {image_type}")
-    names = _hf_label_names(schema)
+    declared = _hf_label_names(schema, limits)
     label_type = schema.field("label").type
     if not (pa.types.is_integer(label_type) or pa.types.is_string(label_type) or pa.types.is_large_string(label_type)):
         raise WorkerFailure(FailureReason.invalid_dataset, f"'label' must be an integer or a string, not {label_type}")
+    split_type = schema.field("split").type if "split" in schema.names else pa.string()
+    if not (pa.types.is_string(split_type) or pa.types.is_large_string(split_type)):
+        raise WorkerFailure(FailureReason.invalid_dataset, f"'split' must be a string, not {split_type}")
     columns = ["image", "label"] + (["split"] if "split" in schema.names else [])
-    splits: dict[str, list[_Row]] = {}
+    names = _Names(limits)
     try:
         for batch in pf.iter_batches(batch_size=1024, columns=columns):
             data = batch.to_pydict()
             split_values = data.get("split") or [DEFAULT_SPLIT] * batch.num_rows
             for image, label, split in zip(data["image"], data["label"], split_values):
-                split = str(split) if split is not None else DEFAULT_SPLIT
-                rows = splits.setdefault(split, [])
-                row = _Row(f"{split}-{len(rows):08d}", _image_bytes(image), None)
-                if label is None or (isinstance(label, int) and names is not None and not 0 <= label < len(names)):
+                rows = names.split(split if split is not None else DEFAULT_SPLIT)
+                row = _Row(f"{split or DEFAULT_SPLIT}-{len(rows):08d}", _image_bytes(image), None)
+                if label is None or (isinstance(label, int) and declared is not None and not 0 <= label < len(declared)):
                     row.problem = "bad_label"
-                elif isinstance(label, int):
-                    row.label_name = names[label] if names is not None else str(label)
+                elif isinstance(label, int) and declared is not None:
+                    row.label_name = declared[label]
+                elif isinstance(label, int):  # no names: the label space is 0..max, bounded
+                    if not 0 <= label < limits.max_classes:
+                        raise WorkerFailure(
+                            FailureReason.invalid_dataset,
+                            f"integer label {label} is outside 0..{limits.max_classes - 1} and the file declares "
+                            "no label names (a ClassLabel feature); at most "
+                            f"{limits.max_classes} classes",
+                        )
+                    row.label_name = names.label(str(label))
                 else:
-                    row.label_name = str(label)
+                    row.label_name = names.label(label)
                 rows.append(row)
     except (pa.ArrowException, OSError) as e:
         raise WorkerFailure(FailureReason.invalid_dataset, f"unreadable Parquet file: {e}") from e
-    return splits
+    return names.splits, declared
 
 
 def _label_names(splits: dict[str, list[_Row]], declared: list[str] | None) -> list[str]:
@@ -189,7 +260,6 @@ def _check_image(row: _Row, max_pixels: int) -> _Row:
 
 
 def _write_shards(rows: Iterable[_Row], out: Path, label_index: dict[str, int], shard_rows: int) -> list[dict]:
-    out.mkdir(parents=True, exist_ok=True)
     shards: list[dict] = []
 
     def flush(chunk: list[_Row]) -> None:
@@ -201,7 +271,7 @@ def _write_shards(rows: Iterable[_Row], out: Path, label_index: dict[str, int], 
             },
             schema=SHARD_SCHEMA,
         )
-        path = out / shard_name(len(shards))
+        path = inside(out, shard_name(len(shards)))
         pq.write_table(table, path, compression="none")  # images are compressed already
         shards.append({"name": path.name, "rows": len(chunk), "sha256": _sha256(path)})
 
@@ -246,17 +316,20 @@ def ingest_dataset(
     ignored = 0
     if _is_parquet(source):
         fmt = "parquet"
-        splits = _parquet_rows(source)
-        declared = _hf_label_names(pq.ParquetFile(source).schema_arrow)
+        splits, declared = _parquet_rows(source, limits)
     else:
         fmt = "imagefolder"
         extracted = extract_archive(source, work_dir, limits=limits.archive)
-        splits, ignored = _imagefolder_rows(_imagefolder_root(extracted.root))
+        splits, ignored = _imagefolder_rows(_imagefolder_root(extracted.root), limits)
         declared = None
     total = sum(len(rows) for rows in splits.values())
     if total == 0:
         raise WorkerFailure(FailureReason.empty_dataset, "no images found")
     label_names = _label_names(splits, declared)
+    try:
+        check_class_names(label_names)  # the set as a whole: its total length
+    except ValueError as e:
+        raise WorkerFailure(FailureReason.invalid_dataset, str(e)) from e
     label_index = {name: i for i, name in enumerate(label_names)}
 
     problems: Counter[str] = Counter()
@@ -275,7 +348,9 @@ def ingest_dataset(
                     if len(examples) < _MAX_EXAMPLES:
                         examples.append({"instance_id": row.instance_id, "problem": row.problem})
 
-            shards = _write_shards(valid(), out_dir / split, label_index, limits.shard_rows)
+            split_dir = inside(out_dir, split)
+            split_dir.mkdir(parents=True, exist_ok=True)
+            shards = _write_shards(valid(), split_dir, label_index, limits.shard_rows)
             manifest_splits[split] = {
                 "instances": sum(s["rows"] for s in shards),
                 "invalid": sum(problems.values()) - invalid_before,
@@ -309,5 +384,5 @@ def ingest_dataset(
         sort_keys=True,
     )
     manifest["digest"] = hashlib.sha256(material.encode()).hexdigest()
-    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    inside(out_dir, MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest

@@ -5,6 +5,7 @@ final status. It knows nothing of leases or statuses; it calls ``progress(fracti
 message)`` (cheap, the runner throttles the writes) and ``checkpoint()`` between units of
 work, which raises when the task was taken away. Inputs that never change once verified
 (a model's files, a dataset's shards) are cached on local disk keyed by their digest.
+Every local path is built by ``workers.workdir.inside`` under the work or cache directory.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from shared import storage as paths
-from shared.entities import ArtifactStatus, Dataset, Evaluation, Model
+from shared.entities import ArtifactStatus, Dataset, Evaluation, Model, check_split_name
 from shared.errors import NotFound
 from shared.storage import Storage
 from workers.failures import FailureReason, WorkerFailure
+from workers.workdir import inside
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ class JobContext:
 def _download_upload(ctx: JobContext, entity: Model | Dataset) -> tuple[Path, str, int]:
     from workers.verify import sha256_file
 
-    local = ctx.work_dir / "upload"
+    local = inside(ctx.work_dir, "upload")
     try:
         ctx.storage.download_file(entity.upload_object, local)
     except NotFound as e:
@@ -53,7 +55,7 @@ def _download_upload(ctx: JobContext, entity: Model | Dataset) -> tuple[Path, st
 
 def _upload_tree(ctx: JobContext, root: Path, prefix: str, files: list[str]) -> None:
     for i, name in enumerate(files):
-        ctx.storage.upload_file(prefix + name, root / name)
+        ctx.storage.upload_file(prefix + name, inside(root, name))
         ctx.progress(0.5 + 0.5 * (i + 1) / len(files), f"published {i + 1}/{len(files)} files")
 
 
@@ -66,13 +68,14 @@ def verify_model(ctx: JobContext, model: Model) -> dict[str, Any]:
     ctx.progress(0.0, "downloading the upload")
     archive, digest, size = _download_upload(ctx, model)
     ctx.progress(0.2, "extracting and verifying")
-    root, report = verify_model_archive(archive, ctx.work_dir / "extracted")
+    root, report = verify_model_archive(archive, inside(ctx.work_dir, "extracted"))
     ctx.checkpoint()
     manifest = {"digest": digest, **report.to_dict()}
-    (ctx.work_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    manifest_path = inside(ctx.work_dir, "manifest.json")
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     prefix = paths.model_prefix(model.id)
     _upload_tree(ctx, root, prefix, report.files)
-    ctx.storage.upload_file(prefix + "manifest.json", ctx.work_dir / "manifest.json", content_type="application/json")
+    ctx.storage.upload_file(prefix + "manifest.json", manifest_path, content_type="application/json")
     return {
         "label_names": report.label_names,
         "parameter_count": report.parameter_count,
@@ -92,15 +95,15 @@ def ingest_dataset(ctx: JobContext, dataset: Dataset) -> dict[str, Any]:
     ctx.progress(0.0, "downloading the upload")
     source, digest, size = _download_upload(ctx, dataset)
     ctx.progress(0.2, "decoding and sharding")
-    out = ctx.work_dir / "canonical"
-    manifest = ingest(source, out, work_dir=ctx.work_dir / "extracted")
+    out = inside(ctx.work_dir, "canonical")
+    manifest = ingest(source, out, work_dir=inside(ctx.work_dir, "extracted"))
     manifest["source_digest"] = digest
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    inside(out, MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     ctx.checkpoint()
     files = [f"{split}/{s['name']}" for split, v in manifest["splits"].items() for s in v["shards"]]
     prefix = paths.dataset_prefix(dataset.id)
     _upload_tree(ctx, out, prefix, files)
-    ctx.storage.upload_file(paths.dataset_manifest(dataset.id), out / MANIFEST_NAME, content_type="application/json")
+    ctx.storage.upload_file(paths.dataset_manifest(dataset.id), inside(out, MANIFEST_NAME), content_type="application/json")
     invalid = manifest["invalid_instances"]
     return {
         "splits": {split: v["instances"] for split, v in manifest["splits"].items()},
@@ -117,7 +120,7 @@ def ingest_dataset(ctx: JobContext, dataset: Dataset) -> dict[str, Any]:
 
 def _cached(ctx: JobContext, key: str, fill: Callable[[Path], None]) -> Path:
     """``cache_dir/key``, filled once by ``fill(staging_dir)`` and renamed into place."""
-    target = ctx.cache_dir / key
+    target = inside(ctx.cache_dir, key)
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +140,7 @@ def _fetch_prefix(ctx: JobContext, prefix: str, into: Path, *, only: Callable[[s
     for name, _ in ctx.storage.list(prefix):
         rel = name[len(prefix) :]
         if only(rel):
-            ctx.storage.download_file(name, into / rel)
+            ctx.storage.download_file(name, inside(into, rel))
 
 
 def evaluate(ctx: JobContext, evaluation: Evaluation, *, model: Model, dataset: Dataset) -> dict[str, Any]:
@@ -149,6 +152,10 @@ def evaluate(ctx: JobContext, evaluation: Evaluation, *, model: Model, dataset: 
     for what, entity in (("model", model), ("dataset", dataset)):
         if entity.status != ArtifactStatus.ready or not entity.digest:
             raise WorkerFailure(FailureReason.input_not_ready, f"{what} {entity.id} is {entity.status}, not ready")
+    try:
+        check_split_name(evaluation.split)  # it becomes a directory of the cache below
+    except ValueError as e:
+        raise WorkerFailure(FailureReason.invalid_dataset, str(e)) from e
     if evaluation.split not in (dataset.splits or {}):
         raise WorkerFailure(
             FailureReason.split_not_found,
@@ -162,8 +169,8 @@ def evaluate(ctx: JobContext, evaluation: Evaluation, *, model: Model, dataset: 
         f"datasets/{dataset.digest}/{split}",
         lambda d: _fetch_prefix(ctx, paths.dataset_prefix(dataset.id), d, only=lambda rel: rel.startswith(f"{split}/") or rel == "manifest.json"),
     )
-    manifest = json.loads((dataset_dir / "manifest.json").read_text())
-    shards = [dataset_dir / split / s["name"] for s in manifest["splits"][split]["shards"]]
+    manifest = json.loads(inside(dataset_dir, "manifest.json").read_text())
+    shards = [inside(dataset_dir, split, s["name"]) for s in manifest["splits"][split]["shards"]]
     timings["fetch_s"] = time.perf_counter() - started
 
     tick = time.perf_counter()
@@ -173,13 +180,13 @@ def evaluate(ctx: JobContext, evaluation: Evaluation, *, model: Model, dataset: 
     timings["load_s"] = time.perf_counter() - tick
 
     # Resume: prediction shards already published by an earlier attempt are kept as they are.
-    out = ctx.work_dir / "predictions"
+    out = inside(ctx.work_dir, "predictions")
     prediction_prefix = paths.evaluation_prefix(evaluation.id) + "predictions/"
     _fetch_prefix(ctx, prediction_prefix, out, only=lambda rel: rel.endswith(".parquet"))
 
     shard_rows = {s["name"]: s["rows"] for s in manifest["splits"][split]["shards"]}
     total = max(1, sum(shard_rows.values()))
-    done = sum(rows for name, rows in shard_rows.items() if (out / name).exists())  # resumed shards
+    done = sum(rows for name, rows in shard_rows.items() if inside(out, name).exists())  # resumed shards
 
     def on_batch(instances: int) -> None:
         nonlocal done
@@ -196,7 +203,7 @@ def evaluate(ctx: JobContext, evaluation: Evaluation, *, model: Model, dataset: 
     timings["inference_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    summary = summarize([out / s.name for s in shards], names, stats)
+    summary = summarize([inside(out, s.name) for s in shards], names, stats)
     summary["model_id"], summary["dataset_id"], summary["split"] = model.id, dataset.id, split
     summary["config"] = evaluation.config.model_dump()
     timings["metrics_s"] = time.perf_counter() - tick

@@ -12,6 +12,11 @@ Exit codes: 0 when the attempt recorded its outcome (``ready``/``complete`` or `
 with a reason) or found the task no longer its own; 75 (``EX_TEMPFAIL``) on a temporary
 outage, leaving the entity for the daemon to requeue; 1 when an unexpected error was
 recorded as ``failed``/``internal_error``.
+
+Only an outage is temporary (``TEMPORARY``: ``Unavailable``, ``RateLimited``). Everything
+else ends the task on this attempt: a refusal of the input (``WorkerFailure``), a backend
+refusing a request as it is (``Invalid`` from ``translated_google_errors``: an entity over
+Datastore's size limit is the same on every attempt), and a bug.
 """
 
 from __future__ import annotations
@@ -33,12 +38,23 @@ from shared.store import ANY_ACCOUNT, Store
 from shared.tasks import TaskName
 from workers import jobs
 from workers.failures import FailureReason, WorkerFailure
+from workers.workdir import inside
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_TEMPFAIL = 75
+TEMPORARY = (Unavailable, RateLimited)
+# The entity's message is for people and partly built from user data (label lists…):
+# bounded, so the final write stays far below Datastore's entity size limit.
+MAX_MESSAGE_CHARS = 2000
+
+
+def bounded_message(message: str | None) -> str | None:
+    if message is None or len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 class TaskLost(Exception):
@@ -139,7 +155,7 @@ class TaskRunner:
                 expected=self.life.working,
                 to=to,
                 reason=reason,
-                message=message,
+                message=bounded_message(message),
                 check=self._ours,
                 finished_at=utcnow(),
                 **changes,
@@ -192,8 +208,9 @@ class TaskRunner:
         if entity is None:
             return EXIT_OK
         cache_dir = Path(self.settings.cache_dir)
-        (cache_dir / "work").mkdir(parents=True, exist_ok=True)
-        work_dir = Path(tempfile.mkdtemp(prefix=f"{self.task}-{self.entity_id}-a{self.attempt}-", dir=cache_dir / "work"))
+        work_root = inside(cache_dir, "work")
+        work_root.mkdir(parents=True, exist_ok=True)
+        work_dir = Path(tempfile.mkdtemp(prefix=f"{self.task}-{self.entity_id}-a{self.attempt}-", dir=work_root))
         try:
             with Heartbeat(self, self.settings.heartbeat_seconds) as heartbeat:
                 self.heartbeat = heartbeat
@@ -201,7 +218,8 @@ class TaskRunner:
                 try:
                     changes = self._body(ctx, entity)
                 except WorkerFailure as e:
-                    log.info("input refused", extra={**self.fields, "reason": str(e.reason), "message": e.message})
+                    # ``message`` is a LogRecord attribute: the refusal's text goes as ``refusal``.
+                    log.info("input refused", extra={**self.fields, "reason": str(e.reason), "refusal": e.message})
                     self.finish(self.life.failed, reason=str(e.reason), message=e.message)
                     return EXIT_OK
             message = changes.pop("message", None)
@@ -210,9 +228,15 @@ class TaskRunner:
         except TaskLost as e:
             log.info("task taken away; stopping without writing", extra={**self.fields, "error": str(e)})
             return EXIT_OK
-        except (Unavailable, RateLimited) as e:
+        except TEMPORARY as e:
             log.warning("temporary failure; leaving the task to be requeued", extra={**self.fields, "error": str(e)})
             return EXIT_TEMPFAIL
+        except AssayError as e:
+            # Permanent: a backend refused a request as it is; another attempt would meet
+            # the same refusal. Its message is ours (no traceback), so the entity keeps it.
+            log.error("a backend refused the task's request", extra={**self.fields, "error": e.message, "code": e.code})
+            self.finish(self.life.failed, reason=str(FailureReason.internal_error), message=e.message)
+            return EXIT_ERROR
         except Exception as e:
             # A bug, not the input's fault: record it so the entity does not sit until its
             # lease expires, and keep the traceback in the log (never in the entity).

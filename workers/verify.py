@@ -4,8 +4,11 @@ The order of checks is the order of danger: the archive is extracted safely; eve
 name must be on an allow-list, with pickle files (``pytorch_model.bin``, ``*.pt``…) and
 Python files refused by name before anything reads them; the configs are read as plain
 JSON and refused if they ask for remote code; the architecture must be an image
-classifier ``transformers`` itself implements. Only then is the model loaded — from
-safetensors only, with ``trust_remote_code=False`` and local files only — and run on
+classifier ``transformers`` itself implements, with a bounded label set of usable names.
+Only then is the model loaded — from safetensors only, with ``trust_remote_code=False`` and
+local files only, and strictly: a checkpoint whose tensors do not match the architecture's
+parameters one for one (missing, unexpected or of another shape) is refused, since
+``transformers`` would initialise the missing ones at random on every load — and run on
 one batch of synthetic images.
 """
 
@@ -13,10 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from shared.entities import MAX_CLASSES, check_class_names
 from workers.archive import ArchiveLimits, extract_archive, strip_common_root
 from workers.failures import FailureReason, WorkerFailure
 
@@ -128,6 +133,7 @@ def check_configs(root: Path) -> tuple[str, str]:
         raise WorkerFailure(
             FailureReason.unsupported_architecture, f"model_type {model_type!r} is not an image classifier"
         )
+    _check_label_space(config)
     architectures = config.get("architectures") or [supported]
     if supported not in architectures:
         raise WorkerFailure(
@@ -137,13 +143,81 @@ def check_configs(root: Path) -> tuple[str, str]:
     return model_type, supported
 
 
-def load_model(root: Path):
-    """``(model, image_processor)`` loaded safely: safetensors only, no remote code, no hub."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+def _check_label_space(config: dict) -> None:
+    """The label set a config declares is bounded, and its names usable (read as JSON,
+    before anything sizes a classifier head by it)."""
+    id2label = config.get("id2label")
+    count = len(id2label) if isinstance(id2label, dict) else config.get("num_labels", 2)
+    if not isinstance(count, int) or not 1 <= count <= MAX_CLASSES:
+        raise WorkerFailure(FailureReason.load_error, f"config.json declares {count!r} labels; 1 to {MAX_CLASSES} are allowed")
+    try:
+        check_class_names([str(name) if isinstance(name, int) else name for name in (id2label or {}).values()])
+    except ValueError as e:
+        raise WorkerFailure(FailureReason.load_error, f"config.json id2label: {e}") from e
+
+
+def _check_loading_info(info: dict) -> None:
+    """Refuses a checkpoint that does not fill the architecture's parameters exactly."""
+    found = {
+        "missing": sorted(info.get("missing_keys") or ()),
+        "unexpected": sorted(info.get("unexpected_keys") or ()),
+        "of another shape": sorted(str(k) for k in info.get("mismatched_keys") or ()),
+    }
+    if any(found.values()):
+        parts = [f"{len(keys)} {what} ({', '.join(map(str, keys[:3]))}{', …' if len(keys) > 3 else ''})" for what, keys in found.items() if keys]
+        raise WorkerFailure(
+            FailureReason.weights_mismatch,
+            "the weights do not match the architecture: parameters " + "; ".join(parts),
+            details={what: keys[:50] for what, keys in found.items()},
+        )
+
+
+def _check_size_before_loading(root: Path) -> None:
+    """The architecture the config describes, built on the meta device (no memory), must
+    not hold more parameters than the checkpoint has values: otherwise loading would
+    allocate, and initialise at random, whatever the config asks for (a config is a few
+    bytes; the parameters it sizes need not be)."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForImageClassification
 
     try:
-        model = AutoModelForImageClassification.from_pretrained(
-            root, trust_remote_code=False, use_safetensors=True, local_files_only=True
+        config = AutoConfig.from_pretrained(root, trust_remote_code=False, local_files_only=True)
+        with torch.device("meta"):
+            skeleton = AutoModelForImageClassification.from_config(config, trust_remote_code=False)
+        expected = sum(p.numel() for p in skeleton.parameters())
+        stored = 0
+        for path in sorted(root.glob("*.safetensors")):
+            with safe_open(str(path), framework="pt") as f:  # reads the header only
+                for key in f.keys():
+                    stored += math.prod(f.get_slice(key).get_shape())
+    except Exception as e:  # noqa: BLE001 -- as in load_model: these files are the upload's
+        raise WorkerFailure(FailureReason.load_error, f"{type(e).__name__}: {e}") from e
+    if stored < expected:
+        raise WorkerFailure(
+            FailureReason.weights_mismatch,
+            f"the weights do not match the architecture: parameters missing "
+            f"(the checkpoint holds {stored:,} values, the architecture needs {expected:,})",
+        )
+
+
+def load_model(root: Path):
+    """``(model, image_processor)`` loaded safely: safetensors only, no remote code, no hub,
+    every parameter from the checkpoint (so two loads are the same model).
+
+    Raises:
+        WorkerFailure: ``weights_mismatch`` when parameters are missing, unexpected or of
+            another shape; ``load_error`` when the files cannot be loaded at all.
+    """
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    _check_size_before_loading(root)
+    try:
+        # Mismatched shapes are reported (below) rather than raised, so all three kinds
+        # of mismatch get the same reason.
+        model, info = AutoModelForImageClassification.from_pretrained(
+            root, trust_remote_code=False, use_safetensors=True, local_files_only=True,
+            output_loading_info=True, ignore_mismatched_sizes=True,
         )
         # PIL, the reference backend, whatever else is installed: the same pixels everywhere,
         # and the processors workers.pixels reproduces bit for bit.
@@ -152,6 +226,7 @@ def load_model(root: Path):
         # Every earlier check passed, so whatever transformers or safetensors raise on these
         # files (SafetensorError, size mismatches, bad processor fields…) is the upload's fault.
         raise WorkerFailure(FailureReason.load_error, f"{type(e).__name__}: {e}") from e
+    _check_loading_info(info)
     return model.eval(), processor
 
 
@@ -186,7 +261,7 @@ def verify_model_dir(root: str | Path) -> ModelReport:
 
     Raises:
         WorkerFailure: ``pickle_weights_refused``, ``remote_code_refused``,
-            ``file_not_allowed``, ``missing_weights``, ``unsupported_architecture`` or
+            ``file_not_allowed``, ``missing_weights``, ``weights_mismatch``, ``unsupported_architecture`` or
             ``load_error``.
     """
     root = Path(root)

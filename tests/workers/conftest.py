@@ -3,6 +3,7 @@ the digits as datasets in every accepted format. Nothing is fetched from the hub
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -57,3 +58,28 @@ def ingested_digits(digits_parquet, tmp_path_factory) -> tuple[Path, dict]:
         digits_parquet, out / "dataset", work_dir=out / "work", limits=IngestLimits(shard_rows=100)
     )
     return out / "dataset", manifest
+
+
+def _raise(record: logging.LogRecord) -> None:
+    raise  # noqa: PLE0704 -- called by Handler.emit inside its except block: re-raise what failed
+
+
+@pytest.fixture(autouse=True)
+def production_logging():
+    """Every worker test logs as ``python -m workers`` does in production: the root logger at
+    INFO through the workers' own handler, so a logging call that raises (a reserved key in
+    ``extra=``) or a record that cannot be formatted fails the test instead of passing
+    unseen at pytest's default WARNING."""
+    from workers.__main__ import LOG_LEVEL, log_handler
+
+    root = logging.getLogger()
+    handler = log_handler()
+    handler.handleError = _raise  # type: ignore[method-assign] -- fail loudly, as said above
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(LOG_LEVEL)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)

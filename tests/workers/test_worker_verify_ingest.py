@@ -57,7 +57,7 @@ def _edit_config(**fields):
         (_edit_config(model_type="bert", architectures=["BertForSequenceClassification"]), FailureReason.unsupported_architecture),
         (_edit_config(model_type="no-such-model"), FailureReason.unsupported_architecture),
         (_edit_config(architectures=["ViTForMaskedImageModeling"]), FailureReason.unsupported_architecture),
-        (_edit_config(hidden_size=32), FailureReason.load_error),
+        (_edit_config(hidden_size=32), FailureReason.weights_mismatch),  # every tensor of another shape
     ],
     ids=["extra-file", "no-weights", "bad-safetensors", "no-processor", "bad-json", "text-model", "unknown-type", "not-a-classifier", "wrong-shapes"],
 )
