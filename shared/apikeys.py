@@ -40,7 +40,7 @@ def format_key(key_id: str, secret: str) -> str:
 
 def parse_key(text: str) -> tuple[str, str]:
     """(key id, secret); raises Unauthenticated for anything that is not a key."""
-    match = KEY_PATTERN.match(text or "")
+    match = KEY_PATTERN.fullmatch(text or "")
     if match is None:
         raise Unauthenticated("malformed API key: expected assay_<key id>_<secret>")
     return match.group(1), match.group(2)

@@ -81,7 +81,7 @@ def check_files(root: Path) -> list[str]:
         if suffix in CODE_SUFFIXES:
             raise WorkerFailure(FailureReason.remote_code_refused, f"{name}: model code is never run")
     for name in files:
-        if "/" in name or not (name in ALLOWED_FILES or _SAFETENSORS_SHARD.match(name)):
+        if "/" in name or not (name in ALLOWED_FILES or _SAFETENSORS_SHARD.fullmatch(name)):
             raise WorkerFailure(
                 FailureReason.file_not_allowed,
                 f"{name}: not an allowed file of a save_pretrained directory",

@@ -108,7 +108,7 @@ class ResultCache:
         wanted: list[tuple[str, int]] = []
         for name, size in self.storage.list(prefix):
             rest = name[len(prefix) :]
-            if rest == SUMMARY_FILE or (rest.startswith("predictions/") and PART_NAME.match(rest[len("predictions/") :])):
+            if rest == SUMMARY_FILE or (rest.startswith("predictions/") and PART_NAME.fullmatch(rest[len("predictions/") :])):
                 wanted.append((name, size))
         if not any(name.endswith(".parquet") for name, _ in wanted):
             raise ResultSetMissing(

@@ -102,7 +102,7 @@ def translated_duckdb_errors(what: str, *, opening: bool = False) -> Iterator[No
 
 def prediction_files(directory: Path) -> list[Path]:
     """The ``part-NNNNN.parquet`` files of a local result set, in order."""
-    files = sorted(p for p in Path(directory).iterdir() if PART_NAME.match(p.name))
+    files = sorted(p for p in Path(directory).iterdir() if PART_NAME.fullmatch(p.name))
     if not files:
         raise ResultSetMissing("the result set has no prediction files")
     return [p.resolve() for p in files]
@@ -197,7 +197,7 @@ def open_result_sets(sets: dict[str, tuple[Path, list[str]]]) -> dict[str, Resul
     try:
         out = {}
         for view, (_, names) in sets.items():
-            if not VIEW_NAME.match(view):
+            if not VIEW_NAME.fullmatch(view):
                 raise ValueError(f"bad view name {view!r}")
             with translated_duckdb_errors("result set", opening=True):
                 con.read_parquet([str(f) for f in files[view]]).create_view(view)
