@@ -78,6 +78,13 @@ class DaemonSettings(BaseSettings):
     max_failed_turns: int = Field(default=10, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # -- webhook deliveries (daemon/webhooks.py) --
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_backoff_s: float = Field(default=30.0, gt=0)  # the first retry; doubled each time
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0)
+    webhook_retry_window_s: float = Field(default=24 * 3600.0, gt=0)  # after the change, then failed
+    webhook_threads: int = Field(default=4, ge=1, le=64)
+
     # -- Kubernetes --
     namespace: str = "assay"
     kubeconfig: str | None = None

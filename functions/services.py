@@ -41,7 +41,9 @@ class Services:
     def from_settings(cls, settings: Settings, *, indexes: list[Index] | None = None) -> "Services":
         return cls(
             settings=settings,
-            store=Store.from_settings(settings, indexes=indexes, deadline_s=settings.api_datastore_deadline_s),
+            store=Store.from_settings(
+                settings, indexes=indexes, deadline_s=settings.api_datastore_deadline_s, component="api"
+            ),
             storage=Storage.from_settings(settings),
             hints=Hints(settings),
             keys=KeyCache(settings.api_auth_cache_s),
@@ -96,7 +98,10 @@ class Call:
 
     @property
     def store(self) -> Store:
-        return self.services.store
+        """The store, recording status changes as made by the caller's key."""
+        if self.caller is None:
+            return self.services.store
+        return self.services.store.acting_for(self.caller.key.id)
 
     @property
     def account(self) -> str:

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = Settings()
-    store = Store.from_settings(settings)
+    store = Store.from_settings(settings, component="admin")
     try:
         account, plaintext = create_account(store, args.name)
     except ValueError as e:  # pydantic validation of the name
