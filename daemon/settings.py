@@ -17,6 +17,10 @@ JSON (``ASSAY_DAEMON_NODE_SELECTOR='{"cloud.google.com/gke-accelerator": "nvidia
 ``ASSAY_DAEMON_HEALTH_MAX_AGE_S``      ``python -m daemon --check-health`` fails past this age
 ``ASSAY_DAEMON_MAX_FAILED_TURNS``      consecutive failed turns before the process exits
 ``ASSAY_DAEMON_LOG_LEVEL``             ``DEBUG``, ``INFO`` (default), ``WARNING`` or ``ERROR``
+``ASSAY_DAEMON_WEBHOOK_TIMEOUT_S``     how long one webhook delivery may take
+``ASSAY_DAEMON_WEBHOOK_BACKOFF_S``     the first retry's delay; doubled each time, up to …_MAX_S
+``ASSAY_DAEMON_WEBHOOK_RETRY_WINDOW_S`` how long after the change a delivery is retried
+``ASSAY_DAEMON_WEBHOOK_THREADS``       deliveries made in parallel within a turn
 ``ASSAY_DAEMON_NAMESPACE``             Kubernetes namespace of the Jobs
 ``ASSAY_DAEMON_KUBECONFIG``            kubeconfig path; in-cluster config when unset
 ``ASSAY_DAEMON_WORKER_IMAGE``          the worker image the Jobs run

@@ -80,6 +80,8 @@ def serve(state: Path) -> int:
             "ASSAY_DAEMON_LOCAL_STATE_DIR": str((state / "jobs").resolve()),
             "ASSAY_DAEMON_LOCAL_MAX_PROCESSES": "2",
             "ASSAY_DAEMON_POLL_INTERVAL_S": "2",
+            # A webhook receiver on this machine (plain http to loopback) is fine locally.
+            "ASSAY_WEBHOOK_ALLOW_HTTP_LOOPBACK": "true",
             # Frequent heartbeats so progress bars move on short local evaluations.
             "ASSAY_HEARTBEAT_SECONDS": "1",
             "ASSAY_DAEMON_HEALTH_FILE": str((state / "daemon.alive").resolve()),
