@@ -129,11 +129,11 @@ def backoff_s(ctx: Context, attempts: int) -> float:
 
 def _finish(ctx: Context, delivery: WebhookDelivery, to: DeliveryStatus, *, attempt: DeliveryAttempt | None = None,
             reason: str | None = None, message: str | None = None, **changes) -> None:
-    log_ = [*delivery.attempt_log, attempt] if attempt is not None else delivery.attempt_log
+    made = [*delivery.attempt_log, attempt] if attempt is not None else delivery.attempt_log
     ctx.store.transition(
         WebhookDelivery, delivery.id, account=ANY_ACCOUNT, expected=DeliveryStatus.pending, to=to,
         reason=reason, message=message, check=lambda current: current.attempts == delivery.attempts,
-        attempts=len(log_), attempt_log=log_, **changes,
+        attempts=len(made), attempt_log=made, **changes,
     )
 
 

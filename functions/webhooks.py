@@ -11,9 +11,9 @@ import secrets
 
 from shared.api import CreateWebhook
 from shared.entities import utcnow
-from shared.errors import Conflict, Invalid, NotFound
+from shared.errors import Conflict, Invalid
 from shared.settings import Settings
-from shared.store import ANY_ACCOUNT, Page, Store, Txn
+from shared.store import Page, Store, Txn
 from shared.webhooks import Webhook, WebhookDelivery, WebhookSubscriptions, check_url, signing_secret
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,5 @@ def deliveries(store: Store, webhook_id: str, *, account: str, limit: int, page_
 
 
 def _subscriptions(txn: Txn, account: str) -> WebhookSubscriptions:
-    found = txn.find(WebhookSubscriptions, account, account=ANY_ACCOUNT)
-    if found is not None and found.account != account:
-        raise NotFound(f"account {account} not found")  # an id collision across kinds: never expected
-    return found or WebhookSubscriptions(id=account, account=account)
+    """The account's subscriptions record (keyed by the account id), or a new empty one."""
+    return txn.find(WebhookSubscriptions, account, account=account) or WebhookSubscriptions(id=account, account=account)
