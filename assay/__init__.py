@@ -7,8 +7,11 @@
     [evaluation] = client.evaluations.create(model.id, dataset.id, splits=["test"])
     evaluation.wait()
     print(evaluation.results())
+
+A webhook receiver checks each delivery with ``verify_signature(raw_body, header, secret)``.
 """
 
 from assay.client import Client
+from shared.webhooks import SIGNATURE_HEADER, verify_signature
 
-__all__ = ["Client"]
+__all__ = ["Client", "SIGNATURE_HEADER", "verify_signature"]

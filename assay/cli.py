@@ -30,7 +30,7 @@ EXIT = {
     errors.RateLimited: 7,
 }
 EXIT_FAILED = 6
-KIND_BY_PREFIX = {"mdl": "models", "dst": "datasets", "evl": "evaluations", "key": "api_keys"}
+KIND_BY_PREFIX = {"mdl": "models", "dst": "datasets", "evl": "evaluations", "key": "api_keys", "whk": "webhooks"}
 
 
 def _plain(value: Any) -> Any:
@@ -84,7 +84,10 @@ ENTITY_COLUMNS = {
     "datasets": ["id", "name", "status", "reason", "splits", "created_at"],
     "evaluations": ["id", "name", "status", "split", "model_id", "dataset_id", "progress", "reason"],
     "api_keys": ["id", "name", "status", "scopes", "expires_at"],
+    "webhooks": ["id", "name", "url", "events", "created_at"],
 }
+EVENT_COLUMNS = ["created_at", "from_status", "to_status", "reason", "attempt", "component", "key_id", "message"]
+DELIVERY_COLUMNS = ["id", "event_type", "entity_id", "status", "attempts", "next_attempt_at", "message"]
 
 
 def cmd_login(args, out: Output) -> int:
@@ -131,7 +134,7 @@ def cmd_ls(args, out: Output) -> int:
 def _resource_for(client: Client, entity_id: str):
     kind = KIND_BY_PREFIX.get(entity_id.split("_", 1)[0])
     if kind is None:
-        raise errors.InvalidRequest(f"{entity_id!r} is not an Assay id (mdl_…, dst_…, evl_…, key_…)")
+        raise errors.InvalidRequest(f"{entity_id!r} is not an Assay id (mdl_…, dst_…, evl_…, key_…, whk_…)")
     return getattr(client, kind)
 
 
@@ -144,6 +147,41 @@ def cmd_show(args, out: Output) -> int:
 def cmd_rm(args, out: Output) -> int:
     client = Client(progress=False)
     out.emit(_resource_for(client, args.id).delete(args.id))
+    return 0
+
+
+def cmd_cancel(args, out: Output) -> int:
+    client = Client(progress=False)
+    rows = [_plain(client.evaluations.cancel(evaluation_id)) for evaluation_id in args.ids]
+    out.emit(rows, columns=["id", "status", "reason", "message"], rows=rows)
+    return 0
+
+
+def cmd_events(args, out: Output) -> int:
+    client = Client(progress=False)
+    rows = [_plain(e) for e in client.events(args.id)]
+    out.emit(rows, columns=EVENT_COLUMNS, rows=rows)
+    return 0
+
+
+def cmd_webhooks(args, out: Output) -> int:
+    client = Client(progress=False)
+    if args.action == "create":
+        created = client.webhooks.create(args.url, args.event, name=args.name)
+        out.emit({**_plain(created.webhook), "secret": created.secret})
+        if not out.as_json:
+            print("\nthe secret is shown this once: keep it to verify deliveries (Assay-Signature)", file=sys.stderr)
+    elif args.action == "ls":
+        out.emit(list(client.webhooks.list()), columns=ENTITY_COLUMNS["webhooks"])
+    elif args.action == "rm":
+        out.emit(client.webhooks.delete(args.id))
+    else:
+        rows = []
+        for delivery in client.webhooks.deliveries(args.id):
+            rows.append(_plain(delivery))
+            if len(rows) >= args.limit:
+                break
+        out.emit(rows, columns=DELIVERY_COLUMNS, rows=rows)
     return 0
 
 
@@ -233,6 +271,28 @@ def parser() -> argparse.ArgumentParser:
     lb.add_argument("--split")
     lb.add_argument("--metric")
     lb.set_defaults(fn=cmd_leaderboard)
+
+    cancel = sub.add_parser("cancel", help="cancel evaluations (their jobs stop; finished shards are kept)")
+    cancel.add_argument("ids", nargs="+", metavar="ID")
+    cancel.set_defaults(fn=cmd_cancel)
+
+    events = sub.add_parser("events", help="a model's, dataset's or evaluation's status changes, oldest first")
+    events.add_argument("id")
+    events.set_defaults(fn=cmd_events)
+
+    hooks = sub.add_parser("webhooks", help="signed deliveries of status changes")
+    hsub = hooks.add_subparsers(dest="action", required=True)
+    create = hsub.add_parser("create", help="register a URL (prints its signing secret, once)")
+    create.add_argument("url")
+    create.add_argument("--event", action="append", required=True, help="e.g. evaluation.complete (repeatable)")
+    create.add_argument("--name")
+    hsub.add_parser("ls", help="list webhooks")
+    for action, text in (("rm", "delete a webhook"), ("deliveries", "a webhook's deliveries, newest first")):
+        h = hsub.add_parser(action, help=text)
+        h.add_argument("id")
+        if action == "deliveries":
+            h.add_argument("--limit", type=int, default=50)
+    hooks.set_defaults(fn=cmd_webhooks)
 
     rm = sub.add_parser("rm", help="delete an entity (stops its jobs, removes its data)")
     rm.add_argument("id")

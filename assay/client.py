@@ -1,7 +1,7 @@
 """The Assay Python SDK.
 
 ``Client`` holds one HTTP session; its resources (``models``, ``datasets``,
-``evaluations``, ``api_keys``) return the same pydantic views the server answers with
+``evaluations``, ``api_keys``, ``webhooks``) return the same pydantic views the server answers with
 (``shared.api``). Lists are iterators that page by themselves; long operations (uploads,
 waits) show progress bars unless ``progress=False``.
 """
@@ -42,9 +42,17 @@ class Client:
         self.datasets = Datasets(self)
         self.evaluations = Evaluations(self)
         self.api_keys = ApiKeys(self)
+        self.webhooks = Webhooks(self)
 
     def whoami(self) -> api.Whoami:
         return api.Whoami.model_validate(self.http.request("GET", "/v1/whoami"))
+
+    def events(self, entity_id: str, *, page_size: int = 100) -> Iterator[api.EventView]:
+        """The status changes of a model, dataset or evaluation (by its id), oldest first."""
+        resource = {"mdl": self.models, "dst": self.datasets, "evl": self.evaluations}.get(entity_id.split("_", 1)[0])
+        if resource is None:
+            raise ValueError(f"{entity_id!r} is not a model, dataset or evaluation id")
+        return resource.events(entity_id, page_size=page_size)
 
 
 def _paginate(http: Http, path: str, params: dict[str, Any], view: type, page_size: int) -> Iterator[Any]:
@@ -81,6 +89,10 @@ class _Resource:
     def delete(self, entity_id: str):
         """Ask for deletion (the daemon stops jobs and removes stored data)."""
         return self.view.model_validate(self.http.request("DELETE", f"{self.path}/{entity_id}"))
+
+    def events(self, entity_id: str, *, page_size: int = 100) -> Iterator[api.EventView]:
+        """Its status changes, oldest first: from, to, reason, message, attempt, who, when."""
+        return _paginate(self.http, f"{self.path}/{entity_id}/events", {}, api.EventView, page_size)
 
     def _terminal(self, entity) -> bool:
         raise NotImplementedError
@@ -228,6 +240,12 @@ class Evaluations(_Resource):
         reply = api.EvaluationsOrdered.model_validate(self.http.request("POST", self.path, json=body))
         return [EvaluationHandle(self.client, o.evaluation, o.outcome) for o in reply.evaluations]
 
+    def cancel(self, evaluation_id: str):
+        """Cancel a waiting, pending, admitted or running evaluation (the daemon stops its
+        job; its finished shards are kept, so ordering it again resumes). Idempotent;
+        Conflict when it has already finished."""
+        return self.view.model_validate(self.http.request("POST", f"{self.path}/{evaluation_id}/cancel"))
+
     def handle(self, evaluation_id: str) -> "EvaluationHandle":
         return EvaluationHandle(self.client, self.get(evaluation_id), None)
 
@@ -318,6 +336,13 @@ class EvaluationHandle:
     def summary(self) -> dict:
         return self.client.evaluations.summary(self.id)
 
+    def cancel(self):
+        self.evaluation = self.client.evaluations.cancel(self.id)
+        return self.evaluation
+
+    def events(self) -> list:
+        return list(self.client.evaluations.events(self.id))
+
     def results(self, *, as_arrow: bool = False):
         """Per-instance predictions: a pandas DataFrame, or an Arrow table with ``as_arrow``."""
         table = self.client.evaluations.results_table(self.id)
@@ -336,3 +361,35 @@ class ApiKeys(_Resource):
 
     def _terminal(self, entity) -> bool:
         return True
+
+
+class Webhooks:
+    """Signed deliveries of status changes; verify them with ``assay.verify_signature``."""
+
+    path = "/v1/webhooks"
+
+    def __init__(self, client: Client):
+        self.http = client.http
+
+    def create(self, url: str, events: list[str], *, name: str | None = None, description: str | None = None) -> api.WebhookCreated:
+        """Register ``url`` for ``events`` (e.g. ``["evaluation.complete", "evaluation.failed"]``).
+        The reply's ``secret`` is shown this once: keep it to verify deliveries."""
+        body: dict[str, Any] = {"url": url, "events": events}
+        if name is not None:
+            body["name"] = name
+        if description is not None:
+            body["description"] = description
+        return api.WebhookCreated.model_validate(self.http.request("POST", self.path, json=body))
+
+    def list(self, *, page_size: int = 100) -> Iterator[api.WebhookView]:
+        return _paginate(self.http, self.path, {}, api.WebhookView, page_size)
+
+    def get(self, webhook_id: str) -> api.WebhookView:
+        return api.WebhookView.model_validate(self.http.request("GET", f"{self.path}/{webhook_id}"))
+
+    def delete(self, webhook_id: str) -> api.WebhookView:
+        return api.WebhookView.model_validate(self.http.request("DELETE", f"{self.path}/{webhook_id}"))
+
+    def deliveries(self, webhook_id: str, *, page_size: int = 100) -> Iterator[api.DeliveryView]:
+        """Its deliveries, newest first, each with every attempt (status code, error, time)."""
+        return _paginate(self.http, f"{self.path}/{webhook_id}/deliveries", {}, api.DeliveryView, page_size)

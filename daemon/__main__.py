@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if daemon_settings.job_ttl_s < settings.lease_seconds:
         log.warning("job_ttl_s is shorter than the lease: a finished job may vanish before it is seen")
 
-    store = Store.from_settings(settings)
+    store = Store.from_settings(settings, component="daemon")
     storage = Storage.from_settings(settings)
     backend = build_backend(settings, daemon_settings, base_env=dict(os.environ))
     daemon = Daemon(Context(settings, daemon_settings, store, storage, backend), hints=Hints(settings))

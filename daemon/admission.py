@@ -126,6 +126,7 @@ class AdmissionLease(Entity):
     transitions: ClassVar[dict] = {LeaseStatus.held: frozenset()}
     terminal: ClassVar[frozenset] = frozenset()
     indexed: ClassVar[frozenset[str]] = frozenset()
+    history: ClassVar[bool] = False
 
     ID: ClassVar[str] = "admission"
 

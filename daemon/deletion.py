@@ -1,7 +1,7 @@
 """Carry out deletions: stop the job, remove the stored objects, delete the dependents,
 then the entity.
 
-Every step is idempotent, so a daemon that dies half-way simply does the rest on a later
+Events of the entity are deleted with it. Every step is idempotent, so a daemon that dies half-way simply does the rest on a later
 turn: the entity stays ``deleting`` until its last step. The record itself is then removed
 (not kept as a ``gone`` tombstone): afterwards the API answers 404, as for an id that never
 existed, and lists need no filter for tombstones.
@@ -12,15 +12,17 @@ is removed only once none is left.
 
 from __future__ import annotations
 
-from daemon.backend import JobState
+from daemon.cancels import job_stopped
 from daemon.context import ARTIFACT_KINDS, Context, fields, for_each, log
 from shared.entities import Artifact, Entity, Evaluation, EvaluationStatus
+from shared.events import Event
 from shared.storage import prefixes_of
 from shared.store import ANY_ACCOUNT, Txn
 
 DEPENDENT_FIELD = {"Model": "model_id", "Dataset": "dataset_id"}
 # Every status but these may move to deleting.
 NOT_DELETABLE = (EvaluationStatus.deleting, EvaluationStatus.gone)
+EVENT_BATCH = 400  # deletions per transaction (Datastore allows 500 mutations)
 
 
 def carry_out_deletions(ctx: Context) -> None:
@@ -34,7 +36,7 @@ def carry_out_deletions(ctx: Context) -> None:
 
 
 def delete_evaluation(ctx: Context, evaluation: Evaluation) -> None:
-    if not _job_stopped(ctx, evaluation):
+    if not job_stopped(ctx, evaluation):
         return
     removed = sum(ctx.storage.delete_prefix(p) for p in prefixes_of(Evaluation.kind, evaluation.id))
     if _remove_record(ctx, evaluation):
@@ -43,7 +45,7 @@ def delete_evaluation(ctx: Context, evaluation: Evaluation) -> None:
 
 
 def delete_artifact(ctx: Context, artifact: Artifact) -> None:
-    if not _job_stopped(ctx, artifact):
+    if not job_stopped(ctx, artifact):
         return
     dependents = _dependents(ctx, artifact)
     for evaluation in dependents:
@@ -68,28 +70,25 @@ def delete_artifact(ctx: Context, artifact: Artifact) -> None:
         log.info("deleted", extra={**fields(artifact), "objects": removed})
 
 
-def _job_stopped(ctx: Context, entity: Artifact | Evaluation) -> bool:
-    """Cancel the entity's job; True once it can no longer write (objects may then go).
-
-    A cancelled Kubernetes Job lingers until its Pods have stopped (foreground deletion),
-    so objects are removed on a later turn rather than under a still-writing worker.
-    """
-    if not entity.job_name:
-        return True
-    ctx.backend.cancel(entity.job_name)
-    if ctx.backend.status(entity.job_name).state in (JobState.pending, JobState.running):
-        log.info("waiting for the cancelled job to stop", extra={**fields(entity), "job": entity.job_name})
-        return False
-    return True
-
-
 def _dependents(ctx: Context, artifact: Artifact) -> list[Evaluation]:
     field = DEPENDENT_FIELD[artifact.kind]
     return list(ctx.store.iterate(Evaluation, account=ANY_ACCOUNT, filters={field: artifact.id}, order=None))
 
 
 def _remove_record(ctx: Context, entity: Entity) -> bool:
-    """Delete the record if it is still ``deleting``; False if it is gone already."""
+    """Delete the record, and its events, if it is still ``deleting``; False if it is gone
+    already. Events go first, a batch per transaction: a daemon that dies half-way finds
+    the record still ``deleting`` and removes the rest on a later turn."""
+    while True:
+        batch = ctx.store.list(Event, account=ANY_ACCOUNT, filters={"entity_id": entity.id}, order=None, limit=EVENT_BATCH)
+        if not batch.items:
+            break
+
+        def drop(txn: Txn, events: list[Event] = batch.items) -> None:
+            for event in events:
+                txn.delete(Event, event.id)
+
+        ctx.store.run_in_transaction(drop)
 
     def remove(txn: Txn) -> bool:
         current = txn.find(type(entity), entity.id, account=ANY_ACCOUNT)

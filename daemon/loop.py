@@ -2,12 +2,14 @@
 
 A turn, in order (each phase reads Datastore afresh; every write is a compare-and-set):
 
-1. deletions: cancel jobs, remove objects and dependents, then the entities;
+1. deletions: cancel jobs, remove objects and dependents, then the entities (and their
+   events); the jobs of cancelled evaluations are stopped;
 2. waiting evaluations: released to ``pending`` once both inputs are ready, or failed;
 3. claimed tasks: follow their jobs; retry or fail the dead ones;
 4. uploaded models and datasets: claim and submit verification/ingestion;
 5. pending evaluations (the replica holding the admission lease only): fair admission
-   within the caps, and a reason and queue position for each one left waiting.
+   within the caps, and a reason and queue position for each one left waiting;
+6. webhook deliveries owed (``daemon/webhooks.py``).
 
 ``run`` has one exit per stop condition, each logged: a stop request (SIGTERM), the
 iteration limit (tests), or too many failed turns in a row (the process exits non-zero
@@ -25,11 +27,13 @@ from enum import StrEnum
 from pathlib import Path
 
 from daemon.admission import AdmissionPlan, acquire_admission, describe, plan_admission, release_admission
+from daemon.cancels import stop_cancelled
 from daemon.claims import claim_evaluations, dispatch_uploaded
 from daemon.context import Context, for_each
 from daemon.deletion import carry_out_deletions
 from daemon.follow import follow_active
 from daemon.inputs import gate_waiting
+from daemon.webhooks import deliver_webhooks
 from shared.entities import Evaluation, EvaluationStatus
 from shared.errors import Unavailable
 from shared.pubsub import Hints
@@ -72,10 +76,12 @@ class Daemon:
         failed: list[str] = []
         phases: list[tuple[str, Callable[[Context], None]]] = [
             ("deletions", carry_out_deletions),
+            ("cancels", stop_cancelled),
             ("waiting", gate_waiting),
             ("follow", follow_active),
             ("uploaded", dispatch_uploaded),
             ("admission", self._admit),
+            ("webhooks", deliver_webhooks),
         ]
         for name, phase in phases:
             try:
@@ -92,9 +98,11 @@ class Daemon:
         self._holds_admission = acquire_admission(ctx.store, holder=ctx.replica, ttl_s=ctx.daemon.admission_lease_s)
         if not self._holds_admission:
             return
-        pending = list(
-            ctx.store.iterate(Evaluation, account=ANY_ACCOUNT, filters={"status": EvaluationStatus.pending}, order="created_at")
-        )
+        pending = [  # one whose cancelled job is still stopping waits for it (daemon/cancels.py)
+            e
+            for e in ctx.store.iterate(Evaluation, account=ANY_ACCOUNT, filters={"status": EvaluationStatus.pending}, order="created_at")
+            if not e.stopping
+        ]
         if not pending:
             return
         active: dict[str, int] = {}

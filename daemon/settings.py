@@ -17,6 +17,10 @@ JSON (``ASSAY_DAEMON_NODE_SELECTOR='{"cloud.google.com/gke-accelerator": "nvidia
 ``ASSAY_DAEMON_HEALTH_MAX_AGE_S``      ``python -m daemon --check-health`` fails past this age
 ``ASSAY_DAEMON_MAX_FAILED_TURNS``      consecutive failed turns before the process exits
 ``ASSAY_DAEMON_LOG_LEVEL``             ``DEBUG``, ``INFO`` (default), ``WARNING`` or ``ERROR``
+``ASSAY_DAEMON_WEBHOOK_TIMEOUT_S``     how long one webhook delivery may take
+``ASSAY_DAEMON_WEBHOOK_BACKOFF_S``     the first retry's delay; doubled each time, up to …_MAX_S
+``ASSAY_DAEMON_WEBHOOK_RETRY_WINDOW_S`` how long after the change a delivery is retried
+``ASSAY_DAEMON_WEBHOOK_THREADS``       deliveries made in parallel within a turn
 ``ASSAY_DAEMON_NAMESPACE``             Kubernetes namespace of the Jobs
 ``ASSAY_DAEMON_KUBECONFIG``            kubeconfig path; in-cluster config when unset
 ``ASSAY_DAEMON_WORKER_IMAGE``          the worker image the Jobs run
@@ -77,6 +81,13 @@ class DaemonSettings(BaseSettings):
     health_max_age_s: float = Field(default=120.0, gt=0)
     max_failed_turns: int = Field(default=10, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # -- webhook deliveries (daemon/webhooks.py) --
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_backoff_s: float = Field(default=30.0, gt=0)  # the first retry; doubled each time
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0)
+    webhook_retry_window_s: float = Field(default=24 * 3600.0, gt=0)  # after the change, then failed
+    webhook_threads: int = Field(default=4, ge=1, le=64)
 
     # -- Kubernetes --
     namespace: str = "assay"

@@ -141,7 +141,8 @@ def order(store: Store, request: CreateEvaluations, *, account: str) -> tuple[li
                         "status": start, "reason": reason, "message": "restarted on request",
                         "updated_at": now, "status_changed_at": now,
                         "retry_base": existing.attempts, "lease_owner": None, "lease_expires_at": None, "heartbeat_at": None,
-                        "job_name": None, "progress": None, "progress_message": None, "started_at": None,
+                        # A cancelled job the daemon has yet to stop keeps its name until it has.
+                        "job_name": existing.job_name if existing.stopping else None, "progress": None, "progress_message": None, "started_at": None,
                         "finished_at": None, "summary": None, "queue_position": None,
                     }
                 )
@@ -183,6 +184,33 @@ def order(store: Store, request: CreateEvaluations, *, account: str) -> tuple[li
 
 
 DELETABLE = [s for s in EvaluationStatus if E.deleting in Evaluation.transitions[s]]
+CANCELLABLE = [s for s in EvaluationStatus if E.cancelled in Evaluation.transitions[s]]
+
+
+def cancel(store: Store, evaluation_id_: str, *, account: str) -> tuple[Evaluation, list[Hint]]:
+    """Move a waiting, pending, admitted or running evaluation to ``cancelled``; the daemon
+    then stops its job (``stopping`` until it has). Its prediction shards are kept, so
+    ordering it again resumes from them. Idempotent: an already cancelled one is returned
+    as it is. Raises NotFound, or Conflict when it has finished or is being deleted.
+    """
+    try:
+        evaluation = store.transition(
+            Evaluation, evaluation_id_, account=account, expected=CANCELLABLE, to=E.cancelled,
+            reason="cancel_requested", message="cancelled by the owner",
+            stopping=True, lease_owner=None, lease_expires_at=None, finished_at=utcnow(), queue_position=None,
+        )
+    except TransitionConflict as e:
+        if e.current is None:
+            raise NotFound(f"Evaluation {evaluation_id_} not found", details={"kind": "Evaluation", "id": evaluation_id_}) from None
+        if e.current == E.cancelled:
+            return store.get(Evaluation, evaluation_id_, account=account), []
+        raise Conflict(
+            f"evaluation {evaluation_id_} is {e.current}: only a waiting, pending, admitted or running one can be cancelled",
+            code="not_cancellable",
+            details={"id": evaluation_id_, "status": e.current, "cancellable": [str(s) for s in CANCELLABLE]},
+        ) from None
+    log.info("evaluation cancelled", extra={"account": account, "task_id": evaluation.id})
+    return evaluation, [Hint(kind=Evaluation.kind, id=evaluation.id, account=account)]
 
 
 def request_deletion(store: Store, evaluation_id_: str, *, account: str) -> tuple[Evaluation, list[Hint]]:

@@ -43,7 +43,7 @@ class Services:
             settings=settings,
             store=Store.from_settings(
                 settings, indexes=indexes, deadline_s=settings.api_datastore_deadline_s,
-                refused_s=settings.api_datastore_refused_s,
+                refused_s=settings.api_datastore_refused_s, component="api",
             ),
             storage=Storage.from_settings(settings),
             hints=Hints(settings),
@@ -99,7 +99,10 @@ class Call:
 
     @property
     def store(self) -> Store:
-        return self.services.store
+        """The store, recording status changes as made by the caller's key."""
+        if self.caller is None:
+            return self.services.store
+        return self.services.store.acting_for(self.caller.key.id)
 
     @property
     def account(self) -> str:

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = Settings()
-    store = Store.from_settings(settings)
+    store = Store.from_settings(settings, component="admin")
     try:
         if args.command == "create-account":
             account, plaintext = create_account(store, args.name)

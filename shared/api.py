@@ -39,6 +39,8 @@ from shared.entities import (
     Name,
     Scope,
 )
+from shared.events import Event
+from shared.webhooks import EVENT_TYPES, Webhook, WebhookDelivery
 
 ApiName = Annotated[Name, Field(json_schema_extra={"pattern": NAME_PATTERN, "maxLength": 63})]
 ApiLabels = Annotated[
@@ -201,6 +203,26 @@ class ApiKeyListQuery(ListQuery):
     status: ApiKeyStatus | None = None
 
 
+class PageQuery(ApiRequest):
+    """Query parameters of a list that only pages (events, webhooks, deliveries)."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    limit: int = Field(default=50, ge=1, le=200)
+    page_token: str | None = Field(default=None, max_length=4096)
+
+
+WebhookEventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
+
+
+class CreateWebhook(ApiRequest):
+    url: str = Field(max_length=2048, description="https only; plain http to loopback only on a local stack.")
+    events: list[WebhookEventType] = Field(min_length=1, max_length=len(EVENT_TYPES))  # type: ignore[valid-type]
+    name: ApiName = "webhook"
+    description: str | None = Field(default=None, max_length=500)
+    labels: ApiLabels = Field(default_factory=dict)
+
+
 # --- responses ----------------------------------------------------------------------------
 
 
@@ -220,6 +242,12 @@ ModelView = _view_of(Model, "ModelView", private=_TASK_PRIVATE | {"upload_object
 DatasetView = _view_of(Dataset, "DatasetView", private=_TASK_PRIVATE | {"upload_object"})
 EvaluationView = _view_of(Evaluation, "EvaluationView", private=_TASK_PRIVATE | {"result_prefix"})
 ApiKeyView = _view_of(ApiKey, "ApiKeyView", private=frozenset({"secret_hash"}))
+# An event is a record, not a thing with a lifecycle of its own: its bookkeeping fields go.
+_RECORD_PRIVATE = frozenset({"name", "labels", "status", "updated_at", "status_changed_at"})
+EventView = _view_of(Event, "EventView", private=_RECORD_PRIVATE)
+WebhookView = _view_of(Webhook, "WebhookView", private=frozenset({"secret_salt"}))
+DeliveryView = _view_of(WebhookDelivery, "DeliveryView", private=frozenset({"name", "labels"}))
+VIEW_OF_KIND: dict[str, type[View]] = {"Model": ModelView, "Dataset": DatasetView, "Evaluation": EvaluationView}
 
 
 class UploadTicket(View):
@@ -261,6 +289,11 @@ class ApiKeyCreated(View):
     secret: str = Field(description="The full key, 'assay_<key id>_<secret>'. Shown once; store it now.")
 
 
+class WebhookCreated(View):
+    webhook: WebhookView  # type: ignore[valid-type]
+    secret: str = Field(description="Signs every delivery (Assay-Signature). Shown once; store it now.")
+
+
 class Whoami(View):
     account: str
     account_name: str
@@ -293,6 +326,18 @@ class EvaluationPage(Page[EvaluationView]):  # type: ignore[valid-type]
 
 
 class ApiKeyPage(Page[ApiKeyView]):  # type: ignore[valid-type]
+    pass
+
+
+class EventPage(Page[EventView]):  # type: ignore[valid-type]
+    pass
+
+
+class WebhookPage(Page[WebhookView]):  # type: ignore[valid-type]
+    pass
+
+
+class DeliveryPage(Page[DeliveryView]):  # type: ignore[valid-type]
     pass
 
 

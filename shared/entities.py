@@ -217,6 +217,9 @@ class Entity(BaseModel):
     terminal: ClassVar[frozenset[Any]]
     # Properties that queries filter or order on. Everything else is left out of indexes.
     indexed: ClassVar[frozenset[str]] = frozenset({"account", "name", "status", "created_at", "label_pairs"})
+    # Whether each status change is kept as an Event (shared/events.py); records that are
+    # themselves bookkeeping (events, deliveries, leases) say False.
+    history: ClassVar[bool] = True
 
     id: str
     account: str
@@ -373,7 +376,7 @@ class Evaluation(Entity, TaskState):
     status_enum: ClassVar[type[StrEnum]] = EvaluationStatus
     transitions: ClassVar[dict] = EVALUATION_TRANSITIONS
     terminal: ClassVar[frozenset] = EVALUATION_TERMINAL
-    indexed: ClassVar[frozenset[str]] = Entity.indexed | {"model_id", "dataset_id", "split", "fingerprint"}
+    indexed: ClassVar[frozenset[str]] = Entity.indexed | {"model_id", "dataset_id", "split", "fingerprint", "stopping"}
 
     status: EvaluationStatus = EvaluationStatus.waiting
     model_id: str
@@ -385,6 +388,8 @@ class Evaluation(Entity, TaskState):
     timings: dict[str, float] = Field(default_factory=dict)
     summary: dict[str, Any] | None = None
     result_prefix: str | None = None
+    # Cancelled while its job may still run: the daemon stops the job, then clears this.
+    stopping: bool = False
 
 
 def evaluation_fingerprint(*, model_id: str, dataset_id: str, split: str, config: InferenceConfig) -> str:

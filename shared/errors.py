@@ -80,6 +80,14 @@ class TransitionConflict(Conflict):
         self.current = current
 
 
+class InvalidSignature(AssayError):
+    """A webhook delivery whose ``Assay-Signature`` does not verify (raised by the SDK's
+    ``verify_signature`` in a receiver; the server never raises it)."""
+
+    http_status = 400
+    code = "invalid_signature"
+
+
 class TooLarge(AssayError):
     http_status = 413
     code = "too_large"

@@ -167,6 +167,8 @@ def serve(state: Path) -> int:
             # catches what nothing announces (a worker done, a lease expired). Each idle turn
             # is ~14 Datastore calls: every 2 s that kept the emulator at ~6% of a core.
             "ASSAY_DAEMON_POLL_INTERVAL_S": os.environ.get("ASSAY_DAEMON_POLL_INTERVAL_S", "10"),
+            # A webhook receiver on this machine (plain http to loopback) is fine locally.
+            "ASSAY_WEBHOOK_ALLOW_HTTP_LOOPBACK": "true",
             # Frequent heartbeats so progress bars move on short local evaluations.
             "ASSAY_HEARTBEAT_SECONDS": "1",
             "ASSAY_DAEMON_HEALTH_FILE": str((state / "daemon.alive").resolve()),

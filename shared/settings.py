@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -74,6 +74,20 @@ class Settings(BaseSettings):
     api_auth_cache_s: float = Field(default=10.0, ge=0)
     # The API's and the storage event handler's log level (JSON lines on stderr).
     api_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Webhooks: the key each webhook's signing secret is derived from (keep it in Secret
+    # Manager; changing it changes every secret), and whether plain http to a loopback
+    # host is accepted (a local stack only).
+    webhook_signing_key: SecretStr | None = None
+    webhook_allow_http_loopback: bool = False
+
+    def webhook_key(self) -> bytes:
+        """The webhook signing key; against the emulators a fixed local one when unset."""
+        if self.webhook_signing_key is not None:
+            return self.webhook_signing_key.get_secret_value().encode()
+        if self.emulated:
+            return b"assay-local-webhook-signing-key"
+        raise RuntimeError("ASSAY_WEBHOOK_SIGNING_KEY is not set")
 
     @property
     def emulated(self) -> bool:

@@ -4,7 +4,11 @@ Every read and write names an account: an entity of another account is indisting
 from a missing one (``NotFound``). System processes (the daemon, the workers, storage
 events) pass ``ANY_ACCOUNT`` explicitly.
 
-Status changes are compare-and-sets inside a transaction (``transition``). Datastore
+Status changes are compare-and-sets inside a transaction (``transition``). Every write of
+an entity whose status differs from the one read in the same transaction (or a new one)
+also writes its Event and the webhook deliveries it owes, in that transaction
+(``shared.outbox``): no caller can forget, and the history never disagrees with the
+entity. The store's ``actor`` (component, and key id via ``acting_for``) signs them. Datastore
 leaves retrying ``Aborted`` (contention) to its caller, so ``run_in_transaction`` does,
 with a bounded, jittered backoff; a lost race surfaces as ``TransitionConflict``.
 
@@ -15,6 +19,7 @@ and encodes entities with ``shared.encoding``; nothing else in Assay does either
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import random
 import time
@@ -27,11 +32,14 @@ from google.api_core import exceptions as gexc
 from shared.api import decode_page_token, encode_page_token
 from shared.datastore_rpc import budget as datastore_budget
 from shared.datastore_rpc import CompositeFilter, DatastoreRpc, Mutation, PropertyFilter, PropertyOrder, Query, QueryResultBatch
-from shared.encoding import decode, encode, label_pairs, set_value
+from shared.encoding import decode, encode, get_value, label_pairs, set_value
 from shared.entities import Entity, utcnow
+from shared.events import Actor
+from shared.outbox import accounts_to_route, records_of
 from shared.errors import Conflict, InvalidRequest, NotFound, TransitionConflict, Unavailable, translated_google_errors
 from shared.indexes import Index, QueryShape, covers
 from shared.settings import Settings
+from shared.webhooks import WebhookSubscriptions
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +91,10 @@ class Txn:
         self._store = store
         self.id = transaction
         self.mutations: list[Any] = []
+        # The status each entity had when this transaction read it (None: missing), and
+        # the status changes written since: (status before, entity after).
+        self._read_status: dict[tuple[str, str], str | None] = {}
+        self.changes: list[tuple[str | None, Entity]] = []
 
     def get(self, cls: type[E], entity_id: str, *, account: str) -> E:
         return _found(cls, entity_id, self.find(cls, entity_id, account=account))
@@ -96,10 +108,31 @@ class Txn:
         is missing or another account's."""
         rpc = self._store.rpc
         found = rpc.lookup([rpc.key(cls.kind, entity_id) for cls, entity_id in wanted], transaction=self.id)
+        for cls, entity_id in wanted:
+            raw = found.get((cls.kind, entity_id))
+            status = raw.properties.get("status") if raw is not None else None
+            self._read_status[(cls.kind, entity_id)] = None if status is None else get_value(status)
         return [_owned(cls, found.get((cls.kind, entity_id)), account) for cls, entity_id in wanted]
 
     def put(self, entity: Entity) -> None:
+        """Write ``entity`` at commit; a new status (or a new entity) is recorded as a change."""
         self.mutations.append(_upsert(self._store.rpc, entity))
+        if entity.history:
+            key = (entity.kind, entity.id)
+            before = self._read_status.get(key)
+            if before != str(entity.status):
+                self.changes.append((before, entity))
+                self._read_status[key] = str(entity.status)
+
+    def _record_changes(self) -> None:
+        """Write the changes' events and webhook deliveries (called once, before commit)."""
+        if not self.changes:
+            return
+        accounts = accounts_to_route(self.changes)
+        found = self.find_many([(WebhookSubscriptions, a) for a in accounts], account=ANY_ACCOUNT) if accounts else []
+        subscriptions = {s.id: s for s in found if s is not None}
+        for record in records_of(self.changes, self._store.actor, subscriptions):
+            self.put(record)
 
     def delete(self, cls: type[Entity], entity_id: str) -> None:
         self.mutations.append(Mutation(delete=self._store.rpc.key(cls.kind, entity_id)))
@@ -118,11 +151,14 @@ class Store:
         *,
         transaction_attempts: int = 8,
         indexes: list[Index] | None = None,
+        actor: Actor = Actor("system"),
     ):
         self.rpc = rpc
         self.transaction_attempts = transaction_attempts
         # When given (tests always give it), queries no index serves raise MissingIndex.
         self.indexes = indexes
+        # Who the status changes made through this store are recorded as made by.
+        self.actor = actor
 
     @classmethod
     def from_settings(
@@ -132,12 +168,20 @@ class Store:
         indexes: list[Index] | None = None,
         deadline_s: float | None = None,
         refused_s: float | None = None,
+        component: str = "system",
     ) -> "Store":
         """``deadline_s`` bounds how long one Datastore call retries an unavailable backend
         (60 s when not given), ``refused_s`` how long once the connection is refused (1 s); a
-        request handler wants a 503 well before, and bounds its calls together (``budget``)."""
+        request handler wants a 503 well before, and bounds its calls together (``budget``).
+        ``component`` (api, daemon, worker) is recorded on every event this store writes."""
         rpc = DatastoreRpc.from_settings(settings, deadline_s=deadline_s, refused_s=refused_s)
-        return cls(rpc, transaction_attempts=settings.transaction_attempts, indexes=indexes)
+        return cls(rpc, transaction_attempts=settings.transaction_attempts, indexes=indexes, actor=Actor(component))
+
+    def acting_for(self, key_id: str) -> "Store":
+        """This store (same connection), recording its changes as made with API key ``key_id``."""
+        scoped = copy.copy(self)
+        scoped.actor = Actor(self.actor.component, key_id)
+        return scoped
 
     @staticmethod
     def budget(seconds: float) -> contextlib.AbstractContextManager[None]:
@@ -154,6 +198,7 @@ class Store:
             txn = Txn(self, self.rpc.begin())
             try:
                 yield txn
+                txn._record_changes()
             except BaseException:
                 self._roll_back(txn)
                 raise
@@ -208,7 +253,8 @@ class Store:
         return self.run_in_transaction(insert)
 
     def put(self, entity: Entity) -> None:
-        """Blind write, for fixtures and bootstrap; state changes go through ``transition``."""
+        """Blind write, for fixtures and bootstrap (no event); state changes go through
+        ``transition``."""
         with translated_google_errors("datastore"):
             self.rpc.commit([_upsert(self.rpc, entity)])
 

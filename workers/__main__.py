@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runner = TaskRunner(
         settings=settings,
-        store=Store.from_settings(settings),
+        store=Store.from_settings(settings, component="worker"),
         storage=Storage.from_settings(settings),
         task=TaskName(args.task),
         entity_id=args.entity_id,

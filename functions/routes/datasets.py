@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from functions import artifacts
-from functions.routes.views import labels_filter, view
+from functions.routes.views import history, labels_filter, view
 from functions.routing import Router
 from functions.services import Call
-from shared.api import CreateDataset, DatasetCreated, DatasetListQuery, DatasetPage, DatasetView, UploadTicket
+from shared.api import EventPage, PageQuery, CreateDataset, DatasetCreated, DatasetListQuery, DatasetPage, DatasetView, UploadTicket
 from shared.entities import Dataset, Scope
 
 router = Router("datasets", "Datasets: uploaded once through a signed URL, then ingested into the canonical format.")
@@ -40,6 +40,12 @@ def list_datasets(call: Call, *, query: DatasetListQuery) -> DatasetPage:
         labels=labels_filter(query.labels), limit=query.limit, page_token=query.page_token,
     )
     return DatasetPage(items=[view(DatasetView, d) for d in page.items], next_page_token=page.next_page_token)
+
+
+@router.get("/v1/datasets/{dataset_id}/events", scope=Scope.read, query=PageQuery, response=EventPage, params=ID)
+def dataset_events(call: Call, *, dataset_id: str, query: PageQuery) -> EventPage:
+    """The dataset's status changes, oldest first."""
+    return history(call, Dataset, dataset_id, query)
 
 
 @router.delete("/v1/datasets/{dataset_id}", scope=Scope.write, response=DatasetView, status=202, params=ID)

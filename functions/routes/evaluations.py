@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functions import evaluations
-from functions.routes.views import labels_filter, view
+from functions.routes.views import history, labels_filter, view
 from functions.routing import Router
 from functions.services import Call
 from shared.api import (
@@ -13,7 +13,9 @@ from shared.api import (
     EvaluationPage,
     EvaluationsOrdered,
     EvaluationView,
+    EventPage,
     OrderedEvaluation,
+    PageQuery,
 )
 from shared.entities import Evaluation, Scope
 
@@ -48,6 +50,20 @@ def list_evaluations(call: Call, *, query: EvaluationListQuery) -> EvaluationPag
         labels=labels_filter(query.labels), limit=query.limit, page_token=query.page_token,
     )
     return EvaluationPage(items=[view(EvaluationView, e) for e in page.items], next_page_token=page.next_page_token)
+
+
+@router.post("/v1/evaluations/{evaluation_id}/cancel", scope=Scope.write, response=EvaluationView, status=202, params=ID)
+def cancel_evaluation(call: Call, *, evaluation_id: str) -> EvaluationView:
+    """Cancel an evaluation: the daemon stops its job; its shards stay, so ordering it again resumes."""
+    evaluation, hints = evaluations.cancel(call.store, evaluation_id, account=call.account)
+    call.services.hint(hints)
+    return view(EvaluationView, evaluation)
+
+
+@router.get("/v1/evaluations/{evaluation_id}/events", scope=Scope.read, query=PageQuery, response=EventPage, params=ID)
+def evaluation_events(call: Call, *, evaluation_id: str, query: PageQuery) -> EventPage:
+    """The evaluation's status changes, oldest first."""
+    return history(call, Evaluation, evaluation_id, query)
 
 
 @router.delete("/v1/evaluations/{evaluation_id}", scope=Scope.write, response=EvaluationView, status=202, params=ID)

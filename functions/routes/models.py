@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from functions import artifacts
-from functions.routes.views import labels_filter, view
+from functions.routes.views import history, labels_filter, view
 from functions.routing import Router
 from functions.services import Call
-from shared.api import CreateModel, ModelCreated, ModelListQuery, ModelPage, ModelView, UploadTicket
+from shared.api import EventPage, PageQuery, CreateModel, ModelCreated, ModelListQuery, ModelPage, ModelView, UploadTicket
 from shared.entities import Model, Scope
 
 router = Router("models", "Models: uploaded once through a signed URL, then verified.")
@@ -40,6 +40,12 @@ def list_models(call: Call, *, query: ModelListQuery) -> ModelPage:
         labels=labels_filter(query.labels), limit=query.limit, page_token=query.page_token,
     )
     return ModelPage(items=[view(ModelView, m) for m in page.items], next_page_token=page.next_page_token)
+
+
+@router.get("/v1/models/{model_id}/events", scope=Scope.read, query=PageQuery, response=EventPage, params=ID)
+def model_events(call: Call, *, model_id: str, query: PageQuery) -> EventPage:
+    """The model's status changes, oldest first."""
+    return history(call, Model, model_id, query)
 
 
 @router.delete("/v1/models/{model_id}", scope=Scope.write, response=ModelView, status=202, params=ID)

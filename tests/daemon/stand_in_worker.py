@@ -10,6 +10,8 @@ entity's ``standin`` label says:
 - ``die``: exit 3 without reporting (after moving to running);
 - ``die-once``: die on attempt 1, succeed afterwards;
 - ``hang``: move to running, then neither heartbeat nor exit.
+
+A ``standin-once`` label makes ``standin-seconds`` apply to the first attempt only.
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ def main(argv: list[str]) -> int:
         f.write(f"{task} {attempt}\n")
 
     settings = Settings()
-    store = Store.from_settings(settings)
+    store = Store.from_settings(settings, component="worker")
     cls = KINDS[KIND_FOR_TASK[TaskName(task)]]
     entity = store.get(cls, entity_id, account=ANY_ACCOUNT)
     behaviour = entity.labels.get("standin", "ok")
     seconds = float(entity.labels.get("standin-seconds", "0"))
+    if entity.labels.get("standin-once") and attempt > 1:
+        seconds = 0.0
     mine = lambda current: current.attempts == attempt  # noqa: E731
     lease = lambda: utcnow() + dt.timedelta(seconds=settings.lease_seconds)  # noqa: E731
     active = "verifying"

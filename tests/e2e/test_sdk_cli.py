@@ -7,11 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from assay import verify_signature
 from assay.client import Client
 from shared import errors
 from shared.settings import Settings
@@ -132,6 +135,59 @@ def test_login_writes_a_config_only_the_user_can_read(stack, tmp_path):
     assert config.stat().st_mode & 0o777 == 0o600
     listed = subprocess.run([sys.executable, "-m", "assay.cli", "ls", "models"], env=env, capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_cancel_events_and_a_signed_webhook_through_the_sdk_and_the_cli(client, evaluated, stack):
+    model, dataset, handle = evaluated
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/assay"
+        created = client.webhooks.create(url, ["evaluation.cancelled"])
+        [fresh] = client.evaluations.create(model.id, dataset.id, splits=["test"], config={"top_k": 3})
+        assert fresh.outcome == "created"
+        assert fresh.cancel().status == "cancelled"
+        again = cli(stack, "cancel", fresh.id)  # idempotent
+        assert again.returncode == 0 and "cancelled" in again.stdout, again.stderr
+        finished = cli(stack, "cancel", handle.id)
+        assert finished.returncode == 5 and "complete" in finished.stderr
+
+        events = cli(stack, "--json", "events", fresh.id)
+        assert events.returncode == 0, events.stderr
+        story = json.loads(events.stdout)
+        assert story[0]["from_status"] is None and story[-1]["to_status"] == "cancelled"
+        assert story[-1]["component"] == "api" and story[-1]["key_id"]
+        assert [e.to_status for e in fresh.events()] == [e["to_status"] for e in story]
+
+        deadline = time.monotonic() + 60
+        while not _Receiver.received and time.monotonic() < deadline:
+            time.sleep(0.5)
+        headers, body = _Receiver.received[0]
+        verify_signature(body, headers["Assay-Signature"], created.secret)
+        assert json.loads(body)["data"]["object"]["id"] == fresh.id
+        while True:  # the daemon records the answer just after the receiver has it
+            [delivery] = list(client.webhooks.deliveries(created.webhook.id))
+            if delivery.status == "delivered" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert delivery.status == "delivered" and delivery.attempt_log[-1].status_code == 204
+        client.webhooks.delete(created.webhook.id)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_deleting_a_model_removes_its_evaluations_and_every_stored_object(client, evaluated, stack):

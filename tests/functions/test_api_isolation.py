@@ -26,7 +26,9 @@ def bobs(client, services, bob):
     r = client.post("/v1/evaluations", json={"model_id": ready_model, "dataset_id": ready_dataset}, headers=bob.write)
     evaluation = r.json["evaluations"][0]["evaluation"]["id"]
     key = client.post("/v1/api-keys", json={"name": "k", "scopes": ["read"]}, headers=bob.admin).json["api_key"]["id"]
-    return {"mdl": model, "dst": dataset, "evl": evaluation, "key": key}
+    hook = {"url": "https://hooks.example.com/", "events": ["evaluation.complete"]}
+    webhook = client.post("/v1/webhooks", json=hook, headers=bob.admin).json["webhook"]["id"]
+    return {"mdl": model, "dst": dataset, "evl": evaluation, "key": key, "whk": webhook}
 
 
 @pytest.mark.parametrize("route", ID_ROUTES, ids=[f"{r.method} {r.path}" for r in ID_ROUTES])
@@ -47,7 +49,7 @@ def test_orders_naming_another_accounts_inputs_are_404(client, alice, bobs):
     assert r.status_code == 404
 
 
-@pytest.mark.parametrize("path", ["/v1/models", "/v1/datasets", "/v1/evaluations", "/v1/api-keys"])
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/datasets", "/v1/evaluations", "/v1/api-keys", "/v1/webhooks"])
 def test_lists_never_leak(client, alice, bob, bobs, path):
     mine = client.get(path, headers=alice.admin).json["items"]
     assert all(item["account"] == alice.account for item in mine)

@@ -20,6 +20,8 @@ import yaml
 
 from shared import store as store_module
 from shared.entities import KINDS, Account
+from shared.events import Event
+from shared.webhooks import Webhook, WebhookDelivery
 from shared.indexes import QueryShape, covers, load_indexes
 from shared.settings import Settings
 from shared.store import ANY_ACCOUNT, Store
@@ -29,6 +31,8 @@ INDEX_YAML = ROOT / "infra" / "gcp" / "index.yaml"
 ORDERS = ("-created_at", "created_at", None)
 # Accounts are read by key (API keys name their account), never listed.
 LISTED_KINDS = [cls for name, cls in sorted(KINDS.items()) if cls is not Account]
+# Records listed only in the shapes their own code makes (recorded by the other tests).
+INDEXED_KINDS = {**KINDS, **{cls.kind: cls for cls in (Event, Webhook, WebhookDelivery)}}
 
 
 class _Built(Exception):
@@ -57,7 +61,7 @@ def test_index_yaml_is_well_formed():
     seen = set()
     for index in doc["indexes"]:
         assert set(index) <= {"kind", "properties", "ancestor"}
-        cls = KINDS[index["kind"]]
+        cls = INDEXED_KINDS[index["kind"]]
         props = tuple((p["name"], p.get("direction", "asc")) for p in index["properties"])
         assert len(props) >= 2, "a single-property index is built in; declaring it is an error"
         for name, direction in props:
