@@ -12,13 +12,15 @@ import functions_framework
 import numpy as np
 import pytest
 
+from functions import webhooks
 from functions.routes import ROUTERS
-from shared.entities import ApiKey, Dataset
+from shared.api import CreateWebhook
+from shared.entities import ApiKey, Dataset, Model
 from tests.results.conftest import generate, stored_evaluation, upload_result_set
 
 MAIN = Path(__file__).resolve().parents[2] / "functions" / "main.py"
 ROUTES = [route for router in ROUTERS for route in router.routes]
-OTHER_PREFIX = {"mdl": "dst", "dst": "evl", "evl": "key", "key": "mdl"}
+OTHER_PREFIX = {"mdl": "dst", "dst": "evl", "evl": "key", "key": "whk", "whk": "mdl"}
 
 
 def hostile_ids(prefix: str, valid: str) -> dict[str, str]:
@@ -60,12 +62,18 @@ def live_ids(services, storage, alice, tmp_path) -> dict[str, str]:
     dataset = Dataset(id=Dataset.new_id(), account=alice.account, name="digits", declared_size=1,
                       content_type="application/zip", upload_object="u", status="ready", splits={"test": 20})
     services.store.put(dataset)
+    model = Model(id=Model.new_id(), account=alice.account, name="vit", declared_size=1,
+                  content_type="application/zip", upload_object="u", status="ready")
+    services.store.put(model)
     g = generate(tmp_path / "r", n=20, classes=3, labels=np.arange(20) % 3, seed=0)
     evaluation = stored_evaluation(services.store, account=alice.account, dataset_id=dataset.id,
+                                   model_id=model.id,
                                    summary={"label_names": g.label_names, "accuracy": 0.5, "instances": 20})
     upload_result_set(storage, evaluation.id, g.directory)
     key = services.store.list(ApiKey, account=alice.account).items[0]
-    return {"mdl": evaluation.model_id, "dst": dataset.id, "evl": evaluation.id, "key": key.id}
+    webhook, _ = webhooks.create(services.store, CreateWebhook(url="https://example.com/hook", events=["evaluation.complete"]),
+                                 account=alice.account, settings=services.settings)
+    return {"mdl": evaluation.model_id, "dst": dataset.id, "evl": evaluation.id, "key": key.id, "whk": webhook.id}
 
 
 def assert_json_error(r, status: int, code: str | None = None) -> None:
