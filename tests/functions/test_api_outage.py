@@ -27,16 +27,17 @@ PUBLIC_WITHOUT_DATASTORE = {"/v1/health", "/v1/openapi.json"}
 SLACK_S = 5.0  # a shared, loaded machine: bound replies by the budget, never time them tightly
 
 
-def concrete(path: str) -> str:
-    ids = {"model_id": "mdl_", "dataset_id": "dst_", "evaluation_id": "evl_", "key_id": "key_"}
-    for name, prefix in ids.items():
-        path = path.replace("{" + name + "}", prefix + "0" * 20)
+def concrete(route) -> str:
+    """The route's path with a well-formed id (of the right kind) for each parameter."""
+    path = route.path
+    for param in route.params:
+        path = path.replace("{" + param.name + "}", f"{param.prefix}_" + "0" * 20)
     return path
 
 
 def call(client, route, headers):
     started = time.monotonic()
-    r = client.open(concrete(route.path), method=route.method, headers=headers, json={} if route.method == "POST" else None)
+    r = client.open(concrete(route), method=route.method, headers=headers, json={} if route.method == "POST" else None)
     return r, time.monotonic() - started
 
 
@@ -107,7 +108,7 @@ def test_a_hanging_datastore_answers_503_within_the_budget_while_health_answers(
         for route in ROUTES:
             if route.path not in PUBLIC_WITHOUT_DATASTORE:
                 body = {} if route.method == "POST" else None
-                pending.append((f"{route.method} {route.path}", pool.submit(send, route.method, concrete(route.path), body, alice.read)))
+                pending.append((f"{route.method} {route.path}", pool.submit(send, route.method, concrete(route), body, alice.read)))
         health = [client.get("/v1/health") for _ in range(20)]  # while those wait on Datastore
         replies = [(what, *f.result()) for what, f in pending]
     assert all(h.status_code == 200 and h.json == {"status": "ok"} for h in health)

@@ -7,6 +7,7 @@ import pytest
 from shared import snapshot
 from shared.admin import create_account
 from shared.entities import Account, ApiKey, Model
+from shared.events import Event
 from shared.store import ANY_ACCOUNT, Store
 
 
@@ -23,12 +24,16 @@ def test_a_snapshot_restores_every_entity_exactly_after_a_wipe(store: Store, emu
     models = [make_model(account=account.id, name=f"m-{i}", labels={"n": str(i)}) for i in range(120)]
     store.run_in_transaction(lambda txn: [txn.put(m) for m in models])
     path = tmp_path / "datastore.snapshot"
-    assert snapshot.save(store.rpc, path, page_size=50) == 120 + 2  # the models, the account, its key: 3 pages
+    events = store.list(Event, account=account.id, filters={"entity_id": models[7].id}, order="created_at").items
+    assert len(events) == 1  # every entity created has its event, saved with the rest
+    saved = snapshot.save(store.rpc, path, page_size=50)
+    assert saved >= 120 + 2 + 120  # the models, the account, its key and their events: several pages
     before = {m.id: m for m in store.iterate(Model, account=account.id)}
 
     emulators.reset_datastore()
     assert store.find(Account, account.id, account=ANY_ACCOUNT) is None
-    assert snapshot.restore(store.rpc, path, batch_size=50) == 122
+    assert snapshot.restore(store.rpc, path, batch_size=50) == saved
+    assert store.list(Event, account=account.id, filters={"entity_id": models[7].id}, order="created_at").items == events
     after = {m.id: m for m in store.iterate(Model, account=account.id)}
     assert after == before
     assert store.get(Account, account.id, account=ANY_ACCOUNT) == account
