@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     api_auth_cache_s: float = Field(default=10.0, ge=0)
     # The API's and the storage event handler's log level (JSON lines on stderr).
     api_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # The web console (functions/console/): the key that signs its session cookies, CSRF
+    # tokens and image URLs. Set it on every instance of a deployment (a secret from Secret
+    # Manager); unset, each process draws its own, so sessions last as long as the process.
+    console_secret: SecretStr | None = None
+    console_session_s: int = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600)
+    console_image_url_s: int = Field(default=300, ge=10, le=3600)
 
     @property
     def emulated(self) -> bool:
