@@ -373,11 +373,12 @@ def _results(call: Call, evaluation: Any) -> dict[str, Any]:
     """Everything the evaluation page shows, from one opening of the cached result set."""
     svc = call.services
     cache = service.cache_for(svc.settings, svc.storage)
-    summary = service.summary(call.store, cache, evaluation.id, account=call.account)
+    # The entity holds the summary the worker wrote; the service falls back to summary.json.
+    summary = evaluation.summary or service.summary(call.store, cache, evaluation.id, account=call.account)
     query = _instances_query()
     with service.opened(call.store, cache, evaluation.id, account=call.account) as rs:
-        confusion = queries.confusion(rs)
-        per_class = queries.classes(rs)
+        matrix = queries.confusion_counts(rs)
+        per_class = queries.classes(rs, matrix)
         bins = queries.calibration(rs, bins=int(summary.get("ece_bins") or 10))
         try:
             instances = queries.instances(rs, query)
@@ -412,14 +413,14 @@ def _results(call: Call, evaluation: Any) -> dict[str, Any]:
         "sort_column": column,
         "sort_descending": descending,
         "columns": CLASS_COLUMNS,
-        "heatmap": charts.heatmap(confusion.labels, confusion.matrix),
-        "pairs": charts.top_confused(confusion.labels, confusion.matrix),
+        "heatmap": charts.heatmap(rs.label_names, matrix),
+        "pairs": charts.top_confused(rs.label_names, matrix),
         "reliability": charts.reliability(bins),
         "instances": instances,
         "instances_error": instances_error,
         "images": images,
         "query": query,
-        "labels": confusion.labels,
+        "labels": rs.label_names,
         "others": [e for e in comparable if e.id != evaluation.id and e.split == evaluation.split],
     }
 

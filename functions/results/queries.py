@@ -203,9 +203,11 @@ def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return out
 
 
-def classes(result_set: ResultSet) -> ClassesResult:
-    """Precision, recall, F1, support (and predicted count) of every class."""
-    matrix = confusion_counts(result_set)
+def classes(result_set: ResultSet, matrix: np.ndarray | None = None) -> ClassesResult:
+    """Precision, recall, F1, support (and predicted count) of every class; from
+    ``matrix`` (``confusion_counts``) when the caller already has it."""
+    if matrix is None:
+        matrix = confusion_counts(result_set)
     tp = np.diag(matrix).astype(np.float64)
     support = matrix.sum(axis=1)
     predicted = matrix.sum(axis=0)
