@@ -282,3 +282,14 @@ def test_leaderboard_and_compare(client, services, storage, world, alice, tmp_pa
 def test_pages_never_frame_or_sniff(client, path):
     response = client.get(path)
     assert response.headers["X-Frame-Options"] == "DENY" and response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_the_key_never_reaches_a_log(client, alice, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    sign_in(client, alice.keys["write"])
+    sign_in(client.application.test_client(), alice.keys["write"][:-3] + "xyz")
+    client.get("/ui/evaluations")
+    secret = alice.keys["write"].rsplit("_", 1)[1]
+    assert caplog.records and all(secret[:20] not in r.getMessage() and secret[:20] not in str(r.__dict__) for r in caplog.records)
