@@ -2,7 +2,8 @@
 
 Pages read through the same account-scoped code as the JSON routes; charts are inline SVG
 drawn by the templates; the only script is the console's own static file. See
-``functions/console/pages.py`` for the pages and ``session.py`` for how a browser signs in.
+``web.py`` for the request plumbing, ``pages.py`` and ``evaluation_page.py`` for the pages,
+``session.py`` for how a browser signs in.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import flask
 
 def mount(app: flask.Flask) -> None:
     """Serve the console from ``app`` (which holds the services in ``extensions["assay"]``)."""
-    from functions.console.pages import bp
+    from functions.console import evaluation_page, pages  # noqa: F401  (their views join the blueprint)
+    from functions.console.web import bp
 
     app.register_blueprint(bp)
