@@ -6,6 +6,7 @@ API would answer the same account.
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import time
 from typing import Any
@@ -214,13 +215,16 @@ def api_document(call: Call) -> flask.Response:
     return render("api.html")
 
 
+SWAGGER_ASSETS = ("swagger-ui.css", "swagger-ui-bundle.js")
+
+
 @bp.get("/swagger/<name>")
 def swagger_asset(name: str) -> flask.Response:
-    import swagger_ui_bundle
-
-    if name not in ("swagger-ui.css", "swagger-ui-bundle.js"):
+    """Swagger UI 5 (it reads OpenAPI 3.1) from the ``swagger-ui-py`` package's files."""
+    if name not in SWAGGER_ASSETS:
         raise NotFound("not found")
-    return flask.send_from_directory(swagger_ui_bundle.swagger_ui_path, name, max_age=3600)
+    folder = importlib.resources.files("swagger_ui") / "static"
+    return flask.send_from_directory(str(folder), name, max_age=3600)
 
 
 @bp.route("/<path:rest>", methods=["GET", "POST"])
