@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast lint up down reset demo bench clean
+.PHONY: venv browser test test-fast lint up down reset demo bench clean
 
 # torch first, from the CPU wheel on local disk: a range resolved later would pull CUDA.
 $(STAMP): pyproject.toml
@@ -17,10 +17,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The browser the console's browser tests drive: Debian's chromium (Playwright's own browser
+# download cannot reach its host). Installed only when missing; sudo when not root.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
 lint: venv
 	$(VENV)/bin/lint-imports
 
-test: venv lint
+test: venv lint browser
 	$(PY) -m pytest tests
 
 test-fast: venv
@@ -29,8 +36,10 @@ test-fast: venv
 # The whole system on this machine, in the background; `make down` stops all of it. Its
 # data (entities, objects, the local admin key) stays in .assay/data for the next `make up`;
 # `make reset` stops the stack and deletes that data.
+# The console is then at ASSAY_URL/ui/ (sign in with ASSAY_API_KEY from .assay/local.env).
 up: venv
 	$(PY) -m shared.localstack up --state .assay
+	@. .assay/local.env && echo "console: $$ASSAY_URL/ui/ (sign in with ASSAY_API_KEY from .assay/local.env)"
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m shared.localstack down --state .assay; else echo "stack not running"; fi

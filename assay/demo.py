@@ -2,7 +2,8 @@
 
 Trains (once, cached) a small ViT on scikit-learn's bundled digits, writes the held-out
 digits as an image folder, uploads both through the SDK with progress bars, orders an
-evaluation, waits for it, and prints the summary, the per-class table and the leaderboard.
+evaluation, waits for it, and prints the summary, the per-class table, the leaderboard
+and, last, the web console's address of the evaluation.
 Reads ``ASSAY_URL`` and ``ASSAY_API_KEY`` (``make demo`` sources ``.assay/local.env``).
 """
 
@@ -58,6 +59,9 @@ def main() -> int:
     board = client.evaluations.leaderboard(dataset.id, split="test", metric="accuracy")
     entries = [e.model_dump() for e in board.items]
     print("\nleaderboard (digits, test, accuracy)\n" + table(entries, ["rank", "model_name", "model_id", "evaluation_id", "value"]))
+    # Last, so it is what a person sees: the same evaluation as pages (`make up` serves them).
+    print(f"\nweb console (sign in with ASSAY_API_KEY from .assay/local.env; `make up` keeps the stack running):")
+    print(f"  {client.http.url}/ui/evaluations/{evaluation.id}")
     return 0
 
 

@@ -10,6 +10,7 @@ import functools
 
 import flask
 
+from functions.console import mount as mount_console
 from functions.http import error_reply, request_id, run_route
 from functions.openapi import openapi_document
 from functions.routing import IdConverter, Route, Router
@@ -49,6 +50,7 @@ def create_app(
         _add(app, route, services)
 
     app.register_error_handler(Exception, error_reply)
+    mount_console(app)
 
     @app.before_request
     def _request_id() -> None:

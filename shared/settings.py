@@ -89,6 +89,13 @@ class Settings(BaseSettings):
             return b"assay-local-webhook-signing-key"
         raise RuntimeError("ASSAY_WEBHOOK_SIGNING_KEY is not set")
 
+    # The web console (functions/console/): the key that signs its session cookies, CSRF
+    # tokens and image URLs. Set it on every instance of a deployment (a secret from Secret
+    # Manager); unset, each process draws its own, so sessions last as long as the process.
+    console_secret: SecretStr | None = None
+    console_session_s: int = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600)
+    console_image_url_s: int = Field(default=300, ge=10, le=3600)
+
     @property
     def emulated(self) -> bool:
         return self.datastore_emulator_host is not None

@@ -201,9 +201,11 @@ def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return out
 
 
-def classes(result_set: ResultSet) -> ClassesResult:
-    """Precision, recall, F1, support (and predicted count) of every class."""
-    matrix = confusion_counts(result_set)
+def classes(result_set: ResultSet, matrix: np.ndarray | None = None) -> ClassesResult:
+    """Precision, recall, F1, support (and predicted count) of every class; from
+    ``matrix`` (``confusion_counts``) when the caller already has it."""
+    if matrix is None:
+        matrix = confusion_counts(result_set)
     tp = np.diag(matrix).astype(np.float64)
     support = matrix.sum(axis=1)
     predicted = matrix.sum(axis=0)
@@ -225,3 +227,35 @@ def classes(result_set: ResultSet) -> ClassesResult:
             for i, name in enumerate(result_set.label_names)
         ],
     )
+
+
+# --- calibration and where each instance is stored ----------------------------------------
+
+
+def calibration(result_set: ResultSet, bins: int = 10) -> list[dict[str, float | int]]:
+    """Reliability-diagram bins: equal-width over (0, 1], as the evaluate worker's ECE
+    (``workers/metrics.py``). One entry per bin: ``low``, ``high``, ``count``, mean
+    ``confidence`` and ``accuracy`` (both 0 for an empty bin)."""
+    rows = result_set.execute(
+        "SELECT least(greatest(ceil(confidence * $bins)::INTEGER - 1, 0), $bins - 1) AS b,"
+        " count(*) AS n, avg(confidence) AS c, avg(correct::DOUBLE) AS a FROM {view} GROUP BY b",
+        {"bins": bins},
+    ).fetchall()
+    found = {int(b): (int(n), float(c), float(a)) for b, n, c, a in rows}
+    return [
+        {"low": i / bins, "high": (i + 1) / bins, "count": found.get(i, (0, 0.0, 0.0))[0],
+         "confidence": found.get(i, (0, 0.0, 0.0))[1], "accuracy": found.get(i, (0, 0.0, 0.0))[2]}
+        for i in range(bins)
+    ]
+
+
+def stored_parts(result_set: ResultSet, instance_ids: list[str]) -> dict[str, str]:
+    """``instance_id -> part-NNNNN.parquet``: the prediction file that holds each instance,
+    which is also the name of the dataset shard it came from (``shared/results.py``)."""
+    if not instance_ids:
+        return {}
+    rows = result_set.execute(
+        "SELECT instance_id, filename FROM read_parquet($files, filename = true) WHERE instance_id IN (SELECT unnest($ids))",
+        {"files": [str(f) for f in result_set.files], "ids": list(instance_ids)},
+    ).fetchall()
+    return {instance_id: filename.rsplit("/", 1)[-1] for instance_id, filename in rows}

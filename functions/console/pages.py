@@ -1,0 +1,232 @@
+"""The console's pages besides one evaluation's (``evaluation_page.py``): sign-in and
+sign-out, models, datasets, leaderboards, the evaluations list, ordering and deleting, and
+the API document. Each view calls the JSON routes' handlers, so it reads exactly what the
+API would answer the same account.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import time
+from typing import Any
+
+import flask
+from pydantic import ValidationError
+
+from functions.console import session
+from functions.console.web import bp, check_id, local_path, page, query_of, render, secret, services, set_cookie
+from functions.http import request_id
+from functions.results.routes import get_leaderboard
+from functions.routes import datasets as dataset_routes
+from functions.routes import evaluations as evaluation_routes
+from functions.routes import models as model_routes
+from functions.services import Call
+from shared.api import CreateEvaluations, DatasetListQuery, EvaluationListQuery, ModelListQuery
+from shared.entities import EvaluationStatus, Scope
+from shared.errors import AssayError, Forbidden, Invalid, InvalidRequest, NotFound, Unauthenticated
+from shared.results_api import LeaderboardMetric, LeaderboardQuery
+
+log = logging.getLogger("functions.console")
+
+LEADERBOARD_METRICS: tuple[str, ...] = LeaderboardMetric.__args__  # type: ignore[attr-defined]
+ACTIVE = frozenset({EvaluationStatus.waiting, EvaluationStatus.pending, EvaluationStatus.admitted, EvaluationStatus.running})
+
+
+# --- sign-in and sign-out -----------------------------------------------------------------
+
+
+@bp.get("/sign-in")
+def sign_in() -> flask.Response:
+    nonce = flask.request.cookies.get(session.SIGN_IN_COOKIE) or session.sign_in_nonce()
+    response = render("sign_in.html", nonce=nonce, next=local_path(flask.request.args.get("next")), error=None)
+    set_cookie(response, session.SIGN_IN_COOKIE, nonce, max_age=3600)
+    return response
+
+
+@bp.post("/sign-in")
+def sign_in_submit() -> flask.Response:
+    svc = services()
+    nonce = flask.request.cookies.get(session.SIGN_IN_COOKIE)
+    sent = flask.request.form.get("csrf")
+    target = local_path(flask.request.form.get("next"))
+    if not nonce or not sent or not session.hmac_equal(nonce, sent):
+        raise Forbidden("this form has expired or did not come from the console: reload the page and try again", code="csrf")
+    api_key = flask.request.form.get("api_key", "").strip()
+    try:
+        key = svc.keys.authenticate(svc.store, f"Bearer {api_key}")
+    except Unauthenticated as e:
+        log.info("console sign-in refused: %s", e.message, extra={"request_id": request_id()})
+        # The key is never echoed back: the field comes back empty.
+        return render("sign_in.html", 401, nonce=nonce, next=target, error=e.message)
+    token, expires = session.issue(secret(), key, lifetime_s=svc.settings.console_session_s)
+    log.info("console sign-in", extra={"account": key.account, "api_key": key.id, "request_id": request_id()})
+    response = flask.redirect(target, code=303)
+    set_cookie(response, session.COOKIE, token, max_age=max(1, expires - int(time.time())))
+    response.delete_cookie(session.SIGN_IN_COOKIE, path="/ui")
+    return response
+
+
+@bp.post("/sign-out")
+@page()
+def sign_out(call: Call) -> flask.Response:
+    response = flask.redirect(flask.url_for("console.sign_in"), code=303)
+    response.delete_cookie(session.COOKIE, path="/ui")
+    return response
+
+
+@bp.get("/")
+def home() -> flask.Response:
+    return flask.redirect(flask.url_for("console.evaluations"))
+
+
+# --- models and datasets ------------------------------------------------------------------
+
+
+@bp.get("/models")
+@page()
+def models(call: Call) -> flask.Response:
+    query = query_of(ModelListQuery)
+    found = model_routes.list_models(call, query=query)
+    return render("artifacts.html", kind="models", title="Models", page=found, query=query)
+
+
+@bp.get("/models/<model_id>")
+@page()
+def model(call: Call, model_id: str) -> flask.Response:
+    check_id("mdl", model_id)
+    found = model_routes.get_model(call, model_id=model_id)
+    board = evaluation_routes.list_evaluations(call, query=EvaluationListQuery(model_id=model_id, limit=50))
+    return render("artifact.html", kind="model", entity=found, evaluations=board.items)
+
+
+@bp.get("/datasets")
+@page()
+def datasets(call: Call) -> flask.Response:
+    query = query_of(DatasetListQuery)
+    found = dataset_routes.list_datasets(call, query=query)
+    return render("artifacts.html", kind="datasets", title="Datasets", page=found, query=query)
+
+
+@bp.get("/datasets/<dataset_id>")
+@page()
+def dataset(call: Call, dataset_id: str) -> flask.Response:
+    check_id("dst", dataset_id)
+    found = dataset_routes.get_dataset(call, dataset_id=dataset_id)
+    board = evaluation_routes.list_evaluations(call, query=EvaluationListQuery(dataset_id=dataset_id, limit=50))
+    return render("artifact.html", kind="dataset", entity=found, evaluations=board.items)
+
+
+@bp.get("/datasets/<dataset_id>/leaderboard")
+@page()
+def leaderboard(call: Call, dataset_id: str) -> flask.Response:
+    check_id("dst", dataset_id)
+    found = dataset_routes.get_dataset(call, dataset_id=dataset_id)
+    query = query_of(LeaderboardQuery)
+    board = get_leaderboard(call, dataset_id=dataset_id, query=query)
+    splits = sorted((found.splits or {}).keys())
+    return render("leaderboard.html", dataset=found, board=board, query=query, splits=splits, metrics=LEADERBOARD_METRICS)
+
+
+
+# --- evaluations --------------------------------------------------------------------------
+
+
+@bp.get("/evaluations")
+@page()
+def evaluations(call: Call) -> flask.Response:
+    query = query_of(EvaluationListQuery)
+    found = evaluation_routes.list_evaluations(call, query=query)
+    refresh = any(e.status in ACTIVE for e in found.items)
+    return render("evaluations.html", page=found, query=query, refresh=refresh)
+
+
+def _order_form(call: Call, *, errors: list[str], form: dict[str, str], status: int = 200) -> flask.Response:
+    ready_models = model_routes.list_models(call, query=ModelListQuery(status="ready", limit=200)).items
+    ready_datasets = dataset_routes.list_datasets(call, query=DatasetListQuery(status="ready", limit=200)).items
+    return render("order.html", status, models=ready_models, datasets=ready_datasets, errors=errors, form=form)
+
+
+@bp.get("/evaluations/new")
+@page(Scope.write)
+def order_form(call: Call) -> flask.Response:
+    return _order_form(call, errors=[], form=flask.request.args.to_dict())
+
+
+@bp.post("/evaluations")
+@page(Scope.write)
+def order(call: Call) -> flask.Response:
+    form = flask.request.form.to_dict()
+    spec: dict[str, Any] = {"model_id": form.get("model_id", ""), "dataset_id": form.get("dataset_id", "")}
+    splits = [s.strip() for s in form.get("splits", "").split(",") if s.strip()]
+    if splits:
+        spec["splits"] = splits
+    if form.get("name", "").strip():
+        spec["name"] = form["name"].strip()
+    config: dict[str, Any] = {}
+    errors: list[str] = []
+    for field in ("top_k", "batch_size"):
+        text = form.get(field, "").strip()
+        if text:
+            if not text.isdigit():
+                errors.append(f"{field}: a whole number")
+            else:
+                config[field] = int(text)
+    if config:
+        spec["config"] = config
+    if not errors:
+        try:
+            body = CreateEvaluations.model_validate(spec)
+            evaluation_routes.create_evaluations(call, body=body)
+            return flask.redirect(flask.url_for("console.evaluations"), code=303)
+        except ValidationError as e:
+            errors = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        except (Invalid, InvalidRequest, NotFound) as e:
+            errors = [e.message]
+        except AssayError as e:
+            if e.http_status != 409:
+                raise
+            errors = [e.message]
+    return _order_form(call, errors=errors, form=form, status=422)
+
+
+@bp.get("/evaluations/<evaluation_id>/delete")
+@page(Scope.write)
+def delete_confirm(call: Call, evaluation_id: str) -> flask.Response:
+    check_id("evl", evaluation_id)
+    found = evaluation_routes.get_evaluation(call, evaluation_id=evaluation_id)
+    return render("confirm_delete.html", evaluation=found)
+
+
+@bp.post("/evaluations/<evaluation_id>/delete")
+@page(Scope.write)
+def delete(call: Call, evaluation_id: str) -> flask.Response:
+    check_id("evl", evaluation_id)
+    evaluation_routes.delete_evaluation(call, evaluation_id=evaluation_id)
+    return flask.redirect(flask.url_for("console.evaluations"), code=303)
+
+
+# --- the API document, and everything else ------------------------------------------------
+
+
+@bp.get("/api")
+@page()
+def api_document(call: Call) -> flask.Response:
+    return render("api.html")
+
+
+SWAGGER_ASSETS = ("swagger-ui.css", "swagger-ui-bundle.js")
+
+
+@bp.get("/swagger/<name>")
+def swagger_asset(name: str) -> flask.Response:
+    """Swagger UI 5 (it reads OpenAPI 3.1) from the ``swagger-ui-py`` package's files."""
+    if name not in SWAGGER_ASSETS:
+        raise NotFound("not found")
+    folder = importlib.resources.files("swagger_ui") / "static"
+    return flask.send_from_directory(str(folder), name, max_age=3600)
+
+
+@bp.route("/<path:rest>", methods=["GET", "POST"])
+def unknown(rest: str) -> flask.Response:
+    raise NotFound("not found")
