@@ -66,6 +66,11 @@ def id_pattern(prefix: str) -> str:
     return rf"^{prefix}_[0-9a-z]{{20}}$"
 
 
+def matches_id(prefix: str, value: str) -> bool:
+    """Whether ``value`` is exactly an id of the kind ``prefix`` names."""
+    return re.fullmatch(id_pattern(prefix), value) is not None
+
+
 def id_type(prefix: str) -> Any:
     return Annotated[str, Field(pattern=id_pattern(prefix))]
 

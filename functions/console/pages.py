@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from functions.console import session
 from functions.console.web import bp, check_id, local_path, page, query_of, render, secret, services, set_cookie
+from functions.evaluations import CANCELLABLE
 from functions.http import request_id
 from functions.results.routes import get_leaderboard
 from functions.routes import datasets as dataset_routes
@@ -190,20 +191,43 @@ def order(call: Call) -> flask.Response:
     return _order_form(call, errors=errors, form=form, status=422)
 
 
-@bp.get("/evaluations/<evaluation_id>/delete")
+# What a confirmed action on one evaluation does: the route handler it calls and what the
+# confirmation page says before it runs.
+_ACTIONS = {
+    "delete": (evaluation_routes.delete_evaluation,
+               "Deleting stops it if it runs and removes its results; this cannot be undone."),
+    "cancel": (evaluation_routes.cancel_evaluation,
+               "Cancelling stops its job; the shards already written are kept, so ordering it again resumes from them."),
+}
+
+
+@bp.app_template_global()
+def cancellable(status: str) -> bool:
+    return status in CANCELLABLE
+
+
+@bp.get("/evaluations/<evaluation_id>/<any(delete, cancel):action>")
 @page(Scope.write)
-def delete_confirm(call: Call, evaluation_id: str) -> flask.Response:
+def confirm_action(call: Call, evaluation_id: str, action: str) -> flask.Response:
     check_id("evl", evaluation_id)
     found = evaluation_routes.get_evaluation(call, evaluation_id=evaluation_id)
-    return render("confirm_delete.html", evaluation=found)
+    return render("confirm.html", evaluation=found, action=action, explanation=_ACTIONS[action][1])
 
 
-@bp.post("/evaluations/<evaluation_id>/delete")
+@bp.post("/evaluations/<evaluation_id>/<any(delete, cancel):action>")
 @page(Scope.write)
-def delete(call: Call, evaluation_id: str) -> flask.Response:
+def act(call: Call, evaluation_id: str, action: str) -> flask.Response:
     check_id("evl", evaluation_id)
-    evaluation_routes.delete_evaluation(call, evaluation_id=evaluation_id)
-    return flask.redirect(flask.url_for("console.evaluations"), code=303)
+    handler, explanation = _ACTIONS[action]
+    try:
+        handler(call, evaluation_id=evaluation_id)
+    except AssayError as e:
+        if e.http_status != 409:  # a finished evaluation cannot be cancelled: say why
+            raise
+        found = evaluation_routes.get_evaluation(call, evaluation_id=evaluation_id)
+        return render("confirm.html", 409, evaluation=found, action=action, explanation=explanation, error=e.message)
+    return flask.redirect(flask.url_for("console.evaluation", evaluation_id=evaluation_id) if action == "cancel"
+                          else flask.url_for("console.evaluations"), code=303)
 
 
 # --- the API document, and everything else ------------------------------------------------
