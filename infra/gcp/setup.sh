@@ -15,6 +15,9 @@
 #   PROJECT_ID (required)   REGION (us-central1)   BUCKET (<project>-assay)
 #   CLUSTER (assay)         REPOSITORY (assay: the Artifact Registry repository)
 #   CREATE_CLUSTER (1: create a GKE Autopilot cluster; 0: bring your own, WI enabled)
+#
+# Secrets (Secret Manager) are created with a random value when missing and never
+# overwritten; rotating one is a deliberate step (infra/README.md, "Secrets").
 set -euo pipefail
 
 : "${PROJECT_ID:?set PROJECT_ID to the Google Cloud project to deploy into}"
@@ -30,6 +33,9 @@ HINT_SUBSCRIPTION=assay-daemon-hints
 DEAD_LETTER_TOPIC=assay-hints-dead-letter
 DEAD_LETTER_SUBSCRIPTION=assay-hints-dead-letter
 STORAGE_TOPIC=assay-storage-events
+# Read as ASSAY_WEBHOOK_SIGNING_KEY (api, daemon) and ASSAY_CONSOLE_SECRET (api).
+WEBHOOK_KEY_SECRET=assay-webhook-signing-key
+CONSOLE_SECRET=assay-console-secret
 
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -71,13 +77,17 @@ grant_subscription() { # SUBSCRIPTION MEMBER ROLE
 grant_service_account() { # SA_EMAIL MEMBER ROLE
   retry gc iam service-accounts add-iam-policy-binding "$1" --member="$2" --role="$3" >/dev/null
 }
+grant_secret() { # SECRET MEMBER ROLE
+  retry gc secrets add-iam-policy-binding "$1" --member="$2" --role="$3" >/dev/null
+}
 
 step "APIs"
 gc services enable \
   artifactregistry.googleapis.com cloudbuild.googleapis.com cloudfunctions.googleapis.com \
   container.googleapis.com datastore.googleapis.com eventarc.googleapis.com \
   firestore.googleapis.com iam.googleapis.com iamcredentials.googleapis.com \
-  logging.googleapis.com pubsub.googleapis.com run.googleapis.com storage.googleapis.com
+  logging.googleapis.com pubsub.googleapis.com run.googleapis.com secretmanager.googleapis.com \
+  storage.googleapis.com
 
 PROJECT_NUMBER=$(gc projects describe "$PROJECT_ID" --format='value(projectNumber)')
 PUBSUB_AGENT="serviceAccount:service-${PROJECT_NUMBER}@gcp-sa-pubsub.iam.gserviceaccount.com"
@@ -134,6 +144,17 @@ if ! gc storage buckets notifications list "gs://$BUCKET" --format='value(topic)
     --event-types=OBJECT_FINALIZE --object-prefix=uploads/ --payload-format=json
 fi
 
+step "Secret Manager: $WEBHOOK_KEY_SECRET, $CONSOLE_SECRET"
+# 256 random bits each, base64 (the settings read them as text). Piped in, never on a
+# command line. An existing secret is left alone: a new value would change every webhook's
+# secret, or sign everyone out of the console.
+for secret in "$WEBHOOK_KEY_SECRET" "$CONSOLE_SECRET"; do
+  if ! exists secrets describe "$secret"; then
+    head -c 32 /dev/urandom | base64 | tr -d '\n' |
+      gc secrets create "$secret" --replication-policy=automatic --labels=app=assay --data-file=-
+  fi
+done
+
 step "Service accounts"
 for name in assay-functions assay-invoker assay-daemon assay-worker assay-deployer; do
   if ! exists iam service-accounts describe "$(sa_email "$name")"; then
@@ -152,6 +173,10 @@ grant_bucket "serviceAccount:$FUNCTIONS_SA" roles/storage.objectUser \
 grant_topic "$HINT_TOPIC" "serviceAccount:$FUNCTIONS_SA" roles/pubsub.publisher
 # V4 signed URLs are signed through IAM signBlob, as this account, by this account.
 grant_service_account "$FUNCTIONS_SA" "serviceAccount:$FUNCTIONS_SA" roles/iam.serviceAccountTokenCreator
+# The api derives webhook secrets (shown once when a webhook is made) and signs the
+# console's cookies; both functions run as this account, storage_events reads neither.
+grant_secret "$WEBHOOK_KEY_SECRET" "serviceAccount:$FUNCTIONS_SA" roles/secretmanager.secretAccessor
+grant_secret "$CONSOLE_SECRET" "serviceAccount:$FUNCTIONS_SA" roles/secretmanager.secretAccessor
 
 step "IAM: invoker (the identity Eventarc uses to deliver storage events)"
 grant_project "serviceAccount:$INVOKER_SA" roles/run.invoker
@@ -179,6 +204,10 @@ grant_project "serviceAccount:$DEPLOYER_SA" roles/cloudfunctions.developer
 grant_project "serviceAccount:$DEPLOYER_SA" roles/run.admin
 grant_project "serviceAccount:$DEPLOYER_SA" roles/container.developer
 grant_project "serviceAccount:$DEPLOYER_SA" roles/datastore.indexAdmin
+# The daemon signs webhook deliveries: the build copies the key into the Kubernetes Secret
+# the daemon's Pods read (cloudbuild.yaml, deploy-daemon). Nothing new in effect: as the
+# user of assay-functions the deployer can already deploy code that reads it.
+grant_secret "$WEBHOOK_KEY_SECRET" "serviceAccount:$DEPLOYER_SA" roles/secretmanager.secretAccessor
 retry gc artifacts repositories add-iam-policy-binding "$REPOSITORY" --location="$REGION" \
   --member="serviceAccount:$DEPLOYER_SA" --role=roles/artifactregistry.writer >/dev/null
 # Deploying a function that runs as (or is triggered as) an account is acting as it.

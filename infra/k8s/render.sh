@@ -2,9 +2,12 @@
 # Fill the ${...} placeholders of the manifests and write them, one file each, to OUT_DIR.
 #
 #   PROJECT_ID=p BUCKET=b DAEMON_IMAGE=...@sha256:... WORKER_IMAGE=...@sha256:... \
-#     infra/k8s/render.sh cluster|app OUT_DIR
+#     WEBHOOK_KEY_DIGEST=<16 hex> infra/k8s/render.sh cluster|app OUT_DIR
 #
-# Only these four names are replaced, and any ${...} left over fails the render: a
+# WEBHOOK_KEY_DIGEST: a prefix of the webhook signing key's SHA-256, written into the
+# daemon's Pod template so that a rotated key restarts the daemon (cloudbuild.yaml).
+#
+# Only these five names are replaced, and any ${...} left over fails the render: a
 # manifest must never reach the cluster half filled. sed, not envsubst, so the deploy step
 # needs nothing beyond a POSIX image.
 set -euo pipefail
@@ -17,7 +20,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 : "${PROJECT_ID:?PROJECT_ID is required}"
 if [[ $part == app ]]; then
-  : "${BUCKET:?BUCKET is required}" "${DAEMON_IMAGE:?DAEMON_IMAGE is required}" "${WORKER_IMAGE:?WORKER_IMAGE is required}"
+  : "${BUCKET:?BUCKET is required}" "${DAEMON_IMAGE:?DAEMON_IMAGE is required}" "${WORKER_IMAGE:?WORKER_IMAGE is required}" \
+    "${WEBHOOK_KEY_DIGEST:?WEBHOOK_KEY_DIGEST is required}"
 fi
 
 mkdir -p "$out"
@@ -27,6 +31,7 @@ for src in "$here/$part"/*.yaml; do
       -e "s|\${BUCKET}|${BUCKET:-}|g" \
       -e "s|\${DAEMON_IMAGE}|${DAEMON_IMAGE:-}|g" \
       -e "s|\${WORKER_IMAGE}|${WORKER_IMAGE:-}|g" \
+      -e "s|\${WEBHOOK_KEY_DIGEST}|${WEBHOOK_KEY_DIGEST:-}|g" \
       "$src" > "$dst"
   if grep -n '^[^#]*\${' "$dst" >&2; then
     echo "render: unfilled placeholder in $dst" >&2

@@ -201,3 +201,42 @@ def test_every_gcloud_command_parses(build, values, gcloud_refusals):
     argvs = gcloud_argvs(build, values)
     assert len(argvs) >= 4
     assert gcloud_refusals(argvs) == []
+
+
+# Secret Manager secret -> the environment name the settings read it from.
+SECRETS = {"assay-webhook-signing-key": "ASSAY_WEBHOOK_SIGNING_KEY", "assay-console-secret": "ASSAY_CONSOLE_SECRET"}
+
+
+def _set_secrets(args: list[str], values: dict[str, str]) -> dict[str, str]:
+    pairs = [substitute(a, values).split("=", 1)[1] for a in args if a.startswith("--set-secrets=")]
+    return dict(pair.split("=", 1) for joined in pairs for pair in joined.split(","))
+
+
+def test_the_api_reads_both_secrets_and_storage_events_none(build, values):
+    steps = steps_by_id(build)
+    api = _set_secrets(steps["deploy-api"]["args"], values)
+    assert api == {env: f"{secret}:latest" for secret, env in SECRETS.items()}
+    known = {f"ASSAY_{name}".upper() for name in Settings.model_fields}
+    assert set(api) <= known
+    assert _set_secrets(steps["deploy-storage-events"]["args"], values) == {}
+    setup = (ROOT / "infra" / "gcp" / "setup.sh").read_text()
+    for secret in SECRETS:  # the names setup.sh creates
+        assert f"={secret}\n" in setup
+
+
+def test_the_daemon_gets_the_webhook_key_as_its_deployment_reads_it(build, values):
+    script = substitute(steps_by_id(build)["deploy-daemon"]["args"][-1], values)
+    lines = [line.strip() for line in script.splitlines()]
+    assert "set -o pipefail" in lines  # a failed read of the key fails the step
+    access = next(line for line in lines if line.startswith("gcloud secrets versions access"))
+    assert "--secret=\"assay-webhook-signing-key\"" in access and "latest" in access
+    assert "--out-file=" in access  # never echoed into the build log
+    create = script[script.index("kubectl --namespace=assay create secret generic") :]
+    secret_name, key = re.match(r"kubectl --namespace=assay create secret generic (\S+) --from-file=([\w-]+)=", create).groups()
+    assert "--dry-run=client" in create and "kubectl apply --server-side" in create
+    assert script.index("create secret") < script.index("kubectl apply -f build/k8s")
+    daemon = yaml.safe_load((ROOT / "infra" / "k8s" / "app" / "daemon.yaml").read_text())
+    env = {e["name"]: e for e in daemon["spec"]["template"]["spec"]["containers"][0]["env"]}
+    ref = env["ASSAY_WEBHOOK_SIGNING_KEY"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == (secret_name, key)
+    assert "WEBHOOK_KEY_DIGEST=" in script and "ASSAY_CONSOLE_SECRET" not in script

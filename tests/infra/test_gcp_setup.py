@@ -6,6 +6,7 @@ command lines are then put through the installed Cloud SDK's own parser.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -36,6 +37,9 @@ EXPECTED_GRANTS = {
     (sa("assay-functions"), "roles/storage.objectUser", f"gs://{BUCKET} if {UPLOADS_ONLY}"),
     (sa("assay-functions"), "roles/pubsub.publisher", "topic:assay-hints"),
     (sa("assay-functions"), "roles/iam.serviceAccountTokenCreator", f"sa:assay-functions@{PROJECT}.iam.gserviceaccount.com"),
+    # ... and read the two secrets the api needs (storage_events runs as it too)
+    (sa("assay-functions"), "roles/secretmanager.secretAccessor", "secret:assay-webhook-signing-key"),
+    (sa("assay-functions"), "roles/secretmanager.secretAccessor", "secret:assay-console-secret"),
     # the Eventarc trigger's identity: invoking, nothing else
     (sa("assay-invoker"), "roles/run.invoker", f"project:{PROJECT}"),
     # daemon: Datastore, delete stored data, pull hints, be itself from GKE
@@ -65,6 +69,9 @@ EXPECTED_GRANTS = {
     (sa("assay-deployer"), "roles/iam.serviceAccountUser", f"sa:assay-functions@{PROJECT}.iam.gserviceaccount.com"),
     (sa("assay-deployer"), "roles/iam.serviceAccountUser", f"sa:assay-invoker@{PROJECT}.iam.gserviceaccount.com"),
     (sa("assay-deployer"), "roles/iam.serviceAccountUser", f"sa:assay-deployer@{PROJECT}.iam.gserviceaccount.com"),
+    # the build copies the webhook key into the daemon's Kubernetes Secret (the daemon's own
+    # Google identity never reads Secret Manager); the console secret stays with the api
+    (sa("assay-deployer"), "roles/secretmanager.secretAccessor", "secret:assay-webhook-signing-key"),
     # Google's service agents: dead-lettering and object notifications
     (PUBSUB_AGENT, "roles/pubsub.publisher", "topic:assay-hints-dead-letter"),
     (PUBSUB_AGENT, "roles/pubsub.subscriber", "subscription:assay-daemon-hints"),
@@ -99,6 +106,7 @@ def grants(calls: list[list[str]]) -> set[tuple[str, str, str]]:
             ("pubsub", "subscriptions"): f"subscription:{target}",
             ("iam", "service-accounts"): f"sa:{target}",
             ("artifacts", "repositories"): f"repository:{target}",
+            ("secrets",): f"secret:{target}",
         }[tuple(group)]
         condition = f.get("condition")
         if condition and condition != "None":
@@ -127,7 +135,7 @@ def test_no_basic_roles_and_nothing_public(fresh_calls):
 
 
 def test_project_level_roles_only_where_nothing_narrower_exists(fresh_calls):
-    narrowable = ("roles/storage.", "roles/pubsub.", "roles/artifactregistry.", "roles/iam.")
+    narrowable = ("roles/storage.", "roles/pubsub.", "roles/artifactregistry.", "roles/iam.", "roles/secretmanager.")
     for _, role, resource in grants(fresh_calls):
         if resource.startswith("project:"):
             assert not role.startswith(narrowable), f"{role} should be granted on its resource"
@@ -182,6 +190,35 @@ def test_workload_identity_matches_the_kubernetes_service_accounts(fresh_calls):
         assert (member, "roles/iam.workloadIdentityUser", f"sa:{gsa}") in grants(fresh_calls)
 
 
+SECRETS = {"assay-webhook-signing-key": "webhook_signing_key", "assay-console-secret": "console_secret"}
+
+
+def test_secrets_are_created_random_and_private(fresh_calls, run_setup, tmp_path):
+    enable = next(c for c in fresh_calls if words(c)[:2] == ["services", "enable"])
+    assert "secretmanager.googleapis.com" in words(enable)
+    creates = {words(c)[2]: c for c in fresh_calls if words(c)[:2] == ["secrets", "create"]}
+    assert set(creates) == set(SECRETS)
+    assert set(SECRETS.values()) <= set(Settings.model_fields)  # ASSAY_<FIELD> is what reads them
+    for call in creates.values():
+        # the value comes on stdin, never on the command line
+        assert flags(call)["data-file"] == "-" and flags(call)["replication-policy"] == "automatic"
+    # a second fresh project draws different values: 256 random bits each, as base64 text
+    again = tmp_path / "again"
+    again.mkdir()
+    run_setup(again, state="fresh", PROJECT_ID=PROJECT)
+    values = [(again / f"calls-fresh.log.data.{name}").read_text() for name in SECRETS]
+    assert len(set(values)) == len(values)
+    for value in values:
+        assert len(base64.b64decode(value, validate=True)) == 32 and "\n" not in value
+    # only the api's identity and the build that hands the key to the daemon may read them
+    readers = {(m, r) for m, role, r in grants(fresh_calls) if r.startswith("secret:")}
+    assert readers == {
+        (sa("assay-functions"), "secret:assay-webhook-signing-key"),
+        (sa("assay-functions"), "secret:assay-console-secret"),
+        (sa("assay-deployer"), "secret:assay-webhook-signing-key"),
+    }
+
+
 def test_composite_indexes_are_deployed(fresh_calls):
     (call,) = [c for c in fresh_calls if words(c)[:3] == ["datastore", "indexes", "create"]]
     assert Path(words(call)[3]) == ROOT / "infra" / "gcp" / "index.yaml"
@@ -190,10 +227,14 @@ def test_composite_indexes_are_deployed(fresh_calls):
 def test_second_run_creates_nothing(run_setup, tmp_path):
     calls = run_setup(tmp_path, state="existing", PROJECT_ID=PROJECT)
     creates = [c for c in calls if "create" in words(c) and words(c)[:3] != ["datastore", "indexes", "create"]]
-    assert creates == []
+    assert creates == []  # existing secrets keep their value: no create, no new version
+    assert not [c for c in calls if words(c)[:3] == ["secrets", "versions", "add"]]
     assert grants(calls) == EXPECTED_GRANTS  # re-applied: bindings are additive, so harmless
 
 
 def test_every_gcloud_command_parses(fresh_calls, gcloud_refusals):
-    argvs = [c[1:] for c in fresh_calls if c[0] == "gcloud"]
+    # --data-file=- would have the in-process parser read its own stdin (its command pipe)
+    argvs = [
+        ["--data-file=/dev/null" if a == "--data-file=-" else a for a in c[1:]] for c in fresh_calls if c[0] == "gcloud"
+    ]
     assert gcloud_refusals(argvs) == []

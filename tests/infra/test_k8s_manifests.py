@@ -22,6 +22,7 @@ SAMPLE = {
     "BUCKET": "assay-test-assay",
     "DAEMON_IMAGE": "us-central1-docker.pkg.dev/assay-test/assay/daemon@sha256:" + "a" * 64,
     "WORKER_IMAGE": "us-central1-docker.pkg.dev/assay-test/assay/worker@sha256:" + "b" * 64,
+    "WEBHOOK_KEY_DIGEST": "0123456789abcdef",
 }
 
 
@@ -135,6 +136,32 @@ def test_the_probe_reads_the_heartbeat_file(rendered, tmp_path, age_s, healthy):
         command = container[probe]["exec"]["command"]
         result = subprocess.run(command, env=env, capture_output=True, timeout=10)
         assert (result.returncode == 0) is healthy, probe
+
+
+def test_the_daemon_alone_gets_the_webhook_key_from_its_secret(rendered):
+    pod = rendered[("Deployment", "assay-daemon")]["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    ref = env["ASSAY_WEBHOOK_SIGNING_KEY"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "assay-webhook", "key": "signing-key", "optional": False}
+    # created by the build from Secret Manager, never a manifest holding the key
+    assert not any(kind == "Secret" for kind, _ in rendered)
+    # a rotated key changes the Pod template, so the Deployment rolls
+    assert pod["metadata"]["annotations"]["assay/webhook-key-digest"] == SAMPLE["WEBHOOK_KEY_DIGEST"]
+    # no secret setting in any ConfigMap: assay-settings is what every worker Job gets
+    secret_names = {f"ASSAY_{name}".upper() for name, field in Settings.model_fields.items() if "Secret" in str(field.annotation)}
+    assert {"ASSAY_WEBHOOK_SIGNING_KEY", "ASSAY_CONSOLE_SECRET"} <= secret_names
+    for (kind, _), doc in rendered.items():
+        if kind == "ConfigMap":
+            assert secret_names.isdisjoint(doc["data"])
+    assert "ASSAY_CONSOLE_SECRET" not in env  # the console runs in the api function only
+
+
+def test_nothing_restricts_the_daemons_egress(rendered):
+    """The daemon POSTs webhooks to receivers on the internet (it refuses private, link-local
+    and loopback addresses itself, daemon/webhooks.py). No NetworkPolicy exists to block
+    that; one added later must allow egress to the internet (infra/README.md, "Secrets")."""
+    assert not any(kind == "NetworkPolicy" for kind, _ in rendered)
 
 
 def test_pod_disruption_budget_keeps_one_daemon(rendered):
