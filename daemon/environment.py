@@ -7,6 +7,8 @@ reading its own environment) makes that agreement structural.
 
 from __future__ import annotations
 
+from pydantic import SecretStr
+
 from shared.settings import Settings
 
 # The Google client libraries read these names themselves; the workers' Settings too.
@@ -18,10 +20,14 @@ _EMULATOR_NAMES = {
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
-    """``ASSAY_*`` variables (and emulator hosts) that rebuild ``settings`` in a worker."""
+    """``ASSAY_*`` variables (and emulator hosts) that rebuild ``settings`` in a worker.
+
+    Secrets (``SecretStr`` settings: the webhook signing key, the console's secret) are
+    never passed: a worker signs nothing, and what a Job's spec holds anyone who can read
+    Jobs can read."""
     env: dict[str, str] = {}
     for name, value in settings.model_dump(mode="json").items():
-        if value is None:
+        if value is None or isinstance(getattr(settings, name), SecretStr):
             continue
         if name in _EMULATOR_NAMES:
             env[_EMULATOR_NAMES[name]] = str(value)

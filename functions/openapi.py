@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from functions.routing import Route, Router
-from shared.api import SETTING_MAXIMUM, ErrorResponse, id_pattern
+from shared.api import SETTING_MAXIMUM, SETTING_PATTERN, ErrorResponse, id_pattern
 from shared.settings import Settings
 
 REF = "#/components/schemas/{model}"
@@ -97,9 +97,12 @@ def _operation(route: Route, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
 
 def _with_settings(schema: Any, settings: Settings) -> Any:
     if isinstance(schema, dict):
-        out = {k: _with_settings(v, settings) for k, v in schema.items() if k != SETTING_MAXIMUM}
+        out = {k: _with_settings(v, settings) for k, v in schema.items() if k not in (SETTING_MAXIMUM, SETTING_PATTERN)}
         if SETTING_MAXIMUM in schema:
             out["maximum"] = getattr(settings, schema[SETTING_MAXIMUM])
+        for setting, pattern in schema.get(SETTING_PATTERN, {}).items():
+            if getattr(settings, setting):
+                out["pattern"] = pattern
         return out
     if isinstance(schema, list):
         return [_with_settings(v, settings) for v in schema]

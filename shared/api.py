@@ -40,7 +40,7 @@ from shared.entities import (
     Scope,
 )
 from shared.events import Event
-from shared.webhooks import EVENT_TYPES, Webhook, WebhookDelivery
+from shared.webhooks import EVENT_TYPES, Webhook, WebhookDelivery, url_pattern
 
 ApiName = Annotated[Name, Field(json_schema_extra={"pattern": NAME_PATTERN, "maxLength": 63})]
 ApiLabels = Annotated[
@@ -60,6 +60,9 @@ LABEL_SELECTOR_PATTERN = f"^({_PAIR}(,{_PAIR})*)?$"
 # A field whose upper bound is a deployment's setting: the OpenAPI document served puts the
 # setting's value in as the field's "maximum" (functions/openapi.py); the handler checks it.
 SETTING_MAXIMUM = "x-maximum-from-setting"
+# A string field whose pattern a deployment's setting widens: {setting name: pattern when it
+# is true}; the document served carries the pattern in force (functions/openapi.py).
+SETTING_PATTERN = "x-pattern-when-setting"
 
 
 def id_pattern(prefix: str) -> str:
@@ -221,7 +224,14 @@ WebhookEventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
 
 
 class CreateWebhook(ApiRequest):
-    url: str = Field(max_length=2048, description="https only; plain http to loopback only on a local stack.")
+    url: str = Field(
+        max_length=2048,
+        description="https only; plain http to loopback only on a local stack.",
+        json_schema_extra={
+            "pattern": url_pattern(allow_http_loopback=False),
+            SETTING_PATTERN: {"webhook_allow_http_loopback": url_pattern(allow_http_loopback=True)},
+        },
+    )
     events: list[WebhookEventType] = Field(min_length=1, max_length=len(EVENT_TYPES))  # type: ignore[valid-type]
     name: ApiName = "webhook"
     description: str | None = Field(default=None, max_length=500)

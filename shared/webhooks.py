@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import hmac
 import ipaddress
+import re
 import time
 from enum import StrEnum
 from typing import ClassVar
@@ -188,6 +189,21 @@ def address_allowed(address: ipaddress.IPv4Address | ipaddress.IPv6Address, *, l
     return address.is_global and not address.is_multicast
 
 
+# The URLs a webhook may have, as patterns the OpenAPI document carries and ``check_url``
+# enforces, so a URL the schema allows is one the server takes: https to a DNS name (its
+# last label starts with a letter, so no address literal), a port from 1 to 65535, then
+# printable ASCII with no fragment. A local stack also takes http(s) to loopback.
+_PORT = r"(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
+_HOST = r"(?:[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?"
+_REST = r'(?:[/?][!"$-~]*)?'
+URL_PATTERN = rf"^https://{_HOST}{_PORT}{_REST}$"
+LOOPBACK_URL_PATTERN = rf"^(?:https://{_HOST}|https?://(?:localhost|127\.0\.0\.1|\[::1\])){_PORT}{_REST}$"
+
+
+def url_pattern(*, allow_http_loopback: bool) -> str:
+    return LOOPBACK_URL_PATTERN if allow_http_loopback else URL_PATTERN
+
+
 def check_url(url: str, *, allow_http_loopback: bool) -> None:
     """Refuse a webhook URL that may never be delivered to; raises ValueError saying why.
 
@@ -195,6 +211,11 @@ def check_url(url: str, *, allow_http_loopback: bool) -> None:
     (the server runs locally). An address literal must be an allowed one; a name is
     checked again after DNS at every delivery (``address_allowed``).
     """
+    if re.fullmatch(url_pattern(allow_http_loopback=allow_http_loopback), url) is None:
+        raise ValueError(
+            "must be an https URL to a DNS host name (lower case; no address literal, credentials or fragment)"
+            + (", or http to loopback" if allow_http_loopback else "")
+        )
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http"):
         raise ValueError("must be an https URL")

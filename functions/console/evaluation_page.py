@@ -117,7 +117,7 @@ def image(call: Call, evaluation_id: str) -> flask.Response:
     args = flask.request.args
     instance_id, part, signature = args.get("instance", ""), args.get("part", ""), args.get("signature", "")
     expires = args.get("expires", "")
-    if not (expires.isdigit() and PART.match(part) and session.image_signature_valid(
+    if not (expires.isdigit() and PART.fullmatch(part) and session.image_signature_valid(
         secret(), signature, account=call.account, evaluation_id=evaluation_id, instance_id=instance_id, part=part,
         expires=int(expires),
     )):

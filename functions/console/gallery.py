@@ -52,7 +52,7 @@ class ShardCache:
         self._lock = threading.Lock()
 
     def path(self, dataset_id: str, split: str, part: str) -> Path:
-        match = PART.match(part)
+        match = PART.fullmatch(part)
         if match is None:
             raise NotFound("no such image")
         local = self.root / dataset_id / split / part

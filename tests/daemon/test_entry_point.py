@@ -33,3 +33,16 @@ def test_a_worker_rebuilds_the_daemons_settings_from_the_environment_it_is_given
     for name, value in worker_environment(daemon_side).items():
         monkeypatch.setenv(name, value)
     assert Settings() == daemon_side
+
+
+def test_a_worker_is_never_handed_the_daemons_secrets(monkeypatch):
+    daemon_side = Settings(project="p", bucket="b", webhook_signing_key="webhook-key", console_secret="console-key")
+    env = worker_environment(daemon_side)
+    assert "ASSAY_WEBHOOK_SIGNING_KEY" not in env and "ASSAY_CONSOLE_SECRET" not in env
+    assert not any("key" in value and "*" in value for value in env.values())  # no masked stand-ins either
+    for name in list(os.environ):
+        if name.startswith("ASSAY_") or name.endswith("_EMULATOR_HOST"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == daemon_side.model_copy(update={"webhook_signing_key": None, "console_secret": None})

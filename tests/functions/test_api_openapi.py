@@ -114,3 +114,23 @@ def test_a_label_key_prefix_over_253_characters_is_refused_by_schema_and_server_
         body = {"name": "m", "size": 1, "labels": {f"{prefix}/team": "vision"}}
         assert (client.post("/v1/models", json=body, headers=alice.write).status_code == 201) == (status == 200)
         assert body_schema_valid("/v1/models", "post", body) == (status == 200)
+
+
+@pytest.mark.parametrize("allow_loopback", [False, True])
+def test_a_webhook_url_is_taken_exactly_when_the_served_schema_allows_it(settings, allow_loopback):
+    """The document served carries the URL pattern in force: a local stack's also allows
+    http to loopback, and ``check_url`` enforces the same pattern."""
+    from shared.webhooks import check_url
+
+    deployment = settings.model_copy(update={"webhook_allow_http_loopback": allow_loopback})
+    pattern = openapi_document(ROUTERS, settings=deployment)["components"]["schemas"]["CreateWebhook"]["properties"]["url"]["pattern"]
+    urls = ["https://hooks.example.com/assay?x=1", "https://a.b:8443", "http://127.0.0.1:8080/hook", "http://localhost/x",
+            "https://10.0.0.1/", "https://169.254.169.254/", "https://u:p@example.com/", "https://example.com/#f",
+            "http://example.com/", "https://localhost/", "https://example.com:0/", "https://example.com\n"]
+    for url in urls:
+        try:
+            check_url(url, allow_http_loopback=allow_loopback)
+            taken = True
+        except ValueError:
+            taken = False
+        assert taken == (re.search(pattern, url) is not None and not url.endswith("\n")), url
