@@ -15,7 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from daemon.context import Context
+# The LocalBackend forks worker processes (fork, then exec). gRPC's fork handlers would
+# restart its poller threads in the child before the exec, and grpcio 1.85 can abort such a
+# child while the parent has calls in flight. Turned off before gRPC is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+from daemon.context import Context  # noqa: E402 (after the variable above)
 from daemon.environment import worker_environment
 from daemon.loop import Daemon, Exit
 from daemon.settings import DaemonSettings

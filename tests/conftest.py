@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+# As the worker's entry point does (workers/__main__.py): evaluation tests fork decoder
+# processes from this process, which holds many gRPC channels with calls in flight.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 from shared.emulators import Emulators, EmulatorsMissing
 from shared.indexes import load_indexes
 from shared.settings import Settings

@@ -11,7 +11,12 @@ import logging
 import os
 import sys
 
-from shared.logs import extra_fields
+# A worker forks decoder and replica processes that never use gRPC. gRPC's fork handlers
+# would restart its poller threads inside them, and grpcio 1.85 can abort such a child when
+# the parent had calls in flight (the heartbeat's). Turned off before gRPC is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+from shared.logs import extra_fields  # noqa: E402 (after the variable above)
 from shared.settings import Settings
 from shared.tasks import TaskName
 

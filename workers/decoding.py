@@ -18,6 +18,7 @@ ahead (``ProcessorRecipe``) returns its arrays by value instead.
 from __future__ import annotations
 
 import ctypes
+import gc
 import mmap
 import multiprocessing
 import os
@@ -47,9 +48,18 @@ class DecodeError(RuntimeError):
     damaged shard) or a decoder process that died."""
 
 
-def die_with_parent(parent: int) -> None:
-    """Make this forked process die with ``parent``: a process killed outright (OOM,
-    SIGKILL) cannot stop its helpers, and they would wait for work forever."""
+def start_forked_child(parent: int) -> None:
+    """The first thing a forked helper does.
+
+    It freezes what it inherited out of the garbage collector's reach: the parent's
+    garbage may hold gRPC channels (the heartbeat's store), and collecting one here would
+    run gRPC code in a process whose gRPC threads did not survive the fork. (The entry
+    points also turn gRPC's own fork handlers off: ``GRPC_ENABLE_FORK_SUPPORT``, see
+    ``workers/__main__.py``.) It also spares the copy-on-write of pages a collection touches.
+
+    And it dies with ``parent``: a process killed outright (OOM, SIGKILL) cannot stop its
+    helpers, and they would wait for work forever."""
+    gc.freeze()
     if sys.platform == "linux":
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
@@ -59,7 +69,7 @@ def die_with_parent(parent: int) -> None:
 
 def _start_decoder(recipe: PixelRecipe | ProcessorRecipe, slots: np.ndarray | None, parent: int) -> None:
     global _recipe, _slots
-    die_with_parent(parent)
+    start_forked_child(parent)
     _recipe, _slots = recipe, slots
     torch.set_num_threads(1)  # a decoder runs no torch ops; keep it from starting a thread pool
 

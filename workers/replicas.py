@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING
 
-from workers.decoding import Batch, Plan, ShardReader, die_with_parent
+from workers.decoding import Batch, Plan, ShardReader, start_forked_child
 from workers.failures import FailureReason, WorkerFailure
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def run_in_replicas(
 
 
 def _replica(predictor: Predictor, plan: Plan, next_batch, sender: Connection, parent: int) -> None:
-    die_with_parent(parent)
+    start_forked_child(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when replicas stop
 
     def claimed() -> Iterator[Batch]:
