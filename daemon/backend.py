@@ -37,6 +37,7 @@ class Task:
     entity_id: str
     account: str
     attempt: int
+    gpu: bool = False  # the job goes to the GPU pool (an evaluation whose model task wants one)
 
     @property
     def kind(self) -> str:

@@ -13,11 +13,11 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from daemon.backend import BackendBusy, JobRejected
-from daemon.context import ARTIFACT_KINDS, Context, fields, log, task_of
-from shared.entities import Artifact, ArtifactStatus, Evaluation, EvaluationStatus, utcnow
+from daemon.context import Context, fields, log, task_of
+from shared.entities import Artifact, Evaluation, utcnow
 from shared.errors import TransitionConflict, Unavailable
 from shared.store import ANY_ACCOUNT
-from shared.tasks import job_name
+from shared.tasks import ARTIFACT_KINDS, LIFECYCLES, job_name
 
 
 def claim(ctx: Context, entity: Artifact | Evaluation, *, expected: str, to: str) -> Artifact | Evaluation:
@@ -32,13 +32,8 @@ def claim(ctx: Context, entity: Artifact | Evaluation, *, expected: str, to: str
         lease_expires_at=utcnow() + dt.timedelta(seconds=ctx.settings.lease_seconds),
         heartbeat_at=None,
         job_name=job_name(task.name, entity.id, attempt),
-        progress=None,
-        progress_message=None,
-        started_at=None,
-        finished_at=None,
+        **LIFECYCLES[entity.kind].new_attempt(),
     )
-    if cls is Evaluation:
-        changes["queue_position"] = None
     return ctx.store.transition(
         cls,
         entity.id,
@@ -69,7 +64,7 @@ def submit(ctx: Context, entity: Artifact | Evaluation) -> bool:
             entity.id,
             account=ANY_ACCOUNT,
             expected=str(entity.status),
-            to="failed",
+            to=LIFECYCLES[entity.kind].failed,
             reason="job_rejected",
             message=e.message,
             check=lambda current: current.attempts == task.attempt,
@@ -123,15 +118,17 @@ def dispatch_uploaded(ctx: Context) -> None:
         if room is not None and room <= 0:
             return
         uploaded = list(
-            ctx.store.iterate(cls, account=ANY_ACCOUNT, filters={"status": ArtifactStatus.uploaded}, order="created_at")
+            ctx.store.iterate(cls, account=ANY_ACCOUNT, filters={"status": LIFECYCLES[cls.kind].queued}, order="created_at")
         )
         if room is not None:
             uploaded = uploaded[:room]
-        claimed = claim_all(ctx, uploaded, expected=ArtifactStatus.uploaded, to=ArtifactStatus.verifying)
+        lifecycle = LIFECYCLES[cls.kind]
+        claimed = claim_all(ctx, uploaded, expected=lifecycle.queued, to=lifecycle.start)
         if room is not None:
             room -= claimed
 
 
 def claim_evaluations(ctx: Context, evaluations: list[Evaluation]) -> int:
-    return claim_all(ctx, evaluations, expected=EvaluationStatus.pending, to=EvaluationStatus.admitted)
+    lifecycle = LIFECYCLES[Evaluation.kind]
+    return claim_all(ctx, evaluations, expected=lifecycle.queued, to=lifecycle.start)
 

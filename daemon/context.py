@@ -9,26 +9,18 @@ from typing import Any, TypeVar
 
 from daemon.backend import Backend, Task
 from daemon.settings import DaemonSettings
-from shared.entities import Artifact, ArtifactStatus, Dataset, Entity, Evaluation, EvaluationStatus, Model
+from shared.entities import Artifact, Entity, Evaluation
 from shared.errors import TransitionConflict, Unavailable
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.store import Store
-from shared.tasks import TASK_FOR_KIND
+from shared.modeltasks import spec_of
+from shared.tasks import LIFECYCLES
 
 log = logging.getLogger("daemon")
 
 E = TypeVar("E", bound=Entity)
 
-ARTIFACT_KINDS: tuple[type[Artifact], ...] = (Model, Dataset)
-# Statuses in which an entity has a claimed attempt whose job the daemon follows.
-ACTIVE = {
-    Model: (ArtifactStatus.verifying,),
-    Dataset: (ArtifactStatus.verifying,),
-    Evaluation: (EvaluationStatus.admitted, EvaluationStatus.running),
-}
-# Where a retried attempt goes back to.
-REQUEUED = {Model: ArtifactStatus.uploaded, Dataset: ArtifactStatus.uploaded, Evaluation: EvaluationStatus.pending}
 
 
 @dataclass
@@ -49,11 +41,13 @@ class Context:
 
 
 def task_of(entity: Artifact | Evaluation, *, attempt: int | None = None) -> Task:
+    lifecycle = LIFECYCLES[entity.kind]
     return Task(
-        name=TASK_FOR_KIND[entity.kind],
+        name=lifecycle.task,
         entity_id=entity.id,
         account=entity.account,
         attempt=entity.attempts if attempt is None else attempt,
+        gpu=lifecycle.may_use_gpu and spec_of(entity.task).gpu,
     )
 
 

@@ -13,11 +13,12 @@ is removed only once none is left.
 from __future__ import annotations
 
 from daemon.cancels import job_stopped
-from daemon.context import ARTIFACT_KINDS, Context, fields, for_each, log
+from daemon.context import Context, fields, for_each, log
 from shared.entities import Artifact, Entity, Evaluation, EvaluationStatus
 from shared.events import Event
 from shared.storage import prefixes_of
 from shared.store import ANY_ACCOUNT, Txn
+from shared.tasks import ARTIFACT_KINDS
 
 DEPENDENT_FIELD = {"Model": "model_id", "Dataset": "dataset_id"}
 # Every status but these may move to deleting.

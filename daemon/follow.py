@@ -18,16 +18,17 @@ import datetime as dt
 
 from daemon.backend import JOB_ENDED, JobState, JobStatus
 from daemon.claims import submit
-from daemon.context import ACTIVE, REQUEUED, Context, fields, for_each, log
-from shared.entities import Artifact, Evaluation, EvaluationStatus, QueueReason, utcnow
+from daemon.context import Context, fields, for_each, log
+from shared.entities import Artifact, Evaluation, utcnow
 from shared.store import ANY_ACCOUNT
+from shared.tasks import LIFECYCLES
 
 
 def follow_active(ctx: Context) -> None:
     active: list[Artifact | Evaluation] = []
-    for cls, statuses in ACTIVE.items():
-        for status in statuses:
-            active += ctx.store.iterate(cls, account=ANY_ACCOUNT, filters={"status": status}, order=None)
+    for lifecycle in LIFECYCLES.values():
+        for status in lifecycle.active:
+            active += ctx.store.iterate(lifecycle.cls, account=ANY_ACCOUNT, filters={"status": status}, order=None)
     if not active:
         return
     jobs = ctx.backend.statuses()
@@ -41,7 +42,7 @@ def follow_one(ctx: Context, entity: Artifact | Evaluation, job: JobStatus | Non
         return
     if job is None or job.state == JobState.missing:
         job = ctx.backend.status(entity.job_name)
-    started = entity.heartbeat_at is not None or entity.status == EvaluationStatus.running
+    started = LIFECYCLES[entity.kind].started(entity)
     lease_expired = entity.lease_expires_at is None or entity.lease_expires_at <= now
 
     if job.state in JOB_ENDED:
@@ -80,10 +81,11 @@ def retry_or_fail(ctx: Context, entity: Artifact | Evaluation, *, why: str, canc
     Raises TransitionConflict when the worker (or another replica) changed it first.
     """
     cls = type(entity)
+    lifecycle = LIFECYCLES[entity.kind]
     attempt = entity.attempts
     common = dict(
         account=ANY_ACCOUNT,
-        expected=[str(s) for s in ACTIVE[cls]],
+        expected=[str(s) for s in lifecycle.active],
         check=lambda current: current.attempts == attempt and current.job_name == entity.job_name,
         lease_owner=None,
         lease_expires_at=None,
@@ -92,7 +94,7 @@ def retry_or_fail(ctx: Context, entity: Artifact | Evaluation, *, why: str, canc
         ctx.store.transition(
             cls,
             entity.id,
-            to="failed",
+            to=lifecycle.failed,
             reason="attempts_exhausted",
             message=f"failed after {attempt - entity.retry_base} attempts; the last: {why}",
             finished_at=utcnow(),
@@ -104,8 +106,8 @@ def retry_or_fail(ctx: Context, entity: Artifact | Evaluation, *, why: str, canc
         ctx.store.transition(
             cls,
             entity.id,
-            to=REQUEUED[cls],
-            reason=QueueReason.queued if cls is Evaluation else "retrying",
+            to=lifecycle.queued,
+            reason=lifecycle.requeue_reason,
             message=f"attempt {attempt} failed: {why}; it will be retried",
             **common,
         )

@@ -32,7 +32,7 @@ from kubernetes.client import (
 
 from daemon.backend import Task
 from daemon.settings import DaemonSettings
-from shared.tasks import TaskName, worker_command
+from shared.tasks import worker_command
 
 MANAGED_BY = "assay-daemon"
 SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
@@ -58,11 +58,11 @@ def job_labels(task: Task) -> dict[str, str]:
 def build_job(task: Task, settings: DaemonSettings, *, env: dict[str, str] | None = None) -> V1Job:
     """The Job for one attempt of ``task``.
 
-    Evaluations ask for ``settings.gpu_count`` GPUs (``settings.gpu_resource``) and carry
+    A task that wants the GPU (an evaluation whose model task says so) asks for ``settings.gpu_count`` GPUs (``settings.gpu_resource``) and carry
     the GPU pool's node selector and tolerations; verification and ingestion run on CPU
     nodes. ``env`` is the workers' environment (the daemon's shared settings).
     """
-    uses_gpu = task.name == TaskName.evaluate and settings.gpu_count > 0
+    uses_gpu = task.gpu and settings.gpu_count > 0
     requests = {"cpu": settings.cpu_request, "memory": settings.memory_request}
     limits = {"memory": settings.memory_request}  # no CPU limit: throttling only slows the job
     if uses_gpu:

@@ -20,8 +20,6 @@ from shared.store import Page, Store
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = {"zip": "zip", "tar.gz": "tar.gz", "parquet": "parquet"}
-
 
 @dataclass(frozen=True)
 class ArtifactKind:
@@ -67,7 +65,7 @@ def create(
     archive = kind.archive(spec)
     content_type = _content_type(archive, spec.content_type)
     entity_id = kind.cls.new_id()
-    name = upload_object(kind.folder, entity_id, f"{kind.folder[:-1]}.{EXTENSIONS[archive]}")
+    name = upload_object(kind.folder, entity_id, f"{kind.folder[:-1]}.{archive}")
     signed = storage.signed_put(name, content_type=content_type, max_bytes=spec.size)
     fields: dict[str, Any] = spec.model_dump(exclude={"size", "content_type"})
     entity = kind.cls(

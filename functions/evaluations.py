@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
+
+from pydantic import ValidationError
 
 from shared.api import CreateEvaluations, EvaluationOutcome
 from shared.entities import (
@@ -30,8 +33,10 @@ from shared.entities import (
     utcnow,
 )
 from shared.errors import Conflict, Invalid, NotFound, TransitionConflict
+from shared.modeltasks import DEFAULT_TASK, SPECS, TaskConfig, spec_of
 from shared.pubsub import Hint
 from shared.store import Store, Txn
+from shared.tasks import LIFECYCLES
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,27 @@ def _splits(request: CreateEvaluations, dataset: Dataset) -> list[str]:
     )
 
 
+def task_config(task: str, values: dict[str, Any]) -> TaskConfig:
+    """``values`` as ``task``'s config, defaults filled in. Raises Invalid, naming each field."""
+    try:
+        return spec_of(task).parse_config(values, strict=True)
+    except ValidationError as e:
+        raise Invalid(
+            f"config is invalid for a {task} model",
+            details={"fields": [
+                {"path": ".".join(["config", *(str(p) for p in err["loc"])]), "message": err["msg"], "type": err["type"]}
+                for err in e.errors()
+            ], "task": task},
+        ) from None
+
+
+def _config_or_none(task: str, values: dict[str, Any]) -> TaskConfig | None:
+    try:
+        return task_config(task, values)
+    except Invalid:
+        return None
+
+
 def _default_name(model: Model, dataset: Dataset, split: str) -> str:
     raw = f"{model.name}-{dataset.name}-{split}".lower()
     name = re.sub(r"[^a-z0-9.-]+", "-", raw)[:63].strip("-.")
@@ -83,24 +109,30 @@ def order(store: Store, request: CreateEvaluations, *, account: str) -> tuple[li
     failed or is being deleted; an evaluation is being deleted), Invalid (splits).
     """
 
-    identities: dict[str, tuple[str, str]] = {}  # split -> (fingerprint, id), each computed once
+    identities: dict[tuple[str, str], tuple[str, str]] = {}  # (task, split) -> (fingerprint, id), each computed once
+    # The config is the model's task's; until the model is read, the default task's is a
+    # guess that, when right (and it is for every image model), saves a round trip.
+    guess = DEFAULT_TASK if _config_or_none(DEFAULT_TASK, request.config) is not None else None
+    if guess is None and not any(_config_or_none(task, request.config) for task in SPECS):
+        task_config(DEFAULT_TASK, request.config)  # no task takes it: refused before any read (raises)
 
-    def identity(split: str) -> tuple[str, str]:
-        if split not in identities:
+    def identity(task: str, split: str) -> tuple[str, str]:
+        if (task, split) not in identities:
             fingerprint = evaluation_fingerprint(
-                model_id=request.model_id, dataset_id=request.dataset_id, split=split, config=request.config
+                model_id=request.model_id, dataset_id=request.dataset_id, split=split, config=task_config(task, request.config)
             )
-            identities[split] = fingerprint, evaluation_id(account=account, fingerprint=fingerprint)
-        return identities[split]
+            identities[task, split] = fingerprint, evaluation_id(account=account, fingerprint=fingerprint)
+        return identities[task, split]
 
-    def ids_of(splits: list[str]) -> list[str]:
-        return [identity(s)[1] for s in splits]
+    def ids_of(task: str | None, splits: list[str]) -> list[str]:
+        return [identity(task, s)[1] for s in splits] if task is not None else []
 
     def work(txn: Txn) -> list[tuple[EvaluationOutcome, Evaluation]]:
-        # One round trip when the splits are named; otherwise the dataset says which.
+        # One round trip when the splits are named (and the task guessed); otherwise the
+        # model says which task and the dataset which splits.
         named = list(dict.fromkeys(request.splits)) if request.splits is not None else []
         wanted: list = [(Model, request.model_id), (Dataset, request.dataset_id)]
-        found = txn.find_many(wanted + [(Evaluation, eid) for eid in ids_of(named)], account=account)
+        found = txn.find_many(wanted + [(Evaluation, eid) for eid in ids_of(guess, named)], account=account)
         model, dataset = found[0], found[1]
         if model is None:
             raise NotFound(f"Model {request.model_id} not found", details={"kind": "Model", "id": request.model_id})
@@ -108,6 +140,14 @@ def order(store: Store, request: CreateEvaluations, *, account: str) -> tuple[li
             raise NotFound(f"Dataset {request.dataset_id} not found", details={"kind": "Dataset", "id": request.dataset_id})
         _usable(model, "model_id")
         _usable(dataset, "dataset_id")
+        if dataset.task != model.task:
+            raise Invalid(
+                f"model {model.id} is for {model.task} and dataset {dataset.id} for {dataset.task}: they cannot be evaluated together",
+                code="task_mismatch",
+                details={"model_task": model.task, "dataset_task": dataset.task},
+            )
+        task = model.task
+        config = task_config(task, request.config)
         waiting_for = None
         if model.status != ArtifactStatus.ready:
             waiting_for = QueueReason.waiting_for_model
@@ -117,13 +157,13 @@ def order(store: Store, request: CreateEvaluations, *, account: str) -> tuple[li
         reason = str(waiting_for or QueueReason.queued)
         now = utcnow()
         splits = _splits(request, dataset)
-        if splits == named:
+        if splits == named and task == guess:
             existing_by_split = dict(zip(named, found[2:]))
         else:
-            existing_by_split = dict(zip(splits, txn.find_many([(Evaluation, e) for e in ids_of(splits)], account=account)))
+            existing_by_split = dict(zip(splits, txn.find_many([(Evaluation, e) for e in ids_of(task, splits)], account=account)))
         out = []
         for split in splits:
-            fingerprint, eid = identity(split)
+            fingerprint, eid = identity(task, split)
             existing = existing_by_split[split]
             if existing is not None and existing.status in REUSED:
                 out.append((EvaluationOutcome.reused, existing))
@@ -139,11 +179,10 @@ def order(store: Store, request: CreateEvaluations, *, account: str) -> tuple[li
                     {
                         **existing.model_dump(),
                         "status": start, "reason": reason, "message": "restarted on request",
-                        "updated_at": now, "status_changed_at": now,
-                        "retry_base": existing.attempts, "lease_owner": None, "lease_expires_at": None, "heartbeat_at": None,
+                        "updated_at": now, "status_changed_at": now, "retry_base": existing.attempts,
+                        **LIFECYCLES[Evaluation.kind].restart(),
                         # A cancelled job the daemon has yet to stop keeps its name until it has.
-                        "job_name": existing.job_name if existing.stopping else None, "progress": None, "progress_message": None, "started_at": None,
-                        "finished_at": None, "summary": None, "queue_position": None,
+                        "job_name": existing.job_name if existing.stopping else None,
                     }
                 )
                 txn.put(restarted)
@@ -160,7 +199,8 @@ def order(store: Store, request: CreateEvaluations, *, account: str) -> tuple[li
                 model_id=model.id,
                 dataset_id=dataset.id,
                 split=split,
-                config=request.config,
+                task=task,
+                config=config.model_dump(),
                 fingerprint=fingerprint,
                 created_at=now,
                 updated_at=now,

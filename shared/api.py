@@ -15,7 +15,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from shared.entities import (
     ApiKey,
@@ -31,15 +31,14 @@ from shared.entities import (
     MAX_SPLITS,
     NAME_PATTERN,
     SPLIT_PATTERN,
-    InferenceConfig,
     Labels,
     Model,
     ModelFramework,
-    ModelTask,
     Name,
     Scope,
 )
 from shared.events import Event
+from shared.modeltasks import DEFAULT_TASK, SPECS, ModelTask
 from shared.webhooks import EVENT_TYPES, Webhook, WebhookDelivery, url_pattern
 
 ApiName = Annotated[Name, Field(json_schema_extra={"pattern": NAME_PATTERN, "maxLength": 63})]
@@ -119,9 +118,13 @@ CONTENT_TYPES: dict[str, tuple[str, ...]] = {
     "zip": ("application/zip", "application/x-zip-compressed"),
     "tar.gz": ("application/gzip", "application/x-gzip", "application/x-tar+gzip"),
     "parquet": ("application/vnd.apache.parquet", "application/x-parquet", "application/octet-stream"),
+    "jsonl": ("application/jsonl", "application/x-ndjson", "application/json-lines", "text/plain"),
+    "csv": ("text/csv", "application/csv", "text/plain"),
 }
 MODEL_ARCHIVE: dict[str, str] = {"zip": "zip", "tar.gz": "tar.gz"}
-DATASET_ARCHIVE: dict[str, str] = {"imagefolder-zip": "zip", "imagefolder-tar.gz": "tar.gz", "parquet": "parquet"}
+DATASET_ARCHIVE: dict[str, str] = {
+    "imagefolder-zip": "zip", "imagefolder-tar.gz": "tar.gz", "parquet": "parquet", "jsonl": "jsonl", "csv": "csv"
+}
 ModelContentType = Literal[tuple(t for a in dict.fromkeys(MODEL_ARCHIVE.values()) for t in CONTENT_TYPES[a])]  # type: ignore[misc]
 DatasetContentType = Literal[tuple(t for a in dict.fromkeys(DATASET_ARCHIVE.values()) for t in CONTENT_TYPES[a])]  # type: ignore[misc]
 
@@ -136,7 +139,7 @@ class ApiRequest(BaseModel):
 class CreateModel(ApiRequest):
     name: ApiName
     labels: ApiLabels = Field(default_factory=dict)
-    task: ModelTask = "image-classification"
+    task: ModelTask = DEFAULT_TASK
     framework: ModelFramework = "transformers"
     archive_format: ArchiveFormat = "zip"
     size: int = Field(
@@ -146,16 +149,39 @@ class CreateModel(ApiRequest):
     content_type: ModelContentType | None = Field(default=None, description="Defaults to the archive format's usual type.")
 
 
+def _formats_of_tasks(schema: dict[str, Any]) -> None:
+    """The JSON Schema says what ``_format_of_task`` checks: each task's formats."""
+
+    def formats(task: str) -> dict[str, Any]:
+        return {"properties": {"format": {"anyOf": [{"enum": list(SPECS[task].dataset_formats)}, {"type": "null"}]}}}
+
+    schema["allOf"] = [{"if": {"not": {"required": ["task"]}}, "then": formats(DEFAULT_TASK)}] + [
+        {"if": {"required": ["task"], "properties": {"task": {"const": task}}}, "then": formats(task)} for task in SPECS
+    ]
+
+
 class CreateDataset(ApiRequest):
+    model_config = ConfigDict(json_schema_extra=_formats_of_tasks)
+
     name: ApiName
     labels: ApiLabels = Field(default_factory=dict)
-    task: ModelTask = "image-classification"
-    format: DatasetFormat = "imagefolder-zip"
+    task: ModelTask = DEFAULT_TASK
+    format: DatasetFormat | None = Field(default=None, description="Defaults to the task's first format (GET /v1/tasks lists them).")
     size: int = Field(
         gt=0, description="Size of the upload in bytes; the upload may not exceed it.",
         json_schema_extra={SETTING_MAXIMUM: "max_dataset_bytes"},
     )
     content_type: DatasetContentType | None = Field(default=None, description="Defaults to the format's usual type.")
+
+    @model_validator(mode="after")
+    def _format_of_task(self) -> "CreateDataset":
+        """The format defaults to, and must be one of, the task's formats."""
+        formats = SPECS[self.task].dataset_formats
+        if self.format is None:
+            self.format = formats[0]
+        elif self.format not in formats:
+            raise ValueError(f"format {self.format!r} is not one of the {self.task} formats {list(formats)}")
+        return self
 
 
 class CreateEvaluations(ApiRequest):
@@ -167,7 +193,10 @@ class CreateEvaluations(ApiRequest):
         max_length=MAX_SPLITS,
         description="Defaults to every split of the dataset; required while the dataset is not ready yet.",
     )
-    config: InferenceConfig = Field(default_factory=InferenceConfig)
+    config: dict[str, Any] = Field(
+        default_factory=dict, max_length=64,
+        description="The inference config of the model's task; its schema and defaults are in GET /v1/tasks.",
+    )
     name: ApiName | None = None
     labels: ApiLabels = Field(default_factory=dict)
 
@@ -318,6 +347,48 @@ class Whoami(View):
 
 class Health(View):
     status: Literal["ok"] = "ok"
+
+
+class ColumnInfo(View):
+    name: str
+    type: str = Field(description="An Arrow type name.")
+    required: bool
+    description: str
+
+
+class ModelRequirements(View):
+    framework: str
+    auto_class: str = Field(description="The transformers auto class the model loads with.")
+    architectures: str = Field(description="Which architectures: a pattern of their class names.")
+    files: list[str] = Field(description="The files a model directory may hold (weights as safetensors, sharded or not).")
+
+
+class DatasetRequirements(View):
+    formats: list[DatasetFormat]
+    columns: list[ColumnInfo]
+
+
+class MetricInfo(View):
+    name: str
+    description: str
+    higher_is_better: bool
+
+
+class TaskInfo(View):
+    """A model task Assay evaluates: what it accepts, how it is configured, what it measures."""
+
+    name: ModelTask
+    description: str
+    model: ModelRequirements
+    dataset: DatasetRequirements
+    config_schema: dict[str, Any] = Field(description="JSON Schema of the evaluation config (POST /v1/evaluations 'config').")
+    prediction_columns: list[ColumnInfo]
+    metrics: list[MetricInfo]
+    gpu: bool = Field(description="Whether its evaluations run on GPU nodes.")
+
+
+class TaskList(View):
+    tasks: list[TaskInfo]
 
 
 T = TypeVar("T")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import re
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
@@ -18,6 +17,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from shared.ids import new_id
+from shared.modeltasks import DEFAULT_TASK, ModelTask, TaskConfig, spec_of
+from shared.modeltasks.image_classification import ImageClassificationConfig
 
 # --- names and labels, Kubernetes style --------------------------------------------------
 #
@@ -304,10 +305,9 @@ class ApiKey(Entity):
         return frozenset(out)
 
 
-ModelTask = Literal["image-classification"]
 ModelFramework = Literal["transformers"]
 ArchiveFormat = Literal["zip", "tar.gz"]
-DatasetFormat = Literal["imagefolder-zip", "imagefolder-tar.gz", "parquet"]
+DatasetFormat = Literal["imagefolder-zip", "imagefolder-tar.gz", "parquet", "jsonl", "csv"]
 
 
 class Artifact(Entity, TaskState):
@@ -318,7 +318,7 @@ class Artifact(Entity, TaskState):
     terminal: ClassVar[frozenset] = ARTIFACT_TERMINAL
 
     status: ArtifactStatus = ArtifactStatus.awaiting_upload
-    task: ModelTask = "image-classification"
+    task: ModelTask = DEFAULT_TASK
     declared_size: int = Field(gt=0)
     content_type: str
     upload_object: str
@@ -346,20 +346,8 @@ class Dataset(Artifact):
     invalid_instances: int | None = None
 
 
-class InferenceConfig(BaseModel):
-    """How to run an evaluation. Only fields that change results enter the fingerprint."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    top_k: int = Field(default=5, ge=1, le=100)
-    # dataset label name -> model label name, for datasets whose names differ.
-    label_mapping: dict[str, str] | None = None
-    batch_size: int = Field(default=64, ge=1, le=4096)
-
-    RESULT_FIELDS: ClassVar[tuple[str, ...]] = ("top_k", "label_mapping")
-
-    def canonical(self) -> str:
-        return json.dumps(self.model_dump(include=set(self.RESULT_FIELDS)), sort_keys=True, separators=(",", ":"))
+# The image task's config, under the name the first version gave it (SDK users import it).
+InferenceConfig = ImageClassificationConfig
 
 
 class QueueReason(StrEnum):
@@ -382,7 +370,10 @@ class Evaluation(Entity, TaskState):
     model_id: str
     dataset_id: str
     split: str
-    config: InferenceConfig = Field(default_factory=InferenceConfig)
+    task: ModelTask = DEFAULT_TASK  # the model's, when the evaluation was ordered
+    # The task's config (``shared.modeltasks``), validated and with its defaults filled in
+    # when the evaluation was ordered; ``inference_config()`` gives it typed.
+    config: dict[str, Any] = Field(default_factory=dict)
     fingerprint: str
     queue_position: int | None = None
     timings: dict[str, float] = Field(default_factory=dict)
@@ -391,8 +382,12 @@ class Evaluation(Entity, TaskState):
     # Cancelled while its job may still run: the daemon stops the job, then clears this.
     stopping: bool = False
 
+    def inference_config(self) -> TaskConfig:
+        """The config, typed by the evaluation's task."""
+        return spec_of(self.task).parse_config(self.config)
 
-def evaluation_fingerprint(*, model_id: str, dataset_id: str, split: str, config: InferenceConfig) -> str:
+
+def evaluation_fingerprint(*, model_id: str, dataset_id: str, split: str, config: TaskConfig) -> str:
     """The identity of an evaluation's result.
 
     A model or dataset id names immutable bytes (one upload, then verified), so the id

@@ -1,4 +1,5 @@
-"""The three task bodies: fetch inputs from Cloud Storage, run the pure modules, publish outputs.
+"""The three task bodies: fetch inputs from Cloud Storage, run the model task's
+implementation (``workers.modeltasks``), publish outputs.
 
 Each body takes the entity as the runner read it and returns the fields to write with the
 final status. It knows nothing of leases or statuses; it calls ``progress(fraction,
@@ -24,7 +25,10 @@ from shared import storage as paths
 from shared.entities import ArtifactStatus, Dataset, Evaluation, Model, check_split_name
 from shared.errors import NotFound
 from shared.storage import Storage
+from shared.store import Store
+from shared.tasks import TaskName
 from workers.failures import FailureReason, WorkerFailure
+from workers.modeltasks import implementation
 from workers.workdir import inside
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,7 @@ Checkpoint = Callable[[], None]
 
 @dataclass
 class JobContext:
+    store: Store
     storage: Storage
     cache_dir: Path
     work_dir: Path  # fresh, private to this attempt, removed afterwards
@@ -63,12 +68,10 @@ def _upload_tree(ctx: JobContext, root: Path, prefix: str, files: list[str]) -> 
 
 
 def verify_model(ctx: JobContext, model: Model) -> dict[str, Any]:
-    from workers.verify import verify_model_archive
-
     ctx.progress(0.0, "downloading the upload")
     archive, digest, size = _download_upload(ctx, model)
     ctx.progress(0.2, "extracting and verifying")
-    root, report = verify_model_archive(archive, inside(ctx.work_dir, "extracted"))
+    root, report = implementation(model.task).verify_model_archive(archive, inside(ctx.work_dir, "extracted"))
     ctx.checkpoint()
     manifest = {"digest": digest, **report.to_dict()}
     manifest_path = inside(ctx.work_dir, "manifest.json")
@@ -90,13 +93,11 @@ def verify_model(ctx: JobContext, model: Model) -> dict[str, Any]:
 
 
 def ingest_dataset(ctx: JobContext, dataset: Dataset) -> dict[str, Any]:
-    from workers.ingest import MANIFEST_NAME, ingest_dataset as ingest
-
     ctx.progress(0.0, "downloading the upload")
     source, digest, size = _download_upload(ctx, dataset)
     ctx.progress(0.2, "decoding and sharding")
     out = inside(ctx.work_dir, "canonical")
-    manifest = ingest(source, out, work_dir=inside(ctx.work_dir, "extracted"))
+    manifest = implementation(dataset.task).ingest_dataset(source, out, work_dir=inside(ctx.work_dir, "extracted"))
     manifest["source_digest"] = digest
     inside(out, MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     ctx.checkpoint()
@@ -111,7 +112,7 @@ def ingest_dataset(ctx: JobContext, dataset: Dataset) -> dict[str, Any]:
         "invalid_instances": invalid,
         "digest": digest,
         "size": size,
-        "message": f"{manifest['instances']} instances" + (f", {invalid} invalid images left out" if invalid else ""),
+        "message": f"{manifest['instances']} instances" + (f", {invalid} invalid instances left out" if invalid else ""),
     }
 
 
@@ -143,10 +144,23 @@ def _fetch_prefix(ctx: JobContext, prefix: str, into: Path, *, only: Callable[[s
             ctx.storage.download_file(name, inside(into, rel))
 
 
-def evaluate(ctx: JobContext, evaluation: Evaluation, *, model: Model, dataset: Dataset) -> dict[str, Any]:
-    from workers.evaluate import EvalOptions, align_labels, evaluate_shards, summarize
-    from workers.verify import label_names, load_model
+def _inputs(ctx: JobContext, evaluation: Evaluation) -> tuple[Model, Dataset]:
+    try:
+        model = ctx.store.get(Model, evaluation.model_id, account=evaluation.account)
+        dataset = ctx.store.get(Dataset, evaluation.dataset_id, account=evaluation.account)
+    except NotFound as e:
+        raise WorkerFailure(FailureReason.input_not_ready, e.message) from e
+    if not model.task == dataset.task == evaluation.task:
+        raise WorkerFailure(
+            FailureReason.invalid_dataset,
+            f"the model is for {model.task}, the dataset for {dataset.task}: they cannot be evaluated together",
+        )
+    return model, dataset
 
+
+def evaluate(ctx: JobContext, evaluation: Evaluation) -> dict[str, Any]:
+    model, dataset = _inputs(ctx, evaluation)
+    task = implementation(evaluation.task)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     for what, entity in (("model", model), ("dataset", dataset)):
@@ -173,12 +187,6 @@ def evaluate(ctx: JobContext, evaluation: Evaluation, *, model: Model, dataset: 
     shards = [inside(dataset_dir, split, s["name"]) for s in manifest["splits"][split]["shards"]]
     timings["fetch_s"] = time.perf_counter() - started
 
-    tick = time.perf_counter()
-    model_obj, processor = load_model(model_dir)
-    names = label_names(model_obj)
-    label_map = align_labels(manifest["label_names"], names, evaluation.config.label_mapping)
-    timings["load_s"] = time.perf_counter() - tick
-
     # Resume: prediction shards already published by an earlier attempt are kept as they are.
     out = inside(ctx.work_dir, "predictions")
     prediction_prefix = paths.evaluation_prefix(evaluation.id) + "predictions/"
@@ -198,15 +206,14 @@ def evaluate(ctx: JobContext, evaluation: Evaluation, *, model: Model, dataset: 
         ctx.checkpoint()
 
     tick = time.perf_counter()
-    options = EvalOptions(batch_size=evaluation.config.batch_size, top_k=evaluation.config.top_k)
-    stats = evaluate_shards(model_obj, processor, shards, out, label_map=label_map, options=options, on_shard=on_shard, on_batch=on_batch)
-    timings["inference_s"] = time.perf_counter() - tick
-
-    tick = time.perf_counter()
-    summary = summarize([inside(out, s.name) for s in shards], names, stats)
+    summary = task.evaluate(
+        model_dir, shards, out, dataset_label_names=manifest["label_names"], config=evaluation.inference_config(),
+        on_shard=on_shard, on_batch=on_batch,
+    )
+    # The implementation may split its time (load, inference, metrics); else it is one figure.
+    timings.update(summary.pop("timings", None) or {"evaluate_s": time.perf_counter() - tick})
     summary["model_id"], summary["dataset_id"], summary["split"] = model.id, dataset.id, split
-    summary["config"] = evaluation.config.model_dump()
-    timings["metrics_s"] = time.perf_counter() - tick
+    summary["config"] = evaluation.inference_config().model_dump()
     timings["total_s"] = time.perf_counter() - started
     summary["timings"] = timings
     ctx.storage.write_bytes(
@@ -224,3 +231,11 @@ def entity_summary(summary: dict) -> dict:
     """What the entity keeps: every scalar metric and the efficiency, not the per-class
     tables or the confusion matrix, which grow with the label count (summary.json has them)."""
     return {k: v for k, v in summary.items() if k not in {"per_class", "confusion_matrix", "label_names", "config"}}
+
+
+# The body of each task a worker runs, by its name in the daemon's lifecycle table.
+BODIES: dict[TaskName, Callable[[JobContext, Any], dict[str, Any]]] = {
+    TaskName.verify_model: verify_model,
+    TaskName.ingest_dataset: ingest_dataset,
+    TaskName.evaluate: evaluate,
+}

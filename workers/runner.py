@@ -26,16 +26,15 @@ import logging
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.entities import ArtifactStatus, Dataset, Entity, Evaluation, EvaluationStatus, Model, utcnow
-from shared.errors import AssayError, NotFound, RateLimited, TransitionConflict, Unavailable
+from shared.entities import Entity, utcnow
+from shared.errors import AssayError, RateLimited, TransitionConflict, Unavailable
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.store import ANY_ACCOUNT, Store
-from shared.tasks import TaskName
+from shared.tasks import LIFECYCLE_OF_TASK, TaskName
 from workers import jobs
 from workers.failures import FailureReason, WorkerFailure
 from workers.workdir import inside
@@ -59,22 +58,6 @@ def bounded_message(message: str | None) -> str | None:
 
 class TaskLost(Exception):
     """The entity is no longer this attempt's: cancelled, deleted or requeued."""
-
-
-@dataclass(frozen=True)
-class Lifecycle:
-    cls: type[Entity]
-    start: str  # the status the daemon left the entity in
-    working: str  # the status while the worker runs
-    done: str
-    failed: str
-
-
-LIFECYCLES = {
-    TaskName.verify_model: Lifecycle(Model, ArtifactStatus.verifying, ArtifactStatus.verifying, ArtifactStatus.ready, ArtifactStatus.failed),
-    TaskName.ingest_dataset: Lifecycle(Dataset, ArtifactStatus.verifying, ArtifactStatus.verifying, ArtifactStatus.ready, ArtifactStatus.failed),
-    TaskName.evaluate: Lifecycle(Evaluation, EvaluationStatus.admitted, EvaluationStatus.running, EvaluationStatus.complete, EvaluationStatus.failed),
-}
 
 
 class Heartbeat:
@@ -124,7 +107,7 @@ class TaskRunner:
         self.task = TaskName(task)
         self.entity_id = entity_id
         self.attempt = attempt
-        self.life = LIFECYCLES[self.task]
+        self.life = LIFECYCLE_OF_TASK[self.task]
         self.fields = {"task": str(self.task), "entity_id": entity_id, "attempt": attempt}
         self.heartbeat: Heartbeat | None = None
 
@@ -190,18 +173,6 @@ class TaskRunner:
             log.info("lost the start to another writer", extra={**self.fields, "error": str(e)})
             return None
 
-    def _body(self, ctx: jobs.JobContext, entity: Entity) -> dict[str, Any]:
-        if self.task == TaskName.verify_model:
-            return jobs.verify_model(ctx, entity)
-        if self.task == TaskName.ingest_dataset:
-            return jobs.ingest_dataset(ctx, entity)
-        try:
-            model = self.store.get(Model, entity.model_id, account=entity.account)
-            dataset = self.store.get(Dataset, entity.dataset_id, account=entity.account)
-        except NotFound as e:
-            raise WorkerFailure(FailureReason.input_not_ready, e.message) from e
-        return jobs.evaluate(ctx, entity, model=model, dataset=dataset)
-
     def run(self) -> int:
         log.info("task attempt starting", extra=self.fields)
         entity = self.begin()
@@ -214,9 +185,9 @@ class TaskRunner:
         try:
             with Heartbeat(self, self.settings.heartbeat_seconds) as heartbeat:
                 self.heartbeat = heartbeat
-                ctx = jobs.JobContext(self.storage, cache_dir, work_dir, heartbeat.report, self.checkpoint)
+                ctx = jobs.JobContext(self.store, self.storage, cache_dir, work_dir, heartbeat.report, self.checkpoint)
                 try:
-                    changes = self._body(ctx, entity)
+                    changes = jobs.BODIES[self.task](ctx, entity)
                 except WorkerFailure as e:
                     # ``message`` is a LogRecord attribute: the refusal's text goes as ``refusal``.
                     log.info("input refused", extra={**self.fields, "reason": str(e.reason), "refusal": e.message})

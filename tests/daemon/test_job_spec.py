@@ -14,9 +14,12 @@ from kubernetes_validate import validate
 from daemon.backend import Task
 from daemon.job_spec import build_job
 from daemon.settings import DaemonSettings
+from daemon.context import task_of
+from shared.entities import Evaluation, Model
+from shared.modeltasks import SPECS
 from shared.tasks import TaskName
 
-EVALUATE = Task(TaskName.evaluate, "evl_0123456789abcdefghij", "acc_0123456789abcdefghij", 2)
+EVALUATE = Task(TaskName.evaluate, "evl_0123456789abcdefghij", "acc_0123456789abcdefghij", 2, gpu=True)
 VERIFY = Task(TaskName.verify_model, "mdl_0123456789abcdefghij", "acc_0123456789abcdefghij", 1)
 INGEST = Task(TaskName.ingest_dataset, "dst_0123456789abcdefghij", "acc_0123456789abcdefghij", 3)
 
@@ -80,6 +83,21 @@ def test_verification_runs_on_cpu_nodes_without_gpu_scheduling():
     (container,) = pod["containers"]
     assert "nvidia.com/gpu" not in container["resources"]["requests"]
     assert "nodeSelector" not in pod and "tolerations" not in pod
+
+
+@pytest.mark.parametrize("model_task", sorted(SPECS))
+def test_the_task_table_decides_who_gets_a_gpu(model_task):
+    """An evaluation goes to the GPU pool when its model task says so; verifying and
+    ingesting never do, whatever the task."""
+    evaluation = Evaluation(
+        id="evl_0123456789abcdefghij", account="acc_0123456789abcdefghij", name="e", model_id="mdl_0123456789abcdefghij",
+        dataset_id="dst_0123456789abcdefghij", split="test", fingerprint="f", task=model_task, attempts=1,
+    )
+    model = Model(id="mdl_0123456789abcdefghij", account="acc_0123456789abcdefghij", name="m", task=model_task,
+                  declared_size=1, content_type="application/zip", upload_object="uploads/models/x/model.zip")
+    assert task_of(evaluation).gpu is SPECS[model_task].gpu
+    assert task_of(model).gpu is False
+    assert ("nodeSelector" in as_manifest(build_job(task_of(evaluation), GPU_POOL))["spec"]["template"]["spec"]) is SPECS[model_task].gpu
 
 
 def test_the_pod_meets_the_restricted_security_profile():

@@ -1,0 +1,122 @@
+"""What a model task is: the one declaration everything else reads.
+
+A model task (``image-classification``, ``text-classification``…) is declared once, by a
+``ModelTaskSpec`` in a module of this package: which models it accepts, which dataset
+formats and columns, its inference configuration (defaults, bounds, and which fields
+change results and so enter the fingerprint), the columns of its prediction shards, its
+metrics and whether its evaluations want a GPU. The API validates requests against it,
+the daemon sizes jobs by it, the workers pick their implementation by its name and
+``GET /v1/tasks`` publishes it.
+
+Nothing here imports torch, pyarrow or a cloud client: the SDK may read these models.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TaskConfig(BaseModel):
+    """How to run an evaluation of one task. Only ``RESULT_FIELDS`` enter the fingerprint:
+    a batch size changes how fast, never what, so ordering the same evaluation with another
+    batch size reuses the result."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    RESULT_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def canonical(self) -> str:
+        return json.dumps(self.model_dump(include=set(self.RESULT_FIELDS)), sort_keys=True, separators=(",", ":"))
+
+
+class ClassificationConfig(TaskConfig):
+    """What every classification task can be told."""
+
+    top_k: int = Field(default=5, ge=1, le=100, description="How many of the best labels each prediction keeps.")
+    label_mapping: dict[str, str] | None = Field(
+        default=None, description="Dataset label name -> model label name, for datasets whose names differ."
+    )
+    batch_size: int = Field(default=64, ge=1, le=4096, description="Instances per forward pass (speed only).")
+
+    RESULT_FIELDS: ClassVar[tuple[str, ...]] = ("top_k", "label_mapping")
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of a dataset or of a prediction shard, as ``GET /v1/tasks`` describes it."""
+
+    name: str
+    type: str  # an Arrow type name: string, int32, int64, float32, bool, binary, list<int32>…
+    required: bool = True
+    description: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type, "required": self.required, "description": self.description}
+
+
+# The prediction columns every classification task writes (shared.results builds the
+# Arrow schema from them; the results queries read them).
+CLASSIFICATION_PREDICTIONS: tuple[Column, ...] = (
+    Column("instance_id", "string", description="The dataset instance."),
+    Column("label", "int32", description="The true label, an index into the model's label names."),
+    Column("prediction", "int32", description="The best label."),
+    Column("confidence", "float32", description="The probability of the prediction."),
+    Column("label_score", "float32", description="The probability given to the true label."),
+    Column("correct", "bool", description="prediction == label."),
+    Column("topk_ids", "list<int32>", description="The top_k best labels, best first."),
+    Column("topk_scores", "list<float32>", description="Their probabilities."),
+)
+
+# The classification metrics of the summary (names from the metric registry).
+CLASSIFICATION_METRICS: tuple[str, ...] = (
+    "accuracy",
+    "top_k_accuracy",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "precision_weighted",
+    "recall_weighted",
+    "f1_weighted",
+    "expected_calibration_error",
+    "log_loss",
+)
+
+
+@dataclass(frozen=True)
+class ModelTaskSpec:
+    name: str
+    description: str
+    # The transformers auto class a model must load with, and the suffix its architecture
+    # name has (``ViTForImageClassification``): only classes transformers itself implements.
+    auto_class: str
+    architecture_suffix: str
+    # Files a model directory may hold besides config.json and safetensors weights.
+    model_files: frozenset[str]
+    dataset_formats: tuple[str, ...]
+    dataset_columns: tuple[Column, ...]  # of the canonical dataset shards
+    config: type[TaskConfig]
+    prediction_columns: tuple[Column, ...]
+    metrics: tuple[str, ...]
+    gpu: bool  # whether its evaluations run on the GPU pool (verification and ingestion never do)
+
+    def parse_config(self, values: dict[str, Any] | None, *, strict: bool = False) -> TaskConfig:
+        """The config with defaults filled in. Raises pydantic.ValidationError."""
+        return self.config.model_validate(values or {}, strict=strict)
+
+    def describe(self) -> dict[str, Any]:
+        """The public description: what ``GET /v1/tasks`` answers."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "model": {"framework": "transformers", "auto_class": self.auto_class, "architectures": f"*{self.architecture_suffix}",
+                      "files": sorted(self.model_files | {"config.json", "model.safetensors"})},
+            "dataset": {"formats": list(self.dataset_formats), "columns": [c.describe() for c in self.dataset_columns]},
+            "config_schema": self.config.model_json_schema(),
+            "prediction_columns": [c.describe() for c in self.prediction_columns],
+            "metrics": list(self.metrics),
+            "gpu": self.gpu,
+        }
