@@ -80,8 +80,8 @@ class Output:
 
 
 ENTITY_COLUMNS = {
-    "models": ["id", "name", "status", "reason", "parameter_count", "created_at"],
-    "datasets": ["id", "name", "status", "reason", "splits", "created_at"],
+    "models": ["id", "name", "task", "status", "reason", "parameter_count", "created_at"],
+    "datasets": ["id", "name", "task", "status", "reason", "splits", "created_at"],
     "evaluations": ["id", "name", "status", "split", "model_id", "dataset_id", "progress", "reason"],
     "api_keys": ["id", "name", "status", "scopes", "expires_at"],
     "webhooks": ["id", "name", "url", "events", "created_at"],
@@ -102,20 +102,42 @@ def cmd_upload(args, out: Output) -> int:
     client = Client(progress=not args.json)
     labels = dict(kv.split("=", 1) for kv in args.label or [])
     resource = client.models if args.kind == "models" else client.datasets
-    entity = resource.upload(args.path, name=args.name, labels=labels, wait=not args.no_wait)
+    entity = resource.upload(args.path, name=args.name, labels=labels, task=args.task, wait=not args.no_wait)
     out.emit(entity)
     return EXIT_FAILED if entity.status == "failed" else 0
 
 
 def cmd_evaluate(args, out: Output) -> int:
     client = Client(progress=not args.json)
-    handles = client.evaluations.create(args.model, args.dataset, splits=args.split or None)
+    handles = client.evaluations.create(args.model, args.dataset, splits=args.split or None, config=args.config)
     if args.wait:
         for h in handles:
             h.wait()
     rows = [{**_plain(h.evaluation), "outcome": h.outcome} for h in handles]
     out.emit(rows, columns=["id", "split", "status", "outcome", "reason"], rows=rows)
     return EXIT_FAILED if any(r["status"] in ("failed", "cancelled") for r in rows) else 0
+
+
+def cmd_tasks(args, out: Output) -> int:
+    tasks = Client(progress=False).tasks()
+    rows = [
+        {"name": t.name, "dataset formats": ", ".join(t.dataset.formats), "config": ", ".join(t.config_schema.get("properties", {})),
+         "metrics": len(t.metrics), "gpu": t.gpu}
+        for t in tasks
+    ]
+    out.emit(tasks, columns=list(rows[0]) if rows else [], rows=rows)
+    return 0
+
+
+def _config_arg(text: str) -> dict:
+    """``--config '{"top_k": 3}'``: a JSON object (the model task's config)."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("a JSON object, e.g. '{\"top_k\": 3}'")
+    return value
 
 
 def cmd_ls(args, out: Output) -> int:
@@ -238,6 +260,7 @@ def parser() -> argparse.ArgumentParser:
         up.add_argument("path")
         up.add_argument("--name", required=True)
         up.add_argument("--label", action="append", metavar="KEY=VALUE")
+        up.add_argument("--task", help="the model task (see `assay tasks`; default image-classification)")
         up.add_argument("--no-wait", action="store_true", help="return once uploaded, before verification ends")
         up.set_defaults(fn=cmd_upload, kind=kind)
 
@@ -245,8 +268,12 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("model")
     ev.add_argument("dataset")
     ev.add_argument("--split", action="append", help="a split to evaluate (repeatable; default: all)")
+    ev.add_argument("--config", type=_config_arg, help="the task's inference config as a JSON object (see `assay tasks`)")
     ev.add_argument("--wait", action="store_true", help="wait for completion with a progress bar")
     ev.set_defaults(fn=cmd_evaluate)
+
+    tasks = sub.add_parser("tasks", help="the model tasks the service evaluates, their dataset formats, config and metrics")
+    tasks.set_defaults(fn=cmd_tasks)
 
     ls = sub.add_parser("ls", help="list models, datasets, evaluations or api-keys")
     ls.add_argument("kind", choices=["models", "datasets", "evaluations", "api-keys"])

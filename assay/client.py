@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from assay import config as _config
 from assay.http import Http, raise_for_status, with_retries
 from assay.packing import dataset_format, pack_directory
 from shared import api, results_api
-from shared.entities import ARTIFACT_TERMINAL, EVALUATION_TERMINAL, InferenceConfig
+from shared.entities import ARTIFACT_TERMINAL, EVALUATION_TERMINAL
 from shared.errors import AssayError
 
 
@@ -43,6 +44,10 @@ class Client:
         self.evaluations = Evaluations(self)
         self.api_keys = ApiKeys(self)
         self.webhooks = Webhooks(self)
+
+    def tasks(self) -> list[api.TaskInfo]:
+        """The model tasks the service evaluates: accepted models and datasets, config, metrics."""
+        return api.TaskList.model_validate(self.http.request("GET", "/v1/tasks")).tasks
 
     def whoami(self) -> api.Whoami:
         return api.Whoami.model_validate(self.http.request("GET", "/v1/whoami"))
@@ -153,17 +158,19 @@ class _Uploadable(_Resource):
         raise NotImplementedError
 
     def upload(self, path: str | os.PathLike, *, name: str, labels: dict[str, str] | None = None,
-               wait: bool = False, progress: bool | None = None):
+               task: str | None = None, wait: bool = False, progress: bool | None = None):
         """Register, PUT the bytes with a progress bar, and (``wait=True``) wait until verified.
 
-        A directory is zipped first (into a temporary file, removed afterwards).
+        ``task`` is the model task (``client.tasks()``; the service's default when omitted:
+        image-classification). A directory is zipped first (into a temporary file, removed
+        afterwards).
         """
         path = Path(path)
         show = self.client.progress if progress is None else progress
         archive = pack_directory(path) if path.is_dir() else path
         try:
             body = {"name": name, "labels": labels or {}, "size": archive.stat().st_size,
-                    **self._format_fields(path, archive)}
+                    **self._format_fields(path, archive), **({"task": task} if task is not None else {})}
             reply = self.created.model_validate(self.http.request("POST", self.path, json=body))
             entity = getattr(reply, self.kind)
             self._put(reply.upload, archive, show)
@@ -215,7 +222,7 @@ class Datasets(_Uploadable):
 
     def _format_fields(self, path: Path, archive: Path) -> dict[str, str]:
         """An image folder ``split/class/file.png`` (zipped here), a zip or .tar.gz of one,
-        or a Parquet file as Hugging Face ``datasets`` writes it."""
+        a Parquet file as Hugging Face ``datasets`` writes it, or JSON Lines or CSV (text)."""
         return {"format": dataset_format(path)}
 
 
@@ -227,14 +234,18 @@ class Evaluations(_Resource):
         return entity.status in EVALUATION_TERMINAL
 
     def create(self, model_id: str, dataset_id: str, *, splits: list[str] | None = None,
-               config: InferenceConfig | dict | None = None, name: str | None = None,
+               config: BaseModel | dict | None = None, name: str | None = None,
                labels: dict[str, str] | None = None) -> list["EvaluationHandle"]:
-        """One evaluation per split; each reused, restarted or created (see ``.outcome``)."""
+        """One evaluation per split; each reused, restarted or created (see ``.outcome``).
+
+        ``config`` is the model task's config (its schema is in ``client.tasks()``), as a
+        dict or as the task's config model (``InferenceConfig`` for images).
+        """
         body: dict[str, Any] = {"model_id": model_id, "dataset_id": dataset_id, "labels": labels or {}}
         if splits is not None:
             body["splits"] = splits
         if config is not None:
-            body["config"] = config.model_dump() if isinstance(config, InferenceConfig) else config
+            body["config"] = config.model_dump() if isinstance(config, BaseModel) else config
         if name is not None:
             body["name"] = name
         reply = api.EvaluationsOrdered.model_validate(self.http.request("POST", self.path, json=body))

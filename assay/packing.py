@@ -37,7 +37,8 @@ def pack_directory(directory: str | Path, *, into: str | Path | None = None) -> 
 
 
 def dataset_format(path: str | Path) -> str:
-    """``parquet`` for a Parquet file, ``imagefolder-zip`` for a zip or a directory."""
+    """``parquet`` for a Parquet file, ``jsonl``/``csv`` by the file's suffix,
+    ``imagefolder-zip`` for a zip or a directory."""
     path = Path(path)
     if path.is_dir():
         return "imagefolder-zip"
@@ -45,8 +46,12 @@ def dataset_format(path: str | Path) -> str:
         head = f.read(4)
     if head == PARQUET_MAGIC:
         return "parquet"
+    if path.suffix.lower() in {".jsonl", ".ndjson"}:
+        return "jsonl"
+    if path.suffix.lower() == ".csv":
+        return "csv"
     if zipfile.is_zipfile(path):
         return "imagefolder-zip"
     if path.name.endswith((".tar.gz", ".tgz")):
         return "imagefolder-tar.gz"
-    raise ValueError(f"{path}: expected a directory, a zip, a .tar.gz or a Parquet file")
+    raise ValueError(f"{path}: expected a directory, a zip, a .tar.gz, a Parquet file, .jsonl or .csv")

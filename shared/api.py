@@ -15,7 +15,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 
 from shared.entities import (
     ApiKey,
@@ -149,6 +149,14 @@ class CreateModel(ApiRequest):
     content_type: ModelContentType | None = Field(default=None, description="Defaults to the archive format's usual type.")
 
 
+# Any task's config: which one applies is known once the model is read (functions.evaluations).
+TaskConfigBody = Annotated[
+    dict[str, Any],
+    Field(max_length=64),
+    WithJsonSchema({"anyOf": [spec.config.model_json_schema() for spec in SPECS.values()]}),
+]
+
+
 def _formats_of_tasks(schema: dict[str, Any]) -> None:
     """The JSON Schema says what ``_format_of_task`` checks: each task's formats."""
 
@@ -193,9 +201,9 @@ class CreateEvaluations(ApiRequest):
         max_length=MAX_SPLITS,
         description="Defaults to every split of the dataset; required while the dataset is not ready yet.",
     )
-    config: dict[str, Any] = Field(
-        default_factory=dict, max_length=64,
-        description="The inference config of the model's task; its schema and defaults are in GET /v1/tasks.",
+    config: TaskConfigBody = Field(
+        default_factory=dict,
+        description="The inference config of the model's task (one of these schemas; GET /v1/tasks says which is whose).",
     )
     name: ApiName | None = None
     labels: ApiLabels = Field(default_factory=dict)
