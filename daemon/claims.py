@@ -27,12 +27,11 @@ def claim(ctx: Context, entity: Artifact | Evaluation, *, expected: str, to: str
     attempt = entity.attempts + 1
     task = task_of(entity, attempt=attempt)
     changes = dict(
+        LIFECYCLES[entity.kind].new_attempt(),
         attempts=attempt,
         lease_owner=ctx.replica,
         lease_expires_at=utcnow() + dt.timedelta(seconds=ctx.settings.lease_seconds),
-        heartbeat_at=None,
         job_name=job_name(task.name, entity.id, attempt),
-        **LIFECYCLES[entity.kind].new_attempt(),
     )
     return ctx.store.transition(
         cls,

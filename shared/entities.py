@@ -14,7 +14,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from shared.ids import new_id
 from shared.modeltasks import DEFAULT_TASK, ModelTask, TaskConfig, spec_of
@@ -381,6 +381,11 @@ class Evaluation(Entity, TaskState):
     result_prefix: str | None = None
     # Cancelled while its job may still run: the daemon stops the job, then clears this.
     stopping: bool = False
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _config_as_dict(cls, value: Any) -> Any:
+        return value.model_dump() if isinstance(value, TaskConfig) else value
 
     def inference_config(self) -> TaskConfig:
         """The config, typed by the evaluation's task."""

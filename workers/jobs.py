@@ -28,6 +28,7 @@ from shared.storage import Storage
 from shared.store import Store
 from shared.tasks import TaskName
 from workers.failures import FailureReason, WorkerFailure
+from workers.ingest import MANIFEST_NAME
 from workers.modeltasks import implementation
 from workers.workdir import inside
 

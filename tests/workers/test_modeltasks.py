@@ -1,0 +1,50 @@
+"""The task table is complete and is the only place task names live."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from shared.modeltasks import SPECS
+from shared.results import PREDICTION_SCHEMA
+from workers.modeltasks import IMPLEMENTATIONS, implementation
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("task", sorted(SPECS))
+def test_every_task_has_a_worker_implementation_of_the_three_functions(task):
+    module = implementation(task)
+    for name, keywords in (
+        ("verify_model_archive", set()),
+        ("ingest_dataset", {"work_dir"}),
+        ("evaluate", {"dataset_label_names", "config", "on_shard", "on_batch"}),
+    ):
+        function = getattr(module, name)
+        assert callable(function), (task, name)
+        assert keywords <= set(inspect.signature(function).parameters), (task, name)
+    assert set(IMPLEMENTATIONS) == set(SPECS)
+
+
+@pytest.mark.parametrize("task", sorted(SPECS))
+def test_prediction_columns_extend_the_result_set_contract(task):
+    columns = [c.name for c in SPECS[task].prediction_columns]
+    assert columns[: len(PREDICTION_SCHEMA)] == PREDICTION_SCHEMA.names
+
+
+def test_no_part_but_the_table_names_a_task():
+    """The daemon, the functions and the workers read the table; none of them branches on a
+    task's name (the workers' table of implementations is the one exception)."""
+    names = re.compile("|".join(re.escape(f'"{name}"') for name in SPECS))
+    offenders = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for package in ("daemon", "functions", "workers")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if path.name != "modeltasks.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if names.search(line)
+    ]
+    assert offenders == []
