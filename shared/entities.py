@@ -14,10 +14,10 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from shared.ids import new_id
-from shared.modeltasks import DEFAULT_TASK, ModelTask, TaskConfig, spec_of
+from shared.modeltasks import DEFAULT_TASK, SPECS, ModelTask, TaskConfig, spec_of
 from shared.modeltasks.image_classification import ImageClassificationConfig
 
 # --- names and labels, Kubernetes style --------------------------------------------------
@@ -382,10 +382,18 @@ class Evaluation(Entity, TaskState):
     # Cancelled while its job may still run: the daemon stops the job, then clears this.
     stopping: bool = False
 
-    @field_validator("config", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _config_as_dict(cls, value: Any) -> Any:
-        return value.model_dump() if isinstance(value, TaskConfig) else value
+    def _config_complete(cls, values: Any) -> Any:
+        """The config as its task reads it (a task's config model or a dict), every default
+        filled in; a value the task refuses is a validation error."""
+        if not isinstance(values, dict):
+            return values
+        task, config = values.get("task", DEFAULT_TASK), values.get("config") or {}
+        if isinstance(task, str) and task in SPECS:
+            config = config if isinstance(config, TaskConfig) else spec_of(task).parse_config(config)
+            values = {**values, "config": config.model_dump()}
+        return values
 
     def inference_config(self) -> TaskConfig:
         """The config, typed by the evaluation's task."""

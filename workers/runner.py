@@ -173,6 +173,9 @@ class TaskRunner:
             log.info("lost the start to another writer", extra={**self.fields, "error": str(e)})
             return None
 
+    def _body(self, ctx: jobs.JobContext, entity: Entity) -> dict[str, Any]:
+        return jobs.BODIES[self.task](ctx, entity)
+
     def run(self) -> int:
         log.info("task attempt starting", extra=self.fields)
         entity = self.begin()
@@ -187,7 +190,7 @@ class TaskRunner:
                 self.heartbeat = heartbeat
                 ctx = jobs.JobContext(self.store, self.storage, cache_dir, work_dir, heartbeat.report, self.checkpoint)
                 try:
-                    changes = jobs.BODIES[self.task](ctx, entity)
+                    changes = self._body(ctx, entity)
                 except WorkerFailure as e:
                     # ``message`` is a LogRecord attribute: the refusal's text goes as ``refusal``.
                     log.info("input refused", extra={**self.fields, "reason": str(e.reason), "refusal": e.message})

@@ -232,7 +232,7 @@ def test_order_delete_and_sign_out_through_the_forms(client, services, world, al
     })
     assert response.status_code == 303
     ordered = services.store.list(Evaluation, account=alice.account, filters={"model_id": world.model.id}).items
-    fresh = [x for x in ordered if x.config.top_k == 3]
+    fresh = [x for x in ordered if x.config["top_k"] == 3]
     assert len(fresh) == 1 and fresh[0].status == EvaluationStatus.pending
     listing = text(client.get("/ui/evaluations"))
     assert fresh[0].id in listing and '<meta http-equiv="refresh"' in listing  # refreshes while one runs

@@ -19,7 +19,7 @@ from shared.errors import Unavailable
 from shared.store import ANY_ACCOUNT
 from shared.tasks import TaskName
 
-TASK = Task(TaskName.evaluate, "evl_0123456789abcdefghij", "acc_a", 1)
+TASK = Task(TaskName.evaluate, "evl_0123456789abcdefghij", "acc_a", 1, gpu=True)
 
 
 @pytest.fixture
