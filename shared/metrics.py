@@ -126,7 +126,14 @@ class ClassificationStatistics:
 
     @classmethod
     def of_cells(
-        cls, *, label: np.ndarray, prediction: np.ndarray, rank: np.ndarray, weights: np.ndarray, classes: int, max_k: int = 0
+        cls,
+        *,
+        label: np.ndarray,
+        prediction: np.ndarray,
+        rank: np.ndarray,
+        weights: np.ndarray,
+        classes: int,
+        max_k: int = 0,
     ) -> ClassificationStatistics:
         """From cells: distinct (label, prediction, rank) triples, ``rank`` the 1-based
         position of the label among the first ``max_k`` stored ids (0: not among them), and
@@ -235,14 +242,17 @@ def metric(
     return register
 
 
-
 @metric("accuracy", description="Fraction of instances whose top prediction is the label.")
 def _accuracy(s: ClassificationStatistics) -> np.ndarray:
     return divide(s.tp.sum(axis=-1), s.n)
 
 
-@metric("top_k_accuracy", description="Fraction of instances whose label is among the k best predictions.",
-        parameters=("k",), needs=("ranks",))
+@metric(
+    "top_k_accuracy",
+    description="Fraction of instances whose label is among the k best predictions.",
+    parameters=("k",),
+    needs=("ranks",),
+)
 def _top_k_accuracy(s: ClassificationStatistics, *, k: int) -> np.ndarray:
     if s.hits is None or not 1 <= k <= s.stored_k:
         return np.full(s.n.shape, np.nan)
@@ -259,8 +269,12 @@ def _recall(s: ClassificationStatistics) -> np.ndarray:
     return divide(s.tp, s.support)
 
 
-@metric("f_beta", description="Weighted harmonic mean of precision and recall, recall beta times as important.",
-        per_class=True, parameters=("beta",))
+@metric(
+    "f_beta",
+    description="Weighted harmonic mean of precision and recall, recall beta times as important.",
+    per_class=True,
+    parameters=("beta",),
+)
 def _f_beta(s: ClassificationStatistics, *, beta: float) -> np.ndarray:
     b2 = beta**2
     # (1+β²)PR/(β²P+R) written in counts: 0 where a class is neither seen nor predicted.
@@ -286,7 +300,10 @@ def _cohen_kappa(s: ClassificationStatistics) -> np.ndarray:
         return np.where(expected < 1, (observed - expected) / (1 - expected), np.nan)
 
 
-@metric("matthews_corrcoef", description="Correlation of predictions and labels (multiclass Matthews R_K, 0 where undefined).")
+@metric(
+    "matthews_corrcoef",
+    description="Correlation of predictions and labels (multiclass Matthews R_K, 0 where undefined).",
+)
 def _matthews_corrcoef(s: ClassificationStatistics) -> np.ndarray:
     cov_ytyp = s.tp.sum(axis=-1) * s.n - (s.support * s.predicted).sum(axis=-1)
     cov_ypyp = s.n**2 - (s.predicted**2).sum(axis=-1)
@@ -294,21 +311,28 @@ def _matthews_corrcoef(s: ClassificationStatistics) -> np.ndarray:
     return divide(cov_ytyp, np.sqrt(cov_ytyt * cov_ypyp))
 
 
-@metric("expected_calibration_error", direction="lower", needs=("calibration",),
-        description=f"Mean gap between confidence and accuracy over {ECE_BINS} equal-width confidence bins, weighted by bin size.")
+@metric(
+    "expected_calibration_error",
+    direction="lower",
+    needs=("calibration",),
+    description=f"Mean gap between confidence and accuracy over {ECE_BINS} equal-width confidence bins, weighted by bin size.",
+)
 def _expected_calibration_error(s: ClassificationStatistics) -> np.ndarray:
     if s.bin_confidence is None or s.bin_correct is None:
         return np.full(s.n.shape, np.nan)
     return divide(np.abs(s.bin_correct - s.bin_confidence).sum(axis=-1), s.n)
 
 
-@metric("log_loss", direction="lower", needs=("likelihood",),
-        description="Mean negative log of the probability given to the label (cross-entropy).")
+@metric(
+    "log_loss",
+    direction="lower",
+    needs=("likelihood",),
+    description="Mean negative log of the probability given to the label (cross-entropy).",
+)
 def _log_loss(s: ClassificationStatistics) -> np.ndarray:
     if s.neg_log_likelihood is None:
         return np.full(s.n.shape, np.nan)
     return divide(s.neg_log_likelihood, s.n)
-
 
 
 def value(name: str, statistics: Any, **parameters: Any) -> np.ndarray:

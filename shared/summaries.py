@@ -178,10 +178,16 @@ def classification_summary(
     ``top_k_ids`` of shape ``(n, k)`` best first), every metric from the registry."""
     n = len(labels)
     if n == 0:
-        return ClassificationSummary.model_validate({"instances": 0, "label_names": label_names, "efficiency": efficiency})
+        return ClassificationSummary.model_validate(
+            {"instances": 0, "label_names": label_names, "efficiency": efficiency}
+        )
     statistics = ClassificationStatistics.of_rows(
-        labels=labels, predictions=predictions, classes=len(label_names), top_k_ids=top_k_ids,
-        confidence=confidence, label_score=label_score,
+        labels=labels,
+        predictions=predictions,
+        classes=len(label_names),
+        top_k_ids=top_k_ids,
+        confidence=confidence,
+        label_score=label_score,
     )
     present = np.flatnonzero(statistics.present[0])
     figures = {name: per_class(name, statistics)[0] for name in ("precision", "recall", "f1")}
@@ -193,10 +199,16 @@ def classification_summary(
             "ece_bins": ECE_BINS,
             **report(statistics, CLASSIFICATION),
             "per_class": {
-                label_names[c]: {**{k: float(v[c]) for k, v in figures.items()}, "support": int(statistics.support[0, c])}
+                label_names[c]: {
+                    **{k: float(v[c]) for k, v in figures.items()},
+                    "support": int(statistics.support[0, c]),
+                }
                 for c in present
             },
-            "confusion_matrix": {"labels": [label_names[c] for c in present], "matrix": matrix[np.ix_(present, present)].tolist()},
+            "confusion_matrix": {
+                "labels": [label_names[c] for c in present],
+                "matrix": matrix[np.ix_(present, present)].tolist(),
+            },
             "label_names": label_names,
             "efficiency": efficiency,
         }

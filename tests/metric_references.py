@@ -90,11 +90,19 @@ REFERENCES: dict[str, tuple[list[dict[str, Any]], Callable[..., float]]] = {
 }
 # Per class over every class of the model: name -> (parameter sets, reference).
 PER_CLASS: dict[str, tuple[list[dict[str, Any]], Callable[..., np.ndarray]]] = {
-    "precision": ([{}], lambda c: sk.precision_score(c.labels, c.predictions, labels=c.classes, average=None, zero_division=0)),
-    "recall": ([{}], lambda c: sk.recall_score(c.labels, c.predictions, labels=c.classes, average=None, zero_division=0)),
+    "precision": (
+        [{}],
+        lambda c: sk.precision_score(c.labels, c.predictions, labels=c.classes, average=None, zero_division=0),
+    ),
+    "recall": (
+        [{}],
+        lambda c: sk.recall_score(c.labels, c.predictions, labels=c.classes, average=None, zero_division=0),
+    ),
     "f1": ([{}], lambda c: sk.f1_score(c.labels, c.predictions, labels=c.classes, average=None, zero_division=0)),
     "f_beta": (
         [{"beta": 0.5}, {"beta": 2.0}],
-        lambda c, beta: sk.fbeta_score(c.labels, c.predictions, beta=beta, labels=c.classes, average=None, zero_division=0),
+        lambda c, beta: sk.fbeta_score(
+            c.labels, c.predictions, beta=beta, labels=c.classes, average=None, zero_division=0
+        ),
     ),
 }
