@@ -39,6 +39,7 @@ from shared.entities import (
 )
 from shared.events import Event
 from shared.modeltasks import DEFAULT_TASK, SPECS, ModelTask
+from shared.summaries import EvaluationSummary
 from shared.webhooks import EVENT_TYPES, Webhook, WebhookDelivery, url_pattern
 
 ApiName = Annotated[Name, Field(json_schema_extra={"pattern": NAME_PATTERN, "maxLength": 63})]
@@ -282,9 +283,13 @@ class View(BaseModel):
     model_config = ConfigDict(extra="ignore", json_schema_serialization_defaults_required=True)
 
 
-def _view_of(entity: type[BaseModel], name: str, *, private: frozenset[str]) -> type[View]:
-    """A response model with the entity's fields minus the private ones."""
-    fields = {n: (f.annotation, f) for n, f in entity.model_fields.items() if n not in private}
+def _view_of(
+    entity: type[BaseModel], name: str, *, private: frozenset[str], typed: dict[str, Any] | None = None
+) -> type[View]:
+    """A response model with the entity's fields minus the private ones; ``typed`` gives a
+    field a stricter type on the wire than the entity stores (a summary: a dict in Datastore)."""
+    typed = typed or {}
+    fields = {n: (typed.get(n, f.annotation), f) for n, f in entity.model_fields.items() if n not in private}
     return create_model(name, __base__=View, __doc__=entity.__doc__, **fields)  # type: ignore[call-overload]
 
 
@@ -292,7 +297,9 @@ def _view_of(entity: type[BaseModel], name: str, *, private: frozenset[str]) -> 
 _TASK_PRIVATE = frozenset({"lease_owner", "lease_expires_at", "heartbeat_at", "job_name"})
 ModelView = _view_of(Model, "ModelView", private=_TASK_PRIVATE | {"upload_object"})
 DatasetView = _view_of(Dataset, "DatasetView", private=_TASK_PRIVATE | {"upload_object"})
-EvaluationView = _view_of(Evaluation, "EvaluationView", private=_TASK_PRIVATE | {"result_prefix"})
+EvaluationView = _view_of(
+    Evaluation, "EvaluationView", private=_TASK_PRIVATE | {"result_prefix"}, typed={"summary": EvaluationSummary | None}
+)
 ApiKeyView = _view_of(ApiKey, "ApiKeyView", private=frozenset({"secret_hash"}))
 # An event is a record, not a thing with a lifecycle of its own: its bookkeeping fields go.
 _RECORD_PRIVATE = frozenset({"name", "labels", "status", "updated_at", "status_changed_at"})
@@ -379,7 +386,9 @@ class DatasetRequirements(View):
 class MetricInfo(View):
     name: str
     description: str
-    higher_is_better: bool
+    direction: Literal["higher", "lower"] = Field(description="Which way is better.")
+    per_class: bool = Field(description="Whether it has a value per class (then an 'average' parameter).")
+    parameters: list[str] = Field(description="What the extra-metrics route lets a request set.")
 
 
 class TaskInfo(View):

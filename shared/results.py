@@ -3,7 +3,8 @@
 An evaluation's result set is ``evaluations/{id}/predictions/part-NNNNN.parquet`` (one file
 per dataset shard, rows in the shard's order) plus ``evaluations/{id}/summary.json``.
 Labels are integer indices into ``summary.json``'s ``label_names`` (the model's label
-space, after any mapping from the dataset's names).
+space, after any mapping from the dataset's names). summary.json is a summary model of
+``shared.summaries`` (``ClassificationSummary`` for classification).
 """
 
 from __future__ import annotations
@@ -21,24 +22,4 @@ PREDICTION_SCHEMA = pa.schema(
         pa.field("topk_ids", pa.list_(pa.int32()), nullable=False),  # best first, config.top_k long
         pa.field("topk_scores", pa.list_(pa.float32()), nullable=False),
     ]
-)
-
-# summary.json keys every consumer may rely on.
-SUMMARY_KEYS = (
-    "label_names",
-    "instances",
-    "accuracy",
-    "top_k",
-    "top_k_accuracy",
-    "precision_macro",
-    "recall_macro",
-    "f1_macro",
-    "precision_weighted",
-    "recall_weighted",
-    "f1_weighted",
-    "per_class",
-    "confusion_matrix",
-    "expected_calibration_error",
-    "log_loss",
-    "efficiency",
 )

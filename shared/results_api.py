@@ -7,11 +7,23 @@ sees an unchecked value, and user text only ever reaches DuckDB as a bound param
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.api import PageToken, SplitName, id_type
+from shared.metrics import AVERAGES, CLASSIFICATION, FROM_PREDICTIONS, METRICS
+from shared.metrics import names as metric_names
+from shared.summaries import REPORTED, EvaluationSummary
+
+# --- the summary ---------------------------------------------------------------------------
+
+
+class SummaryResult(EvaluationSummary):  # type: ignore[misc,valid-type]
+    """``GET …/results``: the summary the evaluate worker wrote, with the evaluation's id."""
+
+    evaluation_id: str
+
 
 # --- per-instance rows --------------------------------------------------------------------
 
@@ -91,47 +103,41 @@ class ConfusionResult(BaseModel):
 
 # --- further metrics ----------------------------------------------------------------------
 
-MetricName = Literal[
-    "accuracy",
-    "top_k_accuracy",
-    "precision",
-    "recall",
-    "f_beta",
-    "balanced_accuracy",
-    "cohen_kappa",
-    "matthews_corrcoef",
-]
-Average = Literal["macro", "weighted", "micro"]
-_AVERAGED = {"precision", "recall", "f_beta"}
+# The metrics the route computes from a stored result set: the registry's classification
+# metrics whose statistics the stored predictions give (shared/metrics.py).
+_ROUTE_METRICS = tuple(metric_names(CLASSIFICATION, needs_within=FROM_PREDICTIONS))
+MetricName = Literal[_ROUTE_METRICS]  # type: ignore[valid-type]
+Average = Literal[AVERAGES]  # type: ignore[valid-type]
+_PARAMETERS = ("k", "beta", "average")
+_DEFAULTS: dict[str, Any] = {"beta": 1.0, "average": "macro"}  # k has none: top_k_accuracy requires it
+_TAKES = {name: METRICS[name].takes() for name in _ROUTE_METRICS}
+
+
+def _takers(parameter: str) -> str:
+    found = [name for name, takes in _TAKES.items() if parameter in takes]
+    return ", ".join(found[:-1]) + " and " + found[-1] if len(found) > 1 else found[0]
 
 
 def _metric_spec_schema(schema: dict[str, Any]) -> None:
-    """Say in the schema what ``MetricSpec._parameters`` checks: one variant per kind of
-    metric, each with exactly the parameters it takes (null where it takes none)."""
+    """Say in the schema what ``MetricSpec._parameters`` checks: one variant per set of
+    parameters a metric takes, each with exactly those (null where it takes none)."""
     props = schema["properties"]
     null = {"type": "null"}
-
-    def variant(names: list[str], **params: Any) -> dict[str, Any]:
-        fields = {"name": {"enum": names, "type": "string"}}
-        for p in ("k", "beta", "average"):
-            fields[p] = params.get(p, null)
-        return {"type": "object", "properties": fields, "required": ["name", *params.get("required", [])],
-                "additionalProperties": False}
-
-    plain = [n for n in get_args(MetricName) if n not in _AVERAGED and n != "top_k_accuracy"]
-    k = {key: v for key, v in props["k"]["anyOf"][0].items()}
-    beta = props["beta"]
-    average = props["average"]
-    for p in (beta, average):
-        p.pop("title", None)
-        p.pop("default", None)
+    types = {"k": {key: v for key, v in props["k"]["anyOf"][0].items()}, "beta": props["beta"], "average": props["average"]}
+    for p in ("beta", "average"):
+        types[p].pop("title", None)
+        types[p].pop("default", None)
+    signatures: dict[tuple[str, ...], list[str]] = {}
+    for name, takes in _TAKES.items():
+        signatures.setdefault(takes, []).append(name)
+    variants = []
+    for takes, names in signatures.items():
+        fields: dict[str, Any] = {"name": {"enum": names, "type": "string"}}
+        fields.update({p: types[p] if p in takes else null for p in _PARAMETERS})
+        required = ["name", *(p for p in takes if p not in _DEFAULTS)]
+        variants.append({"type": "object", "properties": fields, "required": required, "additionalProperties": False})
     schema.clear()
-    schema["anyOf"] = [
-        variant(plain),
-        variant(["top_k_accuracy"], k=k, required=["k"]),
-        variant(["precision", "recall"], average=average),
-        variant(["f_beta"], beta=beta, average=average),
-    ]
+    schema["anyOf"] = variants
     schema["description"] = MetricSpec.__doc__
 
 
@@ -141,31 +147,31 @@ class MetricSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_metric_spec_schema)
 
     name: MetricName
-    k: int | None = Field(default=None, ge=1, le=1000, description="top_k_accuracy only")
-    beta: float | None = Field(default=None, gt=0.0, le=1000.0, description="f_beta only (default 1)")
-    average: Average | None = Field(default=None, description="precision, recall, f_beta (default macro)")
+    k: int | None = Field(default=None, ge=1, le=1000, description=f"{_takers('k')} only")
+    beta: float | None = Field(default=None, gt=0.0, le=1000.0, description=f"{_takers('beta')} only (default 1)")
+    average: Average | None = Field(default=None, description=f"{_takers('average')} (default macro)")
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand_and_defaults(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = {"name": value}
-        if isinstance(value, dict) and isinstance(value.get("name"), str):
+        if isinstance(value, dict) and isinstance(value.get("name"), str) and value["name"] in _TAKES:
             value = dict(value)
-            if value["name"] == "f_beta" and value.get("beta") is None:
-                value["beta"] = 1.0
-            if value["name"] in _AVERAGED and value.get("average") is None:
-                value["average"] = "macro"
+            for p in _TAKES[value["name"]]:
+                if value.get(p) is None and p in _DEFAULTS:
+                    value[p] = _DEFAULTS[p]
         return value
 
     @model_validator(mode="after")
-    def _parameters(self) -> "MetricSpec":
-        if (self.k is not None) != (self.name == "top_k_accuracy"):
-            raise ValueError("k is required by top_k_accuracy and taken by no other metric")
-        if self.beta is not None and self.name != "f_beta":
-            raise ValueError("beta is taken by f_beta only")
-        if self.average is not None and self.name not in _AVERAGED:
-            raise ValueError("average is taken by precision, recall and f_beta only")
+    def _parameters(self) -> MetricSpec:
+        takes = _TAKES[self.name]
+        for p in _PARAMETERS:
+            given = getattr(self, p) is not None
+            if given and p not in takes:
+                raise ValueError(f"{p} is taken by {_takers(p)} only")
+            if not given and p in takes:
+                raise ValueError(f"{p} is required by {self.name}")
         return self
 
     def parameters(self) -> dict[str, Any]:
@@ -194,7 +200,7 @@ class MetricsRequest(BaseModel):
         max_length=32,
         description="default: accuracy, balanced_accuracy, f_beta (β=1, macro), cohen_kappa, matthews_corrcoef",
         json_schema_extra=lambda schema: schema.update(
-            items={"anyOf": [{"type": "string", "enum": [n for n in get_args(MetricName) if n != "top_k_accuracy"]},
+            items={"anyOf": [{"type": "string", "enum": [n for n, takes in _TAKES.items() if "k" not in takes]},
                              schema["items"]]}
         ),
     )
@@ -271,26 +277,20 @@ class CompareResult(BaseModel):
     mcnemar: McNemar
 
 
-LeaderboardMetric = Literal[
-    "accuracy",
-    "top_k_accuracy",
-    "precision_macro",
-    "recall_macro",
-    "f1_macro",
-    "precision_weighted",
-    "recall_weighted",
-    "f1_weighted",
-    "expected_calibration_error",
-    "log_loss",
-]
-LOWER_IS_BETTER = frozenset({"expected_calibration_error", "log_loss"})
+# A leaderboard ranks by a number a summary reports (shared/summaries.py: SUMMARIES).
+LeaderboardMetric = Literal[tuple(REPORTED)]  # type: ignore[valid-type]
+
+
+def higher_is_better(metric: str) -> bool:
+    """Which way a summary number ranks; KeyError for a key no summary reports."""
+    return REPORTED[metric].definition.higher_is_better
 
 
 class LeaderboardQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     split: SplitName | None = None
-    metric: LeaderboardMetric = "accuracy"
+    metric: LeaderboardMetric = "accuracy"  # type: ignore[valid-type]
     limit: int = Field(default=50, ge=1, le=500)
     page_token: PageToken | None = None
 
@@ -308,7 +308,7 @@ class LeaderboardEntry(BaseModel):
 
 class LeaderboardPage(BaseModel):
     dataset_id: str
-    metric: LeaderboardMetric
+    metric: LeaderboardMetric  # type: ignore[valid-type]
     higher_is_better: bool
     items: list[LeaderboardEntry]
     next_page_token: str | None

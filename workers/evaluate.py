@@ -39,9 +39,10 @@ import pyarrow.parquet as pq
 import torch
 
 from shared.results import PREDICTION_SCHEMA
+from shared.summaries import classification_summary
 from workers.decoding import Batch, Decoded, DecodePool, Plan, batch_plan, decoded_batches, read_batches
 from workers.failures import FailureReason, WorkerFailure
-from workers.metrics import classification_metrics, percentile
+from workers.metrics import percentile
 from workers.pixels import recipe_for
 from workers.replicas import run_in_replicas
 from workers.workdir import inside
@@ -388,19 +389,18 @@ def read_predictions(paths: list[Path]) -> pa.Table:
 
 
 def summarize(prediction_paths: list[Path], label_names: list[str], stats: RunStats | None = None) -> dict:
-    """Metrics over all prediction shards, plus the efficiency of the run that made them."""
+    """Metrics over all prediction shards, plus the efficiency of the run that made them:
+    a ``ClassificationSummary`` as the JSON object summary.json holds (NaN as null)."""
     table = read_predictions(prediction_paths)
     top_k = table.column("topk_ids").combine_chunks()
     k = len(top_k[0]) if len(top_k) else 1
-    summary = classification_metrics(
+    summary = classification_summary(
         labels=table.column("label").to_numpy(),
         predictions=table.column("prediction").to_numpy(),
         top_k_ids=top_k.flatten().to_numpy().reshape(-1, k),
         confidence=table.column("confidence").to_numpy(),
         label_score=table.column("label_score").to_numpy(),
         label_names=label_names,
+        efficiency=stats.efficiency() if stats is not None else None,
     )
-    summary["label_names"] = label_names
-    if stats is not None:
-        summary["efficiency"] = stats.efficiency()
-    return summary
+    return summary.model_dump(mode="json")

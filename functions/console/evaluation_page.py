@@ -60,7 +60,7 @@ def _results(call: Call, evaluation: Any) -> dict[str, Any]:
     svc = call.services
     cache = service.cache_for(svc.settings, svc.storage)
     # The entity holds the summary the worker wrote; the service falls back to summary.json.
-    summary = evaluation.summary or service.summary(call.store, cache, evaluation.id, account=call.account)
+    summary = (evaluation.summary or service.summary(call.store, cache, evaluation.id, account=call.account)).model_dump()
     query = _instances_query()
     with service.opened(call.store, cache, evaluation.id, account=call.account) as rs:
         matrix = queries.confusion_counts(rs)

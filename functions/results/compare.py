@@ -18,12 +18,13 @@ import numpy as np
 
 from functions.results.metrics import bootstrap_weights, percentile_interval
 from functions.results.resultset import ResultSet
+from shared.metrics import divide
 from shared.results_api import (
-    LOWER_IS_BETTER,
     AccuracyDifference,
     BootstrapSpec,
     Discordant,
     McNemar,
+    higher_is_better,
 )
 
 _DIFFERENCE_BOOTSTRAP = BootstrapSpec(samples=2000, confidence=0.95, seed=0)
@@ -57,10 +58,10 @@ def accuracy_difference(cells: dict[tuple[bool, bool], int], spec: BootstrapSpec
     keys = [(True, True), (True, False), (False, True), (False, False)]
     counts = np.array([cells.get(k, 0) for k in keys], dtype=np.int64)
     n = counts.sum()
-    value = float((counts[1] - counts[2]) / n) if n else 0.0
+    value = float(divide(counts[1] - counts[2], n))
     draws = [np.array([])]
     if n:
-        draws = [(w[:, 1] - w[:, 2]) / n for w in bootstrap_weights(counts, samples=spec.samples, seed=spec.seed)]
+        draws = [divide(w[:, 1] - w[:, 2], n) for w in bootstrap_weights(counts, samples=spec.samples, seed=spec.seed)]
     return AccuracyDifference(value=value, interval=percentile_interval(np.concatenate(draws), spec))
 
 
@@ -87,6 +88,7 @@ def compare(a: ResultSet, b: ResultSet, *, limit: int) -> dict[str, Any]:
     same = rows["pa"].astype(np.int64) == b_to_a[rows["pb"].astype(np.int64)] if len(rows["n"]) else np.array([], bool)
     instances = int(rows["n"].sum())
     agree = int(rows["n"][same].sum()) if instances else 0
+    both = verdicts.get((True, True), 0)
 
     totals = a.execute("SELECT (SELECT count(*) FROM {a}), (SELECT count(*) FROM {b})".format(a=a.view, b=b.view))
     total_a, total_b = totals.fetchone()
@@ -107,13 +109,14 @@ def compare(a: ResultSet, b: ResultSet, *, limit: int) -> dict[str, Any]:
     return {
         "instances": instances,
         "unmatched": {"a": int(total_a) - instances, "b": int(total_b) - instances},
-        "agreement": agree / instances if instances else 0.0,
-        "both_correct": verdicts.get((True, True), 0),
+        "agreement": float(divide(agree, instances)),
+        "both_correct": both,
         "both_wrong": verdicts.get((False, False), 0),
         "only_a_correct": only_a,
         "only_b_correct": only_b,
-        "accuracy_a": (verdicts.get((True, True), 0) + only_a.count) / instances if instances else 0.0,
-        "accuracy_b": (verdicts.get((True, True), 0) + only_b.count) / instances if instances else 0.0,
+        # The registry's accuracy on the paired instances: correct over instances.
+        "accuracy_a": float(divide(both + only_a.count, instances)),
+        "accuracy_b": float(divide(both + only_b.count, instances)),
         "accuracy_difference": accuracy_difference(verdicts),
         "mcnemar": mcnemar(only_a.count, only_b.count),
     }
@@ -128,7 +131,8 @@ def metric_value(summary: dict[str, Any] | None, metric: str) -> float | None:
 
 
 def rank(evaluations: Iterable[Any], metric: str) -> list[tuple[Any, float]]:
-    """Evaluations that report ``metric``, best first; ties go to the earlier evaluation."""
+    """Evaluations that report ``metric`` (a summary key of ``shared.summaries.SUMMARIES``),
+    best first by the metric's direction; ties go to the earlier evaluation."""
     scored = [(e, v) for e in evaluations if (v := metric_value(e.summary, metric)) is not None]
-    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
+    sign = -1.0 if higher_is_better(metric) else 1.0
     return sorted(scored, key=lambda ev: (sign * ev[1], ev[0].created_at, ev[0].id))

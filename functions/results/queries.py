@@ -1,8 +1,9 @@
 """Queries over one opened result set: per-instance rows, per-class metrics, confusion.
 
-Per-class figures follow scikit-learn (``precision_recall_fscore_support`` with
-``labels=range(len(label_names))`` and ``zero_division=0``): every class of the model is
-listed, a class never predicted has precision 0, one never seen has recall 0.
+Per-class figures are the registry's (``shared.metrics``: scikit-learn's
+``precision_recall_fscore_support`` with ``labels=range(len(label_names))`` and
+``zero_division=0``): every class of the model is listed, a class never predicted has
+precision 0, one never seen has recall 0.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any
 import numpy as np
 
 from functions.results.resultset import ResultSet
+from shared.api import decode_page_token, encode_page_token
+from shared.errors import Invalid, InvalidRequest
+from shared.metrics import ClassificationStatistics, per_class
 from shared.results_api import (
     ClassesResult,
     ClassMetrics,
@@ -23,8 +27,6 @@ from shared.results_api import (
     InstancesQuery,
     TopKEntry,
 )
-from shared.api import decode_page_token, encode_page_token
-from shared.errors import Invalid, InvalidRequest
 
 _ROW_COLUMNS = "instance_id, label, prediction, correct, confidence, label_score, topk_ids, topk_scores"
 # ORDER BY per order; instance_id breaks ties so that keyset pagination is total.
@@ -195,23 +197,14 @@ def confusion(result_set: ResultSet) -> ConfusionResult:
     return ConfusionResult(labels=list(result_set.label_names), matrix=confusion_counts(result_set).tolist())
 
 
-def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    out = np.zeros(np.broadcast(numerator, denominator).shape, dtype=np.float64)
-    np.divide(numerator, denominator, out=out, where=denominator != 0)
-    return out
-
-
 def classes(result_set: ResultSet, matrix: np.ndarray | None = None) -> ClassesResult:
     """Precision, recall, F1, support (and predicted count) of every class; from
     ``matrix`` (``confusion_counts``) when the caller already has it."""
     if matrix is None:
         matrix = confusion_counts(result_set)
-    tp = np.diag(matrix).astype(np.float64)
-    support = matrix.sum(axis=1)
-    predicted = matrix.sum(axis=0)
-    precision = _divide(tp, predicted)
-    recall = _divide(tp, support)
-    f1 = _divide(2 * tp, support + predicted)  # = 2PR/(P+R), and 0 where both are 0
+    statistics = ClassificationStatistics.of_confusion(matrix)
+    precision, recall, f1 = (per_class(name, statistics)[0] for name in ("precision", "recall", "f1"))
+    support, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
     return ClassesResult(
         instances=int(support.sum()),
         classes=[
@@ -233,8 +226,8 @@ def classes(result_set: ResultSet, matrix: np.ndarray | None = None) -> ClassesR
 
 
 def calibration(result_set: ResultSet, bins: int = 10) -> list[dict[str, float | int]]:
-    """Reliability-diagram bins: equal-width over (0, 1], as the evaluate worker's ECE
-    (``workers/metrics.py``). One entry per bin: ``low``, ``high``, ``count``, mean
+    """Reliability-diagram bins: equal-width over (0, 1], as the registry's
+    ``expected_calibration_error`` (``shared/metrics.py``). One entry per bin: ``low``, ``high``, ``count``, mean
     ``confidence`` and ``accuracy`` (both 0 for an empty bin)."""
     rows = result_set.execute(
         "SELECT least(greatest(ceil(confidence * $bins)::INTEGER - 1, 0), $bins - 1) AS b,"

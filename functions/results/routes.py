@@ -4,10 +4,11 @@ its query or body) and calls one function of ``service``."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from functions.results import service
 from functions.results.cache import ResultCache
+from functions.routing import Router
+from functions.services import Call
+from shared.entities import Scope
 from shared.results_api import (
     ClassesResult,
     CompareQuery,
@@ -20,10 +21,8 @@ from shared.results_api import (
     LeaderboardQuery,
     MetricsRequest,
     MetricsResult,
+    SummaryResult,
 )
-from functions.routing import Router
-from functions.services import Call
-from shared.entities import Scope
 
 router = Router("results", "Results of complete evaluations, queried from their stored predictions.")
 ID = {"evaluation_id": "evl"}
@@ -34,8 +33,8 @@ def _cache(call: Call) -> ResultCache:
     return service.cache_for(call.services.settings, call.services.storage)
 
 
-@router.get(RESULTS, scope=Scope.read, response=None, params=ID)
-def get_results(call: Call, *, evaluation_id: str) -> dict[str, Any]:
+@router.get(RESULTS, scope=Scope.read, response=SummaryResult, params=ID)
+def get_results(call: Call, *, evaluation_id: str) -> SummaryResult:
     """The summary metrics of a complete evaluation."""
     return service.summary(call.store, _cache(call), evaluation_id, account=call.account)
 

@@ -12,7 +12,8 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+
+from pydantic import ValidationError
 
 from functions.results import compare as comparing
 from functions.results import metrics as more_metrics
@@ -26,8 +27,10 @@ from functions.results.resultset import (
     open_result_sets,
     read_label_names,
 )
+from shared.api import decode_page_token, encode_page_token
+from shared.entities import Dataset, Evaluation, EvaluationStatus, Model
+from shared.errors import Invalid, InvalidRequest
 from shared.results_api import (
-    LOWER_IS_BETTER,
     ClassesResult,
     CompareQuery,
     CompareResult,
@@ -41,10 +44,9 @@ from shared.results_api import (
     LeaderboardQuery,
     MetricsRequest,
     MetricsResult,
+    SummaryResult,
+    higher_is_better,
 )
-from shared.entities import Dataset, Evaluation, EvaluationStatus, Model
-from shared.api import decode_page_token, encode_page_token
-from shared.errors import Invalid, InvalidRequest
 from shared.settings import Settings
 from shared.storage import Storage, evaluation_prefix, evaluation_summary
 from shared.store import Store
@@ -103,11 +105,15 @@ def opened(store: Store, cache: ResultCache, evaluation_id: str, *, account: str
         yield sets["predictions"]
 
 
-def summary(store: Store, cache: ResultCache, evaluation_id: str, *, account: str) -> dict[str, Any]:
-    """The summary metrics the evaluate worker wrote (on the entity, else summary.json)."""
+def summary(store: Store, cache: ResultCache, evaluation_id: str, *, account: str) -> SummaryResult:
+    """The summary metrics the evaluate worker wrote (on the entity, else summary.json).
+
+    Raises:
+        ResultSetCorrupt: summary.json is not a summary.
+    """
     evaluation = complete_evaluation(store, evaluation_id, account=account)
     if evaluation.summary:
-        return {"evaluation_id": evaluation.id, **evaluation.summary}
+        return SummaryResult.model_validate({**evaluation.summary, "evaluation_id": evaluation.id})
     with cache.open(evaluation.id, version=_version(evaluation)) as folder:
         path = folder / "summary.json"
         if not path.exists():
@@ -118,7 +124,10 @@ def summary(store: Store, cache: ResultCache, evaluation_id: str, *, account: st
             raise ResultSetCorrupt("summary.json is not JSON") from e
     if not isinstance(found, dict):
         raise ResultSetCorrupt("summary.json is not a JSON object")
-    return {"evaluation_id": evaluation.id, **found}
+    try:
+        return SummaryResult.model_validate({**found, "evaluation_id": evaluation.id})
+    except ValidationError as e:
+        raise ResultSetCorrupt(f"summary.json is not a summary: {e.errors()[0]['msg']}") from e
 
 
 def instances(store: Store, cache: ResultCache, evaluation_id: str, query: InstancesQuery, *, account: str) -> InstancesPage:
@@ -201,7 +210,7 @@ def leaderboard(store: Store, dataset_id: str, query: LeaderboardQuery, *, accou
     return LeaderboardPage(
         dataset_id=dataset_id,
         metric=query.metric,
-        higher_is_better=query.metric not in LOWER_IS_BETTER,
+        higher_is_better=higher_is_better(query.metric),
         items=items,
         next_page_token=token,
     )

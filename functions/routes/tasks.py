@@ -5,12 +5,8 @@ from __future__ import annotations
 from functions.routing import Router
 from functions.services import Call
 from shared.api import TaskInfo, TaskList
+from shared.metrics import describe
 from shared.modeltasks import SPECS
-
-# TODO(merge): read from the metric registry (shared.metrics) once it lands.
-def describe(names):
-    return [{"name": n, "description": n.replace("_", " "), "higher_is_better": n not in {"log_loss", "expected_calibration_error"}} for n in names]
-
 
 router = Router("tasks", "The model tasks Assay evaluates: accepted models and datasets, config schema, metrics.")
 # Built once: the table is fixed for the life of the process.

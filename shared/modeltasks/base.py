@@ -9,6 +9,7 @@ the daemon sizes jobs by it, the workers pick their implementation by its name a
 ``GET /v1/tasks`` publishes it.
 
 Nothing here imports torch, pyarrow or a cloud client: the SDK may read these models.
+A task's metrics are names in the metric registry (``shared.metrics``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from shared import metrics
 
 
 class TaskConfig(BaseModel):
@@ -71,19 +74,8 @@ CLASSIFICATION_PREDICTIONS: tuple[Column, ...] = (
     Column("topk_scores", "list<float32>", description="Their probabilities."),
 )
 
-# The classification metrics of the summary (names from the metric registry).
-CLASSIFICATION_METRICS: tuple[str, ...] = (
-    "accuracy",
-    "top_k_accuracy",
-    "precision_macro",
-    "recall_macro",
-    "f1_macro",
-    "precision_weighted",
-    "recall_weighted",
-    "f1_weighted",
-    "expected_calibration_error",
-    "log_loss",
-)
+# A classification task's metrics: the registry's classification family.
+CLASSIFICATION_METRICS: tuple[str, ...] = tuple(metrics.names(metrics.CLASSIFICATION))
 
 
 @dataclass(frozen=True)
@@ -100,7 +92,7 @@ class ModelTaskSpec:
     dataset_columns: tuple[Column, ...]  # of the canonical dataset shards
     config: type[TaskConfig]
     prediction_columns: tuple[Column, ...]
-    metrics: tuple[str, ...]
+    metrics: tuple[str, ...]  # names in shared.metrics
     gpu: bool  # whether its evaluations run on the GPU pool (verification and ingestion never do)
 
     def parse_config(self, values: dict[str, Any] | None, *, strict: bool = False) -> TaskConfig:

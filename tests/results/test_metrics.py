@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import numpy as np
 import pytest
 from sklearn import metrics as sk
 
 from functions.results import metrics
 from functions.results.resultset import opened
-from shared.results_api import BootstrapSpec, MetricsRequest
+from shared import metrics as registry
 from shared.errors import Invalid
+from shared.metrics import ClassificationStatistics
+from shared.results_api import BootstrapSpec, MetricName, MetricsRequest
+from tests.metric_references import REFERENCES, Case
 from tests.results.conftest import generate
 
 
@@ -18,46 +23,44 @@ def _compute(g, specs, bootstrap=None):
         return metrics.compute(rs, MetricsRequest(metrics=specs, bootstrap=bootstrap))
 
 
+def test_the_route_computes_every_metric_its_statistics_allow():
+    route = set(get_args(MetricName))
+    assert route == set(registry.names(registry.CLASSIFICATION, needs_within=registry.FROM_PREDICTIONS))
+    assert route <= set(REFERENCES)  # each one is checked against scikit-learn below
+
+
 @pytest.mark.parametrize("seed,classes,skill", [(0, 7, 1.5), (1, 3, 0.2), (2, 12, 3.0)])
 def test_point_values_equal_sklearn(tmp_path, seed, classes, skill):
     g = generate(tmp_path / "r", n=1500, classes=classes, seed=seed, skill=skill, top_k=5)
-    y, p = g.labels, g.predictions
-    expected = {
-        "accuracy": sk.accuracy_score(y, p),
-        "top_k_accuracy(1)": sk.top_k_accuracy_score(y, g.scores, k=1, labels=range(classes)),
-        "top_k_accuracy(2)": sk.top_k_accuracy_score(y, g.scores, k=2, labels=range(classes)),
-        "balanced_accuracy": sk.balanced_accuracy_score(y, p),
-        "cohen_kappa": sk.cohen_kappa_score(y, p),
-        "matthews_corrcoef": sk.matthews_corrcoef(y, p),
-    }
-    specs: list = ["accuracy", {"name": "top_k_accuracy", "k": 1}, {"name": "top_k_accuracy", "k": 2}]
-    specs += ["balanced_accuracy", "cohen_kappa", "matthews_corrcoef"]
-    for average in ("macro", "weighted", "micro"):
-        for beta in (0.5, 1.0, 2.0):
-            specs.append({"name": "f_beta", "beta": beta, "average": average})
-            expected[f"f_beta({beta},{average})"] = sk.fbeta_score(y, p, beta=beta, average=average, zero_division=0)
-        specs += [{"name": "precision", "average": average}, {"name": "recall", "average": average}]
-        expected[f"precision({average})"] = sk.precision_score(y, p, average=average, zero_division=0)
-        expected[f"recall({average})"] = sk.recall_score(y, p, average=average, zero_division=0)
-    if classes > 3:
-        specs.append({"name": "top_k_accuracy", "k": 5})
-        expected["top_k_accuracy(5)"] = sk.top_k_accuracy_score(y, g.scores, k=5, labels=range(classes))
+    case = Case(labels=g.labels, scores=g.scores)
+    specs, expected = [], []
+    for name in get_args(MetricName):
+        parameter_sets, reference = REFERENCES[name]
+        for parameters in parameter_sets:
+            if parameters.get("k", 0) > g.top_k:
+                continue
+            specs.append({"name": name, **parameters})
+            expected.append(reference(case, **parameters))
     result = _compute(g, specs)
     assert result.instances == 1500
-    got = {}
-    for m in result.metrics:
-        params = m.parameters
-        key = m.name
-        if m.name == "top_k_accuracy":
-            key += f"({params['k']})"
-        elif m.name == "f_beta":
-            key += f"({params['beta']},{params['average']})"
-        elif m.name in ("precision", "recall"):
-            key += f"({params['average']})"
-        got[key] = m.value
-    assert got.keys() == expected.keys()
-    for key, value in expected.items():
-        assert got[key] == pytest.approx(value, abs=1e-12), key
+    for spec, got, value in zip(specs, result.metrics, expected, strict=True):
+        assert got.name == spec["name"] and got.parameters == {k: v for k, v in spec.items() if k != "name"}
+        assert got.value == pytest.approx(value, abs=1e-12), spec
+
+
+def test_statistics_from_cells_equal_those_from_rows(generated):
+    """The route's statistics (DuckDB cells) are the worker's (every row), so both give the
+    registry the same numbers."""
+    case = Case(labels=generated.labels, scores=generated.scores)
+    classes = len(generated.label_names)
+    rows = ClassificationStatistics.of_rows(
+        labels=case.labels, predictions=case.predictions, classes=classes, top_k_ids=case.order[:, : generated.top_k]
+    )
+    with opened(generated.directory, generated.label_names) as rs:
+        found = metrics.cells(rs, max_k=generated.top_k)
+    from_cells = found.statistics(found.count, max_k=generated.top_k)
+    for name in ("n", "tp", "support", "predicted", "hits"):
+        np.testing.assert_array_equal(getattr(from_cells, name), getattr(rows, name), err_msg=name)
 
 
 def test_top_k_beyond_stored_k_is_refused(generated):

@@ -14,7 +14,8 @@ from functions.services import Services
 from shared.admin import create_account
 from shared.apikeys import new_key
 from shared.entities import Dataset, Model, Scope
-from shared.storage import prediction_shard
+from shared.storage import evaluation_summary, prediction_shard
+from shared.summaries import REPORTED
 from tests.results.conftest import generate, stored_evaluation, upload_result_set
 
 
@@ -152,3 +153,29 @@ def test_not_ready_missing_and_corrupt_are_409(client, services, storage, world)
     for path in ("/classes", "/confusion", "/instances"):
         r = client.get(f"/v1/evaluations/{corrupt.id}/results{path}", headers=h)
         assert r.status_code == 409 and r.json["error"]["code"] == "result_set_corrupt", path
+
+
+def test_the_summary_is_typed_in_the_document_and_in_every_reply(client, services, storage, world):
+    schemas = client.get("/v1/openapi.json").json["components"]["schemas"]
+    assert set(REPORTED) <= set(schemas["ClassificationSummary"]["properties"])
+    assert schemas["SummaryResult"]["properties"]["accuracy"]["description"] == REPORTED["accuracy"].description
+    assert {"$ref": "#/components/schemas/ClassificationSummary"} in schemas["EvaluationView"]["properties"]["summary"]["anyOf"]
+    assert schemas["LeaderboardPage"]["properties"]["metric"]["enum"] == list(REPORTED)
+
+    h, alice, (e, _) = world["headers"], world["alice"], world["evaluations"]
+    r = client.get(f"/v1/evaluations/{e.id}", headers=h)
+    assert r.json["summary"]["accuracy"] == e.summary["accuracy"] and r.json["summary"]["log_loss"] is None
+    r = client.get(f"/v1/datasets/{world['dataset'].id}/leaderboard", headers=h, query_string={"metric": "log_loss"})
+    assert r.status_code == 200 and r.json["higher_is_better"] is False and r.json["items"] == []
+
+    # No summary on the entity: summary.json's, validated as a summary.
+    g = world["generated"][0]
+    bare = stored_evaluation(services.store, account=alice, summary=None)
+    upload_result_set(storage, bare.id, g.directory)
+    r = client.get(f"/v1/evaluations/{bare.id}/results", headers=h)
+    assert r.status_code == 200 and r.json["label_names"] == g.label_names and r.json["evaluation_id"] == bare.id
+    odd = stored_evaluation(services.store, account=alice, summary=None)
+    upload_result_set(storage, odd.id, g.directory)
+    storage.write_bytes(evaluation_summary(odd.id), b'{"instances": "many"}', content_type="application/json")
+    r = client.get(f"/v1/evaluations/{odd.id}/results", headers=h)
+    assert r.status_code == 409 and r.json["error"]["code"] == "result_set_corrupt"
