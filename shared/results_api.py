@@ -69,6 +69,7 @@ class InstanceRow(BaseModel):
     confidence: float
     label_score: float
     top_k: list[TopKEntry]
+    text_excerpt: str | None = Field(default=None, description="The start of the instance's text, for text tasks.")
 
 
 class InstancesPage(BaseModel):

@@ -144,8 +144,9 @@ def instances(result_set: ResultSet, query: InstancesQuery) -> InstancesPage:
             f"{filtered} ORDER BY confidence {direction} LIMIT $limit))"
         )
         where.append(f"confidence {within} {bound}")
+    excerpt = "text_excerpt" if "text_excerpt" in result_set.columns else "NULL"
     sql = (
-        f"SELECT {_ROW_COLUMNS} FROM {{view}}"
+        f"SELECT {_ROW_COLUMNS}, {excerpt} FROM {{view}}"
         + (" WHERE " + " AND ".join(where) if where else "")
         + f" ORDER BY {order_sql} LIMIT $limit"
     )
@@ -161,8 +162,9 @@ def instances(result_set: ResultSet, query: InstancesQuery) -> InstancesPage:
 
 
 def _row(result_set: ResultSet, row: tuple) -> InstanceRow:
-    instance_id, label, prediction, correct, confidence, label_score, topk_ids, topk_scores = row
+    instance_id, label, prediction, correct, confidence, label_score, topk_ids, topk_scores, excerpt = row
     return InstanceRow(
+        text_excerpt=excerpt,
         instance_id=instance_id,
         label=result_set.name_of(label),
         label_index=label,

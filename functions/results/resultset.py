@@ -132,6 +132,8 @@ class ResultSet:
     view: str
     label_names: list[str]
     files: list[Path]
+    # Every required column, and the optional text ones a task adds (``text_excerpt``).
+    columns: frozenset[str] = frozenset()
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
         """Run ``sql`` (``{view}`` stands for this result set's view) with bound ``params``."""
@@ -170,7 +172,8 @@ def locked_connection(files: list[Path]) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _check_schema(con: duckdb.DuckDBPyConnection, view: str) -> None:
+def _check_schema(con: duckdb.DuckDBPyConnection, view: str) -> frozenset[str]:
+    """The view's columns; raises ``ResultSetCorrupt`` unless the required ones are there."""
     found = {row[0]: _duckdb_kind(row[1]) for row in con.execute(f"DESCRIBE {view}").fetchall()}
     problems = {
         name: {"expected": kind, "found": found.get(name)}
@@ -181,6 +184,7 @@ def _check_schema(con: duckdb.DuckDBPyConnection, view: str) -> None:
         raise ResultSetCorrupt(
             "the result set does not follow the prediction schema (shared/results.py)", details={"columns": problems}
         )
+    return frozenset(name for name, kind in found.items() if name in REQUIRED_COLUMNS or kind == "string")
 
 
 def open_result_sets(sets: dict[str, tuple[Path, list[str]]]) -> dict[str, ResultSet]:
@@ -201,8 +205,8 @@ def open_result_sets(sets: dict[str, tuple[Path, list[str]]]) -> dict[str, Resul
                 raise ValueError(f"bad view name {view!r}")
             with translated_duckdb_errors("result set", opening=True):
                 con.read_parquet([str(f) for f in files[view]]).create_view(view)
-                _check_schema(con, view)
-            out[view] = ResultSet(con, view, list(names), files[view])
+                columns = _check_schema(con, view)
+            out[view] = ResultSet(con, view, list(names), files[view], columns)
         return out
     except BaseException:
         con.close()

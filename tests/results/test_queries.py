@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from functions.results import queries
+from tests.results.conftest import generate
 from functions.results.resultset import opened
 from shared.results_api import InstancesQuery
 from shared.errors import Invalid, InvalidRequest
@@ -125,3 +126,21 @@ def test_bad_filters_and_tokens(generated):
             queries.instances(rs, InstancesQuery(limit=5, correct=True, page_token=token))
         # another limit with the same filters is fine
         assert queries.instances(rs, InstancesQuery(limit=9, page_token=token)).items
+
+
+def test_a_text_result_set_shows_each_instances_excerpt(tmp_path):
+    """Text tasks add a ``text_excerpt`` column; the instances route shows it, and a result
+    set without it (images) shows none."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    g = generate(tmp_path / "text", n=50, classes=3, shards=1)
+    path = g.directory / "part-00000.parquet"
+    table = pq.read_table(path)
+    excerpts = [f"text of {i} — ünïcode" for i in table.column("instance_id").to_pylist()]
+    pq.write_table(table.append_column("text_excerpt", pa.array(excerpts, pa.string())), path)
+    with opened(g.directory, g.label_names) as rs:
+        page = queries.instances(rs, InstancesQuery(limit=50))
+    assert {row.instance_id: row.text_excerpt for row in page.items} == dict(zip(table.column("instance_id").to_pylist(), excerpts))
+    with opened(generate(tmp_path / "images", n=10, classes=3).directory, g.label_names) as rs:
+        assert {row.text_excerpt for row in queries.instances(rs, InstancesQuery(limit=10)).items} == {None}
