@@ -22,6 +22,7 @@ from functions.services import Call, Services
 from shared.api import EvaluationListQuery
 from shared.entities import Evaluation, EvaluationStatus
 from shared.errors import Invalid, InvalidRequest, NotFound
+from shared.modeltasks import spec_of
 from shared.results_api import CompareQuery, InstancesQuery
 
 GALLERY_PAGE = 24
@@ -71,7 +72,9 @@ def _results(call: Call, evaluation: Any) -> dict[str, Any]:
             instances_error = None
         except (Invalid, InvalidRequest) as e:
             instances, instances_error = None, e.message
-        parts = queries.stored_parts(rs, [i.instance_id for i in instances.items]) if instances else {}
+        # A gallery image where the task's datasets hold images; text tasks show excerpts.
+        has_images = any(c.name == "image" for c in spec_of(evaluation.task).dataset_columns)
+        parts = queries.stored_parts(rs, [i.instance_id for i in instances.items]) if instances and has_images else {}
     sort = flask.request.args.get("sort", "label")
     descending = sort.startswith("-")
     column = sort.lstrip("-")

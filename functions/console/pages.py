@@ -166,13 +166,15 @@ def order(call: Call) -> flask.Response:
         spec["name"] = form["name"].strip()
     config: dict[str, Any] = {}
     errors: list[str] = []
-    for field in ("top_k", "batch_size"):
+    for field in ("top_k", "batch_size", "max_length"):
         text = form.get(field, "").strip()
         if text:
             if not text.isdigit():
                 errors.append(f"{field}: a whole number")
             else:
                 config[field] = int(text)
+    if form.get("truncation_side", "").strip():
+        config["truncation_side"] = form["truncation_side"].strip()
     if config:
         spec["config"] = config
     if not errors:
