@@ -6,8 +6,8 @@ count, longest first, and batched in that order, each batch padded only to its o
 longest row (dynamic padding): on texts of varied length most of the padding a fixed
 length would cost is never computed, and the largest batch comes first, so a run that
 would exhaust memory fails at once. Batches run under ``torch.inference_mode()``, with
-bf16 autocast on CUDA; on the CPU one process uses every core's thread (measured in
-``bench/README.md``). Scores are what ``pipeline("text-classification")`` gives: softmax
+bf16 autocast on CUDA; on the CPU each core runs a single-threaded replica of the model
+(``workers.text.replicas``; measured in ``bench/README.md``). Scores are what ``pipeline("text-classification")`` gives: softmax
 over the logits, or a sigmoid for a multi-label or single-logit head.
 
 Predictions go back to row order before a shard is written, as ``workers.evaluate``
@@ -18,8 +18,10 @@ skipped, so a killed run resumes at the next shard.
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,7 @@ import pyarrow.parquet as pq
 import torch
 
 from workers.evaluate import (
+    MAX_CPU_REPLICAS,
     BatchTimer,
     Predictions,
     RunStats,
@@ -41,10 +44,13 @@ from workers.evaluate import (
 )
 from workers.failures import FailureReason, WorkerFailure
 from workers.text.model import load_model, resolve_max_length
+from workers.text.replicas import Inputs, ReplicaPool, Scores
 from workers.verify import label_names
 
 EXCERPT_CHARS = 200
 TRUNCATION_SIDES = ("right", "left")
+# A replica costs a fork and its start: a run with fewer batches than this per replica uses fewer.
+MIN_BATCHES_PER_REPLICA = 4
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,10 @@ class TextOptions:
     max_length: int | None = None  # None: the tokenizer's model_max_length, capped by the positions
     truncation_side: str = "right"
     device: str | None = None  # "cuda" when available, else "cpu"
-    torch_threads: int | None = None  # None: every usable core
+    # None: on the CPU one single-threaded replica per core (workers.text.replicas), or for a
+    # run too small to repay the forks, this process on every core; on CUDA this process.
+    replicas: int | None = None
+    torch_threads: int | None = None
 
     @classmethod
     def from_config(cls, config) -> TextOptions:
@@ -108,7 +117,8 @@ def evaluate_text_shards(
     on_batch: Callable[[int], None] | None = None,
 ) -> RunStats:
     """Write ``out_dir/part-NNNNN.parquet`` predictions for each input shard not done yet;
-    ``on_batch(instances)`` after each batch, ``on_shard(index, path, stats)`` after each shard.
+    ``on_batch(instances)`` after each batch, ``on_shard(index, path, stats)`` after each
+    shard, both in the calling process.
 
     Raises:
         WorkerFailure: ``invalid_config``, ``inference_error``.
@@ -126,45 +136,85 @@ def evaluate_text_shards(
     )
     if not todo:
         return stats
-    runner = _Runner(model, tokenizer, label_map, options, device)
+    batches = sum(-(-pq.ParquetFile(path).metadata.num_rows // options.batch_size) for _, path in todo)
+    replicas = _replicas(options, device, batches)
+    if device.type == "cpu":
+        torch.set_num_threads(options.torch_threads or (1 if replicas > 1 else usable_cores()))
+    scorer = _Scorer(model, label_map, options, device)
+    runner = _Runner(scorer, tokenizer, resolve_max_length(model, tokenizer, options.max_length), options)
     started = time.perf_counter()
-    for index, shard in todo:
-        table = pq.read_table(shard, columns=["instance_id", "text", "text_pair", "label"])
-        predictions = runner.shard(index, table, on_batch, stats, started)
-        path = prediction_shard_path(out_dir, shard)
-        excerpts = pa.array([text[:EXCERPT_CHARS] for text in table.column("text").to_pylist()], pa.string())
-        stats.instances += write_predictions(path, [predictions], extra={"text_excerpt": excerpts})
-        stats.shards_done += 1
-        stats.wall_seconds = time.perf_counter() - started
-        if on_shard is not None:
-            on_shard(index, path, stats)
-    stats.batch_seconds = runner.timer.seconds()
+    # Replicas are forked first: before the tokenizer has started its thread pool.
+    with ReplicaPool(scorer, replicas) if replicas > 1 else nullcontext() as pool:
+        for index, shard in todo:
+            table = pq.read_table(shard, columns=["instance_id", "text", "text_pair", "label"])
+            predictions = runner.shard(index, table, pool, on_batch, stats, started)
+            path = prediction_shard_path(out_dir, shard)
+            excerpts = pa.array([text[:EXCERPT_CHARS] for text in table.column("text").to_pylist()], pa.string())
+            stats.instances += write_predictions(path, [predictions], extra={"text_excerpt": excerpts})
+            stats.shards_done += 1
+            stats.wall_seconds = time.perf_counter() - started
+            if on_shard is not None:
+                on_shard(index, path, stats)
+        stats.batch_seconds = pool.seconds if pool is not None else scorer.timer.seconds()
     stats.wall_seconds = time.perf_counter() - started
     if device.type == "cuda":
         stats.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
-    else:
-        stats.peak_memory_bytes = _peak_memory()
+    else:  # with replicas, the largest one's: each holds the shared weights and its own batch
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux reports KiB
+        stats.peak_memory_bytes = max(_peak_memory(), children)
     return stats
 
 
-class _Runner:
-    """The model's side: a shard's table in, its ``Predictions`` in row order out."""
+def _replicas(options: TextOptions, device: torch.device, batches: int) -> int:
+    if device.type == "cuda":
+        return 1
+    replicas = options.replicas or min(usable_cores(), MAX_CPU_REPLICAS)
+    return max(1, min(replicas, batches // MIN_BATCHES_PER_REPLICA))
 
-    def __init__(self, model, tokenizer, label_map: np.ndarray, options: TextOptions, device: torch.device):
-        if device.type == "cpu":
-            torch.set_num_threads(options.torch_threads or usable_cores())
+
+class _Scorer:
+    """The model's side: padded inputs in, top-k and label scores out; called with tensors
+    in this process, with numpy arrays in a replica."""
+
+    def __init__(self, model, label_map: np.ndarray, options: TextOptions, device: torch.device):
         self.model = model.to(device).eval()
-        self.tokenizer = tokenizer
-        self.tokenizer.truncation_side = options.truncation_side
-        self.max_length = resolve_max_length(model, tokenizer, options.max_length)
-        self.options, self.device = options, device
+        self.device = device
         self.k = min(options.top_k, model.config.num_labels)
         self.sigmoid = model.config.problem_type == "multi_label_classification" or model.config.num_labels == 1
-        self.label_lookup = torch.from_numpy(label_map).to(device)
+        self.label_map = label_map
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
         self.timer = BatchTimer(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+
+    def scores(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Top ids, top scores and the true label's score; ``labels`` are the model's indices."""
+        with torch.inference_mode(), self.autocast:
+            logits = self.model(**inputs).logits.float()
+            probs = logits.sigmoid() if self.sigmoid else logits.softmax(dim=-1)
+            top_scores, top_ids = probs.topk(self.k, dim=-1)
+            return top_ids, top_scores, probs.gather(1, labels[:, None])[:, 0]
+
+    def __call__(self, inputs: Inputs, labels: np.ndarray) -> Scores:
+        """In a replica: numpy in and out; ``labels`` are the model's indices.
+
+        Raises:
+            WorkerFailure: ``inference_error``.
+        """
+        tensors = {name: torch.from_numpy(array) for name, array in inputs.items()}
+        try:
+            top_ids, top_scores, label_score = self.scores(tensors, torch.from_numpy(labels))
+        except (RuntimeError, IndexError) as e:  # torch's own errors on this model and input
+            raise WorkerFailure(FailureReason.inference_error, f"{type(e).__name__}: {e}") from e
+        return top_ids.numpy(), top_scores.numpy(), label_score.numpy()
+
+
+class _Runner:
+    """A shard's table in, its ``Predictions`` in row order out."""
+
+    def __init__(self, scorer: _Scorer, tokenizer, max_length: int, options: TextOptions):
+        self.scorer, self.tokenizer, self.max_length, self.options = scorer, tokenizer, max_length, options
+        self.tokenizer.truncation_side = options.truncation_side
 
     def _tokenized(self, texts: list[str], pairs: list[str | None]) -> dict[str, list[list[int]]]:
         """Each row's features (``input_ids``, ``attention_mask``…), unpadded, in row order."""
@@ -185,8 +235,8 @@ class _Runner:
                     column[i] = value
         return features
 
-    def _batch(self, features: dict[str, list[list[int]]], rows: np.ndarray) -> dict[str, torch.Tensor]:
-        """The rows' features padded to the longest of them, on the device."""
+    def _padded(self, features: dict[str, list[list[int]]], rows: np.ndarray) -> Inputs:
+        """The rows' features padded to the longest of them, on the tokenizer's padding side."""
         ids = features["input_ids"]
         width = max(len(ids[i]) for i in rows)
         pad_values = {"input_ids": self.tokenizer.pad_token_id, "token_type_ids": self.tokenizer.pad_token_type_id}
@@ -200,44 +250,55 @@ class _Runner:
                     array[j, width - len(value) :] = value
                 else:
                     array[j, : len(value)] = value
-            batch[name] = torch.from_numpy(array).to(self.device, non_blocking=True)
+            batch[name] = array
         return batch
 
-    def shard(self, index: int, table: pa.Table, on_batch, stats: RunStats, started: float) -> Predictions:
+    def shard(self, index: int, table: pa.Table, pool: ReplicaPool | None, on_batch, stats: RunStats, started: float) -> Predictions:
+        """Predictions for one shard, its rows sorted by length and batched in that order.
+
+        Raises:
+            WorkerFailure: ``inference_error``.
+        """
         texts = table.column("text").to_pylist()
         features = self._tokenized(texts, table.column("text_pair").to_pylist())
         lengths = np.fromiter((len(ids) for ids in features["input_ids"]), dtype=np.int64, count=len(texts))
         order = np.argsort(-lengths, kind="stable")
-        labels = self.label_lookup[torch.tensor(table.column("label").to_numpy(), device=self.device)]
-        outputs: list[tuple[torch.Tensor, ...]] = []
         size = self.options.batch_size
-        for start in range(0, len(order), size):
-            rows = order[start : start + size]
-            mark = self.timer.start()
-            try:
-                inputs = self._batch(features, rows)
-                batch_labels = labels[torch.from_numpy(rows).to(self.device)]
-                with torch.inference_mode(), self.autocast:
-                    logits = self.model(**inputs).logits.float()
-                    probs = logits.sigmoid() if self.sigmoid else logits.softmax(dim=-1)
-                    top_scores, top_ids = probs.topk(self.k, dim=-1)
-                    label_score = probs.gather(1, batch_labels[:, None])[:, 0]
-            except (RuntimeError, IndexError) as e:  # torch's own errors on this model and input
-                raise WorkerFailure(FailureReason.inference_error, f"shard {index}: {type(e).__name__}: {e}") from e
-            self.timer.stop(mark)
-            outputs.append((top_ids, top_scores, label_score))
-            stats.first_batch_seconds = stats.first_batch_seconds or time.perf_counter() - started
-            if on_batch is not None:
-                on_batch(len(rows))
-        top_ids, top_scores, label_score = (self._in_row_order(torch.cat(parts), order) for parts in zip(*outputs))
-        return Predictions(
-            index, 0, table.column("instance_id").to_pylist(), labels.cpu().numpy(), top_ids, top_scores, label_score
-        )
+        batches = [order[start : start + size] for start in range(0, len(order), size)]
+        labels = self.scorer.label_map[table.column("label").to_numpy()]  # the model's indices
+        done: list[tuple] = []  # (rows, top ids, top scores, label score): tensors on the device, or numpy
+        if pool is not None:
+            work = ((i, self._padded(features, rows), labels[rows]) for i, rows in enumerate(batches))
+            for i, scores in pool.run(work):
+                done.append((batches[i], *scores))
+                self._progress(len(batches[i]), on_batch, stats, started)
+        else:
+            device = self.scorer.device
+            for rows in batches:
+                mark = self.scorer.timer.start()
+                inputs = {name: torch.from_numpy(a).to(device, non_blocking=True) for name, a in self._padded(features, rows).items()}
+                try:
+                    done.append((rows, *self.scorer.scores(inputs, torch.from_numpy(labels[rows]).to(device))))
+                except (RuntimeError, IndexError) as e:  # torch's own errors on this model and input
+                    raise WorkerFailure(FailureReason.inference_error, f"shard {index}: {type(e).__name__}: {e}") from e
+                self.scorer.timer.stop(mark)
+                self._progress(len(rows), on_batch, stats, started)
+        rows = [d[0] for d in done]
+        top_ids, top_scores, label_score = (_in_row_order(rows, [d[j] for d in done], len(texts)) for j in (1, 2, 3))
+        return Predictions(index, 0, table.column("instance_id").to_pylist(), labels, top_ids, top_scores, label_score)
 
     @staticmethod
-    def _in_row_order(values: torch.Tensor, order: np.ndarray) -> np.ndarray:
-        """Values computed in ``order`` put back in row order (one copy from the device)."""
-        host = values.cpu().numpy()
-        result = np.empty_like(host)
-        result[order] = host
-        return result
+    def _progress(rows: int, on_batch, stats: RunStats, started: float) -> None:
+        stats.first_batch_seconds = stats.first_batch_seconds or time.perf_counter() - started
+        if on_batch is not None:
+            on_batch(rows)
+
+
+def _in_row_order(rows: list[np.ndarray], values: list, n: int) -> np.ndarray:
+    """Per-batch values put back in row order (tensors copied from the device at once)."""
+    if isinstance(values[0], torch.Tensor):
+        values = np.split(torch.cat(values).cpu().numpy(), np.cumsum([len(r) for r in rows])[:-1])
+    result = np.empty((n, *values[0].shape[1:]), dtype=values[0].dtype)
+    for r, v in zip(rows, values):
+        result[r] = v
+    return result
