@@ -18,6 +18,8 @@ steadiest estimate of what the code costs.
 
 Usage: ``python bench/worker_throughput.py [--images 5000] [--model digits|base] [--json out.json]``.
 ``--model base`` builds a randomly initialised ViT-Base (224 px), meant for a GPU machine.
+``--task text [--texts 2000] [--hidden 128] [--layers 4]`` measures a text classifier the
+same way instead (``bench/text_throughput.py``).
 """
 
 from __future__ import annotations
@@ -196,11 +198,17 @@ class ForwardOnly:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=["image", "text"], default="image")
     parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--texts", type=int, default=2000, help="--task text: how many texts")
+    parser.add_argument("--hidden", type=int, default=128, help="--task text: the BERT's hidden size")
+    parser.add_argument("--layers", type=int, default=4, help="--task text: the BERT's layers")
+    parser.add_argument("--assay-replicas", type=int, default=None, help="--task text: Assay's CPU replicas (default: one per core)")
+    parser.add_argument("--assay-threads", type=int, default=None, help="--task text: torch threads per Assay process")
     parser.add_argument("--model", choices=["digits", "base"], default="digits")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=5, help="rounds; each path's best run counts")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["per_image", "batched", "evaluator"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["per_image", "per_text", "batched", "evaluator"])
     parser.add_argument("--decode-workers", type=int, default=None, help="Assay's decoder processes (default: by device)")
     parser.add_argument("--json", type=Path)
     # On 2 cores one torch thread beats two for the pipelines (small ops, contention).
@@ -208,6 +216,10 @@ def main() -> int:
     # single-threaded processes, and keeps the fastest.
     parser.add_argument("--baseline-threads", type=int, default=None)
     args = parser.parse_args()
+    if args.task == "text":
+        import text_throughput  # beside this file
+
+        return text_throughput.main(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model_dir = digits.cached_digits_vit(CACHE) if args.model == "digits" else vit_base_dir()
     encoded, labels = make_images(args.images)

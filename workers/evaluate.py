@@ -295,7 +295,7 @@ class ShardWriter:
     def write(self, index: int) -> None:
         path = prediction_shard_path(self.out_dir, self.shards[index])
         batches = sorted(self.pending.pop(index), key=lambda p: p.start)
-        self.stats.instances += _write_predictions(path, batches)
+        self.stats.instances += write_predictions(path, batches)
         self.stats.shards_done += 1
         self.stats.wall_seconds = time.perf_counter() - self.started
         if self.on_shard is not None:
@@ -346,8 +346,9 @@ class BatchTimer:
         return [b - a for a, b in self.marks]
 
 
-def _write_predictions(path: Path, batches: list[Predictions]) -> int:
-    """One prediction shard in the result-set contract (``shared.results``)."""
+def write_predictions(path: Path, batches: list[Predictions], extra: dict[str, pa.Array] | None = None) -> int:
+    """One prediction shard in the result-set contract (``shared.results``), with a task's
+    ``extra`` columns (a text excerpt…) after the contract's."""
     labels = _joined(batches, "labels").astype(np.int32)
     top_ids = _joined(batches, "top_ids").astype(np.int32)
     top_scores = _joined(batches, "top_scores").astype(np.float32)
@@ -366,6 +367,8 @@ def _write_predictions(path: Path, batches: list[Predictions]) -> int:
         "topk_scores": pa.ListArray.from_arrays(offsets, pa.array(top_scores.reshape(-1), pa.float32())),
     }
     table = pa.Table.from_arrays([columns[f.name] for f in PREDICTION_SCHEMA], schema=PREDICTION_SCHEMA)
+    for name, values in (extra or {}).items():
+        table = table.append_column(name, values)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, path)  # atomic: a shard either exists whole or not at all

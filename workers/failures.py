@@ -20,18 +20,22 @@ class FailureReason(StrEnum):
     archive_bomb = "archive_bomb"  # compression ratio over the cap
     # models
     file_not_allowed = "file_not_allowed"
+    file_too_large = "file_too_large"  # a model file over its cap (a tokenizer's vocabulary…)
     pickle_weights_refused = "pickle_weights_refused"
     remote_code_refused = "remote_code_refused"
     missing_weights = "missing_weights"
     weights_mismatch = "weights_mismatch"  # parameters missing from, or unknown to, the architecture
     unsupported_architecture = "unsupported_architecture"
     load_error = "load_error"
+    tokenizer_mismatch = "tokenizer_mismatch"  # token ids beyond the model's embedding, positions beyond its table
     # datasets
     invalid_dataset = "invalid_dataset"  # also: a size over its bound (labels, splits, text)
     empty_dataset = "empty_dataset"
     too_many_invalid_images = "too_many_invalid_images"
+    too_many_invalid_texts = "too_many_invalid_texts"  # texts too long, empty, with NUL bytes, not UTF-8…
     # evaluations
     label_mismatch = "label_mismatch"
+    invalid_config = "invalid_config"  # an inference config the model cannot honour (max_length beyond its positions)
     input_not_ready = "input_not_ready"
     split_not_found = "split_not_found"
     inference_error = "inference_error"

@@ -19,103 +19,38 @@ name is text kept on the entity (``check_class_name``). The sizes the data contr
 bounded (``IngestLimits``): the number of splits, the label space (integer labels with no
 names span 0..max), the length of a name. Each breach is ``invalid_dataset``, found while
 reading, before anything is decoded or written.
+
+The writing half (validation, shards, the manifest and its digest, the name checks and
+bounds) is ``workers.canonical``, shared with text datasets (``workers.text.dataset``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections import Counter
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from shared.entities import MAX_CLASSES, MAX_SPLITS, check_class_name, check_class_names, check_split_name
-from workers.archive import ArchiveLimits, extract_archive
+from workers.archive import extract_archive
+from workers.canonical import (
+    DEFAULT_SPLIT,
+    MANIFEST_NAME,
+    IngestLimits,
+    Media,
+    Names,
+    Row,
+    check_column_types,
+    hf_label_names,
+    is_parquet,
+    open_parquet,
+    write_canonical,
+)
 from workers.failures import FailureReason, WorkerFailure
-from workers.images import DEFAULT_MAX_PIXELS, InvalidImage, decode_image
-from workers.workdir import inside
+from workers.images import InvalidImage, decode_image
+
+__all__ = ["DEFAULT_SPLIT", "MANIFEST_NAME", "IngestLimits", "ingest_dataset"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 SHARD_SCHEMA = pa.schema([("instance_id", pa.string()), ("image", pa.binary()), ("label", pa.int64())])
-MANIFEST_NAME = "manifest.json"
-DEFAULT_SPLIT = "train"
-_MAX_EXAMPLES = 20
-
-
-@dataclass(frozen=True)
-class IngestLimits:
-    max_invalid_fraction: float = 0.05
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    shard_rows: int = 1000
-    archive: ArchiveLimits = field(default_factory=ArchiveLimits)
-    decode_threads: int = 2
-    max_splits: int = MAX_SPLITS
-    max_classes: int = MAX_CLASSES  # also bounds integer labels: 0 <= label < max_classes
-
-
-class _Names:
-    """The split and class names met while reading, each checked once when first seen and
-    counted against the limits as they appear, so a million distinct values stop at the
-    first one over the bound instead of being collected."""
-
-    def __init__(self, limits: IngestLimits):
-        self.limits = limits
-        self.splits: dict[str, list[_Row]] = {}
-        self.classes: set[str] = set()
-
-    def split(self, name: object) -> list[_Row]:
-        rows = self.splits.get(name)  # type: ignore[arg-type]
-        if rows is not None:
-            return rows
-        if not isinstance(name, str):
-            raise WorkerFailure(FailureReason.invalid_dataset, f"split names must be strings, not {type(name).__name__}")
-        try:
-            check_split_name(name)
-        except ValueError as e:
-            raise WorkerFailure(FailureReason.invalid_dataset, str(e)) from e
-        if len(self.splits) >= self.limits.max_splits:
-            raise WorkerFailure(FailureReason.invalid_dataset, f"more than {self.limits.max_splits} splits")
-        return self.splits.setdefault(name, [])
-
-    def label(self, name: str) -> str:
-        if name in self.classes:
-            return name
-        _check_class(name)
-        if len(self.classes) >= self.limits.max_classes:
-            raise WorkerFailure(FailureReason.invalid_dataset, f"more than {self.limits.max_classes} distinct labels")
-        self.classes.add(name)
-        return name
-
-
-def _check_class(name: str) -> None:
-    try:
-        check_class_name(name)
-    except ValueError as e:
-        raise WorkerFailure(FailureReason.invalid_dataset, str(e)) from e
-
-
-@dataclass
-class _Row:
-    instance_id: str
-    image: bytes | Path | None  # a Path is read when validated, so an archive is never all in memory
-    label_name: str | None
-    problem: str | None = None
-
-
-def shard_name(index: int) -> str:
-    return f"part-{index:05d}.parquet"
-
-
-def _is_parquet(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"PAR1"
-
-
 # --- reading the two input formats ---------------------------------------------------------
 
 
@@ -131,9 +66,9 @@ def _imagefolder_root(root: Path) -> Path:
             return root
 
 
-def _imagefolder_rows(root: Path, limits: IngestLimits) -> tuple[dict[str, list[_Row]], int]:
+def _imagefolder_rows(root: Path, limits: IngestLimits) -> tuple[dict[str, list[Row]], int]:
     """Rows per split, and how many non-image files were ignored."""
-    names = _Names(limits)
+    names = Names(limits)
     ignored = 0
     files = sorted(p for p in root.rglob("*") if p.is_file())
     for path in files:
@@ -153,27 +88,8 @@ def _imagefolder_rows(root: Path, limits: IngestLimits) -> tuple[dict[str, list[
                 FailureReason.invalid_dataset,
                 f"{rel.as_posix()!r}: expected split/class_name/file or class_name/file",
             )
-        names.split(split).append(_Row(rel.as_posix(), path, names.label(label_name)))
+        names.split(split).append(Row(rel.as_posix(), path, names.label(label_name)))
     return names.splits, ignored
-
-
-def _hf_label_names(schema: pa.Schema, limits: IngestLimits) -> list[str] | None:
-    raw = (schema.metadata or {}).get(b"huggingface")
-    if not raw:
-        return None
-    try:
-        features = json.loads(raw)["info"]["features"]
-        names = features["label"]["names"]
-    except (KeyError, TypeError, ValueError):
-        return None
-    if not isinstance(names, list):
-        return None
-    try:
-        if len(names) > limits.max_classes:
-            raise ValueError(f"{len(names)} classes, more than the limit of {limits.max_classes}")
-        return check_class_names([str(n) for n in names])
-    except ValueError as e:
-        raise WorkerFailure(FailureReason.invalid_dataset, f"the label feature's names: {e}") from e
 
 
 def _image_bytes(value) -> bytes | None:
@@ -182,12 +98,9 @@ def _image_bytes(value) -> bytes | None:
     return value
 
 
-def _parquet_rows(path: Path, limits: IngestLimits) -> tuple[dict[str, list[_Row]], list[str] | None]:
+def _parquet_rows(path: Path, limits: IngestLimits) -> tuple[dict[str, list[Row]], list[str] | None]:
     """Rows per split, and the label names the schema declares (None when it declares none)."""
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
-        raise WorkerFailure(FailureReason.invalid_dataset, f"unreadable Parquet file: {e}") from e
+    pf = open_parquet(path)
     schema = pf.schema_arrow
     missing = {"image", "label"} - set(schema.names)
     if missing:
@@ -195,108 +108,51 @@ def _parquet_rows(path: Path, limits: IngestLimits) -> tuple[dict[str, list[_Row
     image_type = schema.field("image").type
     if not (pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type) or pa.types.is_struct(image_type)):
         raise WorkerFailure(FailureReason.invalid_dataset, f"'image' must be bytes or {{bytes, path}}, not {image_type}")
-    declared = _hf_label_names(schema, limits)
-    label_type = schema.field("label").type
-    if not (pa.types.is_integer(label_type) or pa.types.is_string(label_type) or pa.types.is_large_string(label_type)):
-        raise WorkerFailure(FailureReason.invalid_dataset, f"'label' must be an integer or a string, not {label_type}")
-    split_type = schema.field("split").type if "split" in schema.names else pa.string()
-    if not (pa.types.is_string(split_type) or pa.types.is_large_string(split_type)):
-        raise WorkerFailure(FailureReason.invalid_dataset, f"'split' must be a string, not {split_type}")
+    declared = hf_label_names(schema, limits)
+    check_column_types(schema)
     columns = ["image", "label"] + (["split"] if "split" in schema.names else [])
-    names = _Names(limits)
+    names = Names(limits)
     try:
         for batch in pf.iter_batches(batch_size=1024, columns=columns):
             data = batch.to_pydict()
             split_values = data.get("split") or [DEFAULT_SPLIT] * batch.num_rows
             for image, label, split in zip(data["image"], data["label"], split_values):
                 rows = names.split(split if split is not None else DEFAULT_SPLIT)
-                row = _Row(f"{split or DEFAULT_SPLIT}-{len(rows):08d}", _image_bytes(image), None)
-                if label is None or (isinstance(label, int) and declared is not None and not 0 <= label < len(declared)):
+                row = Row(f"{split or DEFAULT_SPLIT}-{len(rows):08d}", _image_bytes(image), names.label_of(label, declared))
+                if row.label_name is None:
                     row.problem = "bad_label"
-                elif isinstance(label, int) and declared is not None:
-                    row.label_name = declared[label]
-                elif isinstance(label, int):  # no names: the label space is 0..max, bounded
-                    if not 0 <= label < limits.max_classes:
-                        raise WorkerFailure(
-                            FailureReason.invalid_dataset,
-                            f"integer label {label} is outside 0..{limits.max_classes - 1} and the file declares "
-                            "no label names (a ClassLabel feature); at most "
-                            f"{limits.max_classes} classes",
-                        )
-                    row.label_name = names.label(str(label))
-                else:
-                    row.label_name = names.label(label)
                 rows.append(row)
     except (pa.ArrowException, OSError) as e:
         raise WorkerFailure(FailureReason.invalid_dataset, f"unreadable Parquet file: {e}") from e
     return names.splits, declared
 
 
-def _label_names(splits: dict[str, list[_Row]], declared: list[str] | None) -> list[str]:
-    if declared is not None:
-        return declared
-    found = {row.label_name for rows in splits.values() for row in rows if row.label_name is not None}
-    if found and all(name.isdigit() for name in found):  # integer labels without names
-        return [str(i) for i in range(max(int(n) for n in found) + 1)]
-    return sorted(found)
-
-
 # --- validating and writing ----------------------------------------------------------------
 
 
-def _check_image(row: _Row, max_pixels: int) -> _Row:
+def _check_image(row: Row, limits: IngestLimits) -> Row:
     if row.problem is not None:
         return row
-    if isinstance(row.image, Path):
-        row.image = row.image.read_bytes()
-    if not row.image:
+    if isinstance(row.value, Path):
+        row.value = row.value.read_bytes()
+    if not row.value:
         row.problem = "missing_bytes"
         return row
     try:
-        decode_image(row.image, max_pixels=max_pixels).close()
+        decode_image(row.value, max_pixels=limits.max_pixels).close()
     except InvalidImage as e:
         row.problem = str(e.problem)
     return row
 
 
-def _write_shards(rows: Iterable[_Row], out: Path, label_index: dict[str, int], shard_rows: int) -> list[dict]:
-    shards: list[dict] = []
-
-    def flush(chunk: list[_Row]) -> None:
-        table = pa.table(
-            {
-                "instance_id": [r.instance_id for r in chunk],
-                "image": [r.image for r in chunk],
-                "label": [label_index[r.label_name] for r in chunk],
-            },
-            schema=SHARD_SCHEMA,
-        )
-        path = inside(out, shard_name(len(shards)))
-        pq.write_table(table, path, compression="none")  # images are compressed already
-        shards.append({"name": path.name, "rows": len(chunk), "sha256": _sha256(path)})
-
-    chunk: list[_Row] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == shard_rows:
-            flush(chunk)
-            chunk = []
-    if chunk:
-        flush(chunk)
-    return shards
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _validated(rows: list[_Row], limits: IngestLimits, pool: ThreadPoolExecutor) -> Iterator[_Row]:
-    # PIL releases the GIL while decoding, so threads do overlap.
-    yield from pool.map(lambda r: _check_image(r, limits.max_pixels), rows, chunksize=64)
+IMAGES = Media(
+    noun="images",
+    schema=SHARD_SCHEMA,
+    columns=lambda rows: {"instance_id": [r.instance_id for r in rows], "image": [r.value for r in rows]},
+    validate=_check_image,
+    too_many_invalid=FailureReason.too_many_invalid_images,
+    compression="none",  # images are compressed already
+)
 
 
 def ingest_dataset(
@@ -314,7 +170,7 @@ def ingest_dataset(
     source, out_dir = Path(source), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ignored = 0
-    if _is_parquet(source):
+    if is_parquet(source):
         fmt = "parquet"
         splits, declared = _parquet_rows(source, limits)
     else:
@@ -322,67 +178,6 @@ def ingest_dataset(
         extracted = extract_archive(source, work_dir, limits=limits.archive)
         splits, ignored = _imagefolder_rows(_imagefolder_root(extracted.root), limits)
         declared = None
-    total = sum(len(rows) for rows in splits.values())
-    if total == 0:
-        raise WorkerFailure(FailureReason.empty_dataset, "no images found")
-    label_names = _label_names(splits, declared)
-    try:
-        check_class_names(label_names)  # the set as a whole: its total length
-    except ValueError as e:
-        raise WorkerFailure(FailureReason.invalid_dataset, str(e)) from e
-    label_index = {name: i for i, name in enumerate(label_names)}
+    return write_canonical(splits, declared, out_dir, media=IMAGES, source_format=fmt, limits=limits, ignored_files=ignored)
 
-    problems: Counter[str] = Counter()
-    examples: list[dict] = []
-    manifest_splits: dict[str, dict] = {}
-    with ThreadPoolExecutor(max_workers=max(1, limits.decode_threads)) as pool:
-        for split in sorted(splits):
-            invalid_before = sum(problems.values())
 
-            def valid(rows=splits[split]) -> Iterator[_Row]:
-                for row in _validated(rows, limits, pool):
-                    if row.problem is None:
-                        yield row
-                        continue
-                    problems[row.problem] += 1
-                    if len(examples) < _MAX_EXAMPLES:
-                        examples.append({"instance_id": row.instance_id, "problem": row.problem})
-
-            split_dir = inside(out_dir, split)
-            split_dir.mkdir(parents=True, exist_ok=True)
-            shards = _write_shards(valid(), split_dir, label_index, limits.shard_rows)
-            manifest_splits[split] = {
-                "instances": sum(s["rows"] for s in shards),
-                "invalid": sum(problems.values()) - invalid_before,
-                "shards": shards,
-            }
-            splits[split] = []  # let the bytes go
-
-    invalid = sum(problems.values())
-    details = {"invalid": invalid, "total": total, "problems": dict(problems), "examples": examples}
-    if invalid / total > limits.max_invalid_fraction:
-        raise WorkerFailure(
-            FailureReason.too_many_invalid_images,
-            f"{invalid} of {total} images are invalid ({dict(problems)}), "
-            f"above the limit of {limits.max_invalid_fraction:.0%}",
-            details=details,
-        )
-    manifest = {
-        "format_version": 1,
-        "source_format": fmt,
-        "label_names": label_names,
-        "splits": manifest_splits,
-        "instances": total - invalid,
-        "invalid_instances": invalid,
-        "invalid_problems": dict(problems),
-        "invalid_examples": examples,
-        "ignored_files": ignored,
-    }
-    # The content digest: of the canonical shards, in order, independent of upload wrapping.
-    material = json.dumps(
-        {"label_names": label_names, "shards": {s: [x["sha256"] for x in v["shards"]] for s, v in manifest_splits.items()}},
-        sort_keys=True,
-    )
-    manifest["digest"] = hashlib.sha256(material.encode()).hexdigest()
-    inside(out_dir, MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    return manifest

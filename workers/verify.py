@@ -2,14 +2,21 @@
 
 The order of checks is the order of danger: the archive is extracted safely; every file
 name must be on an allow-list, with pickle files (``pytorch_model.bin``, ``*.pt``…) and
-Python files refused by name before anything reads them; the configs are read as plain
-JSON and refused if they ask for remote code; the architecture must be an image
-classifier ``transformers`` itself implements, with a bounded label set of usable names.
-Only then is the model loaded — from safetensors only, with ``trust_remote_code=False`` and
-local files only, and strictly: a checkpoint whose tensors do not match the architecture's
-parameters one for one (missing, unexpected or of another shape) is refused, since
-``transformers`` would initialise the missing ones at random on every load — and run on
-one batch of synthetic images.
+Python files refused by name before anything reads them, and each file the kind caps
+(a tokenizer's vocabulary…) no larger than its cap; the configs are read as plain JSON and
+refused if they ask for remote code; the architecture must be one ``transformers`` itself
+implements for the kind (an image classifier, a text classifier…), with a bounded label set
+of usable names. Only then is the model loaded — from safetensors only, with
+``trust_remote_code=False`` and local files only, and strictly: a checkpoint whose tensors
+do not match the architecture's parameters one for one (missing, unexpected or of another
+shape) is refused, since ``transformers`` would initialise the missing ones at random on
+every load — and run on one batch of synthetic input.
+
+Every task shares these checks; a ``ModelKind`` says what differs between them: the auto
+class and the mapping of architectures it accepts, the files beside the weights, which of
+them must be present and their size caps, how the preprocessor loads and what one batch is.
+The image classifier's kind is defined here (``IMAGE_CLASSIFIER``, the default of every
+function); the text classifier's in ``workers.text.model``.
 """
 
 from __future__ import annotations
@@ -18,18 +25,19 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from shared.entities import MAX_CLASSES, check_class_names
 from workers.archive import ArchiveLimits, extract_archive, strip_common_root
 from workers.failures import FailureReason, WorkerFailure
 
-ALLOWED_FILES = frozenset(
+# Files of every kind's directory; a kind adds its own (ModelKind.files).
+COMMON_FILES = frozenset(
     {
         "config.json",
-        "preprocessor_config.json",
-        "processor_config.json",
         "model.safetensors",
         "model.safetensors.index.json",
         "README.md",
@@ -44,6 +52,41 @@ PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", 
 CODE_SUFFIXES = frozenset({".py", ".pyc", ".pyo", ".so", ".pyd"})
 # Magic numbers of formats that may carry pickles, sniffed in files named .safetensors.
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")
+# Read whole as JSON before anything else reads them: a few KB in any real model.
+COMMON_CAPS = {"config.json": 10 * 1024**2, "model.safetensors.index.json": 50 * 1024**2}
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """What one model task accepts, beside what every task accepts.
+
+    ``load(root) -> (model, preprocessor)`` is called once the files and configs passed
+    their checks (it builds on ``load_weights``); ``run_one_batch(model, preprocessor)``
+    proves the pair runs on synthetic input and raises ``WorkerFailure`` otherwise.
+    """
+
+    what: str  # for messages: "an image classifier"
+    auto_class: str  # the transformers auto class: "AutoModelForImageClassification"
+    mapping: str  # its model_type -> architecture table in transformers.models.auto.modeling_auto
+    files: frozenset[str]  # allowed beside COMMON_FILES and the weights
+    required: tuple[str, ...]
+    configs: tuple[str, ...]  # JSON files beside config.json that may ask for remote code
+    load: Callable[[Path], tuple[Any, Any]]
+    run_one_batch: Callable[[Any, Any], None]
+    max_bytes: Mapping[str, int] = field(default_factory=dict)  # caps beside COMMON_CAPS
+
+    def model_class(self):
+        import transformers
+
+        return getattr(transformers, self.auto_class)
+
+    def architectures(self) -> dict[str, str]:
+        from transformers.models.auto import modeling_auto
+
+        return getattr(modeling_auto, self.mapping)
+
+    def allowed(self) -> list[str]:
+        return sorted(COMMON_FILES | self.files) + ["model-NNNNN-of-NNNNN.safetensors"]
 
 
 @dataclass(frozen=True)
@@ -67,8 +110,10 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def check_files(root: Path) -> list[str]:
-    """The model's file names, flat; refuses anything not on the allow-list."""
+def check_files(root: Path, kind: ModelKind | None = None) -> list[str]:
+    """The model's file names, flat; refuses anything not on the kind's allow-list, or
+    larger than its cap (sizes measured on disk, never taken from a header)."""
+    kind = kind or IMAGE_CLASSIFIER
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     for name in files:
         base = name.rsplit("/", 1)[-1]
@@ -81,11 +126,17 @@ def check_files(root: Path) -> list[str]:
         if suffix in CODE_SUFFIXES:
             raise WorkerFailure(FailureReason.remote_code_refused, f"{name}: model code is never run")
     for name in files:
-        if "/" in name or not (name in ALLOWED_FILES or _SAFETENSORS_SHARD.fullmatch(name)):
+        if "/" in name or not (name in COMMON_FILES or name in kind.files or _SAFETENSORS_SHARD.fullmatch(name)):
             raise WorkerFailure(
                 FailureReason.file_not_allowed,
-                f"{name}: not an allowed file of a save_pretrained directory",
-                details={"allowed": sorted(ALLOWED_FILES) + ["model-NNNNN-of-NNNNN.safetensors"]},
+                f"{name}: not an allowed file of a save_pretrained directory of {kind.what}",
+                details={"allowed": kind.allowed()},
+            )
+        cap = {**COMMON_CAPS, **kind.max_bytes}.get(name)
+        if cap is not None and (size := (root / name).stat().st_size) > cap:
+            raise WorkerFailure(
+                FailureReason.file_too_large,
+                f"{name} is {size:,} bytes, more than the {cap:,} allowed for it; is it the right file?",
             )
     weights = [n for n in files if n.endswith(".safetensors")]
     if not weights:
@@ -95,7 +146,7 @@ def check_files(root: Path) -> list[str]:
             head = f.read(4)
         if head.startswith(_PICKLE_MAGIC):
             raise WorkerFailure(FailureReason.pickle_weights_refused, f"{name} is a pickle, not safetensors")
-    for required in ("config.json", "preprocessor_config.json"):
+    for required in ("config.json", *kind.required):
         if required not in files:
             raise WorkerFailure(FailureReason.load_error, f"{required} is missing")
     return files
@@ -111,13 +162,14 @@ def _read_json(path: Path) -> dict:
     return value
 
 
-def check_configs(root: Path) -> tuple[str, str]:
-    """(model_type, architecture) from ``config.json``, which must need no remote code."""
+def check_configs(root: Path, kind: ModelKind | None = None) -> tuple[str, str]:
+    """(model_type, architecture) from ``config.json``; neither it nor the kind's other JSON
+    files may ask for remote code."""
     from transformers import CONFIG_MAPPING
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
+    kind = kind or IMAGE_CLASSIFIER
     config = _read_json(root / "config.json")
-    for name in ("config.json", "preprocessor_config.json", "processor_config.json"):
+    for name in ("config.json", *kind.configs):
         if not (root / name).exists():
             continue
         data = config if name == "config.json" else _read_json(root / name)
@@ -128,17 +180,15 @@ def check_configs(root: Path) -> tuple[str, str]:
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
         raise WorkerFailure(FailureReason.unsupported_architecture, f"unknown model_type {model_type!r}")
-    supported = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.get(model_type)
+    supported = kind.architectures().get(model_type)
     if supported is None:
-        raise WorkerFailure(
-            FailureReason.unsupported_architecture, f"model_type {model_type!r} is not an image classifier"
-        )
+        raise WorkerFailure(FailureReason.unsupported_architecture, f"model_type {model_type!r} is not {kind.what}")
     _check_label_space(config)
     architectures = config.get("architectures") or [supported]
     if supported not in architectures:
         raise WorkerFailure(
             FailureReason.unsupported_architecture,
-            f"architectures {architectures} do not include {supported}, the image classifier for {model_type!r}",
+            f"architectures {architectures} do not include {supported}, {kind.what} for {model_type!r}",
         )
     return model_type, supported
 
@@ -172,19 +222,19 @@ def _check_loading_info(info: dict) -> None:
         )
 
 
-def _check_size_before_loading(root: Path) -> None:
+def _check_size_before_loading(root: Path, kind: ModelKind) -> None:
     """The architecture the config describes, built on the meta device (no memory), must
     not hold more parameters than the checkpoint has values: otherwise loading would
     allocate, and initialise at random, whatever the config asks for (a config is a few
     bytes; the parameters it sizes need not be)."""
     import torch
     from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForImageClassification
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(root, trust_remote_code=False, local_files_only=True)
         with torch.device("meta"):
-            skeleton = AutoModelForImageClassification.from_config(config, trust_remote_code=False)
+            skeleton = kind.model_class().from_config(config, trust_remote_code=False)
         expected = sum(p.numel() for p in skeleton.parameters())
         stored = 0
         for path in sorted(root.glob("*.safetensors")):
@@ -201,33 +251,46 @@ def _check_size_before_loading(root: Path) -> None:
         )
 
 
-def load_model(root: Path):
-    """``(model, image_processor)`` loaded safely: safetensors only, no remote code, no hub,
-    every parameter from the checkpoint (so two loads are the same model).
+def load_weights(root: Path, kind: ModelKind):
+    """The kind's model loaded safely: safetensors only, no remote code, no hub, every
+    parameter from the checkpoint (so two loads are the same model), in eval mode.
 
     Raises:
         WorkerFailure: ``weights_mismatch`` when parameters are missing, unexpected or of
             another shape; ``load_error`` when the files cannot be loaded at all.
     """
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-    _check_size_before_loading(root)
+    _check_size_before_loading(root, kind)
     try:
         # Mismatched shapes are reported (below) rather than raised, so all three kinds
         # of mismatch get the same reason.
-        model, info = AutoModelForImageClassification.from_pretrained(
+        model, info = kind.model_class().from_pretrained(
             root, trust_remote_code=False, use_safetensors=True, local_files_only=True,
             output_loading_info=True, ignore_mismatched_sizes=True,
         )
+    except Exception as e:  # noqa: BLE001
+        # Every earlier check passed, so whatever transformers or safetensors raise on these
+        # files (SafetensorError, size mismatches…) is the upload's fault.
+        raise WorkerFailure(FailureReason.load_error, f"{type(e).__name__}: {e}") from e
+    _check_loading_info(info)
+    return model.eval()
+
+
+def load_model(root: Path):
+    """``(model, image_processor)`` of an image classifier, loaded safely (``load_weights``).
+
+    Raises:
+        WorkerFailure: as ``load_weights``; ``load_error`` when the processor cannot load.
+    """
+    from transformers import AutoImageProcessor
+
+    model = load_weights(root, IMAGE_CLASSIFIER)
+    try:
         # PIL, the reference backend, whatever else is installed: the same pixels everywhere,
         # and the processors workers.pixels reproduces bit for bit.
         processor = AutoImageProcessor.from_pretrained(root, trust_remote_code=False, local_files_only=True, backend="pil")
-    except Exception as e:  # noqa: BLE001
-        # Every earlier check passed, so whatever transformers or safetensors raise on these
-        # files (SafetensorError, size mismatches, bad processor fields…) is the upload's fault.
+    except Exception as e:  # noqa: BLE001 -- as in load_weights: the processor's fields are the upload's
         raise WorkerFailure(FailureReason.load_error, f"{type(e).__name__}: {e}") from e
-    _check_loading_info(info)
-    return model.eval(), processor
+    return model, processor
 
 
 def label_names(model) -> list[str]:
@@ -256,19 +319,32 @@ def run_one_batch(model, processor) -> None:
         raise WorkerFailure(FailureReason.load_error, "the model produced non-finite logits")
 
 
-def verify_model_dir(root: str | Path) -> ModelReport:
-    """Verify a ``save_pretrained`` directory in place.
+IMAGE_CLASSIFIER = ModelKind(
+    what="an image classifier",
+    auto_class="AutoModelForImageClassification",
+    mapping="MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+    files=frozenset({"preprocessor_config.json", "processor_config.json"}),
+    required=("preprocessor_config.json",),
+    configs=("preprocessor_config.json", "processor_config.json"),
+    load=load_model,
+    run_one_batch=run_one_batch,
+    max_bytes={"preprocessor_config.json": 1024**2, "processor_config.json": 1024**2},
+)
+
+
+def verify_model_dir(root: str | Path, kind: ModelKind = IMAGE_CLASSIFIER) -> ModelReport:
+    """Verify a ``save_pretrained`` directory of the ``kind`` in place.
 
     Raises:
         WorkerFailure: ``pickle_weights_refused``, ``remote_code_refused``,
-            ``file_not_allowed``, ``missing_weights``, ``weights_mismatch``, ``unsupported_architecture`` or
-            ``load_error``.
+            ``file_not_allowed``, ``file_too_large``, ``missing_weights``, ``weights_mismatch``,
+            ``unsupported_architecture``, ``load_error``, or the kind's own reasons.
     """
     root = Path(root)
-    files = check_files(root)
-    model_type, architecture = check_configs(root)
-    model, processor = load_model(root)
-    run_one_batch(model, processor)
+    files = check_files(root, kind)
+    model_type, architecture = check_configs(root, kind)
+    model, preprocessor = kind.load(root)
+    kind.run_one_batch(model, preprocessor)
     return ModelReport(
         architecture=architecture,
         model_type=model_type,
@@ -280,12 +356,16 @@ def verify_model_dir(root: str | Path) -> ModelReport:
 
 
 def verify_model_archive(
-    archive: str | Path, work_dir: str | Path, *, limits: ArchiveLimits = ArchiveLimits()
+    archive: str | Path,
+    work_dir: str | Path,
+    *,
+    limits: ArchiveLimits = ArchiveLimits(),
+    kind: ModelKind = IMAGE_CLASSIFIER,
 ) -> tuple[Path, ModelReport]:
-    """Extract ``archive`` safely under ``work_dir`` and verify it.
+    """Extract ``archive`` safely under ``work_dir`` and verify it as a model of ``kind``.
 
     Returns the directory of verified files and the report. Raises ``WorkerFailure``.
     """
     extracted = extract_archive(archive, work_dir, limits=limits)
     root = strip_common_root(extracted)
-    return root, verify_model_dir(root)
+    return root, verify_model_dir(root, kind)
