@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.modeltasks import ModelTaskSpec, image_classification
 from shared.entities import MAX_CLASSES, check_class_names
 from workers.archive import ArchiveLimits, extract_archive, strip_common_root
 from workers.failures import FailureReason, WorkerFailure
@@ -65,15 +66,23 @@ class ModelKind:
     proves the pair runs on synthetic input and raises ``WorkerFailure`` otherwise.
     """
 
+    spec: ModelTaskSpec  # the task's declaration: its auto class and the files it allows
     what: str  # for messages: "an image classifier"
-    auto_class: str  # the transformers auto class: "AutoModelForImageClassification"
-    mapping: str  # its model_type -> architecture table in transformers.models.auto.modeling_auto
-    files: frozenset[str]  # allowed beside COMMON_FILES and the weights
+    mapping: str  # the auto class's model_type -> architecture table in transformers.models.auto.modeling_auto
     required: tuple[str, ...]
     configs: tuple[str, ...]  # JSON files beside config.json that may ask for remote code
     load: Callable[[Path], tuple[Any, Any]]
     run_one_batch: Callable[[Any, Any], None]
     max_bytes: Mapping[str, int] = field(default_factory=dict)  # caps beside COMMON_CAPS
+
+    @property
+    def auto_class(self) -> str:
+        return self.spec.auto_class
+
+    @property
+    def files(self) -> frozenset[str]:
+        """Allowed beside COMMON_FILES and the weights."""
+        return self.spec.model_files
 
     def model_class(self):
         import transformers
@@ -320,10 +329,9 @@ def run_one_batch(model, processor) -> None:
 
 
 IMAGE_CLASSIFIER = ModelKind(
+    spec=image_classification.SPEC,
     what="an image classifier",
-    auto_class="AutoModelForImageClassification",
     mapping="MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
-    files=frozenset({"preprocessor_config.json", "processor_config.json"}),
     required=("preprocessor_config.json",),
     configs=("preprocessor_config.json", "processor_config.json"),
     load=load_model,

@@ -40,7 +40,6 @@ SPEC = ModelTaskSpec(
             "vocab.txt",
             "vocab.json",
             "merges.txt",
-            "generation_config.json",
         }
     ),
     dataset_formats=("parquet", "jsonl", "csv"),

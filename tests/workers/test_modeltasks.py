@@ -48,3 +48,9 @@ def test_no_part_but_the_table_names_a_task():
         if names.search(line)
     ]
     assert offenders == []
+
+
+def test_every_tokenizer_file_a_text_model_may_hold_is_capped():
+    from workers.text.model import TOKENIZER_CAPS
+
+    assert set(TOKENIZER_CAPS) == SPECS["text-classification"].model_files

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from shared.modeltasks.text_classification import MAX_TEXT_EXCERPT
 from workers.evaluate import (
     MAX_CPU_REPLICAS,
     BatchTimer,
@@ -47,7 +48,7 @@ from workers.text.model import load_model, resolve_max_length
 from workers.text.replicas import Inputs, ReplicaPool, Scores
 from workers.verify import label_names
 
-EXCERPT_CHARS = 200
+EXCERPT_CHARS = MAX_TEXT_EXCERPT  # the task declares it (shared.modeltasks.text_classification)
 TRUNCATION_SIDES = ("right", "left")
 # A replica costs a fork and its start: a run with fewer batches than this per replica uses fewer.
 MIN_BATCHES_PER_REPLICA = 4

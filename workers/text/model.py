@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shared.modeltasks.text_classification import SPEC
 from workers.failures import FailureReason, WorkerFailure
 from workers.verify import ModelKind, load_weights
 
 _MB = 1024**2
+# Every tokenizer file the task allows (shared.modeltasks.text_classification), capped.
 TOKENIZER_CAPS = {
     "tokenizer.json": 50 * _MB,
     "tokenizer_config.json": 1 * _MB,
@@ -125,10 +127,9 @@ def run_one_batch(model, tokenizer) -> None:
 
 
 TEXT_CLASSIFIER = ModelKind(
+    spec=SPEC,
     what="a text classifier",
-    auto_class="AutoModelForSequenceClassification",
     mapping="MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
-    files=frozenset(TOKENIZER_CAPS),
     required=("tokenizer_config.json",),
     configs=("tokenizer_config.json", "special_tokens_map.json"),
     load=load_model,
