@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.admin import create_account  # noqa: E402
-from shared.emulators import Emulators, free_port  # noqa: E402
+from devstack.emulators import Emulators, free_port  # noqa: E402
 from shared.entities import (  # noqa: E402
     Dataset,
     Evaluation,

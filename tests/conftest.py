@@ -19,7 +19,7 @@ import pytest
 # processes from this process, which holds many gRPC channels with calls in flight.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from shared.emulators import Emulators, EmulatorsMissing
+from devstack.emulators import Emulators, EmulatorsMissing
 from shared.indexes import load_indexes
 from shared.settings import Settings
 from shared.storage import Storage

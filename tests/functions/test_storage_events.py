@@ -20,7 +20,7 @@ from werkzeug.serving import make_server
 
 from conftest import DATASET, MODEL
 from functions.uploads import FinalizedObject, Outcome, object_finalized, parse_event
-from shared.emulators import free_port
+from devstack.emulators import free_port
 from shared.entities import Dataset, Model
 from shared.pubsub import subscriber_client
 from shared.store import ANY_ACCOUNT

@@ -19,7 +19,7 @@ import torch
 from sklearn import metrics as skm
 
 from shared.results import PREDICTION_SCHEMA
-from workers import digits
+from devstack import digits
 from workers.evaluate import EvalOptions, align_labels, evaluate_shards, summarize
 from workers.failures import FailureReason, WorkerFailure
 from workers.verify import label_names, load_model

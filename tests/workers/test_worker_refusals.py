@@ -24,7 +24,7 @@ from shared.entities import Dataset, Evaluation, InferenceConfig, Model, evaluat
 from shared.errors import Invalid, Unavailable
 from shared.store import ANY_ACCOUNT
 from shared.tasks import TaskName, worker_command
-from workers import digits
+from devstack import digits
 from workers.runner import EXIT_ERROR, EXIT_OK, TaskRunner
 
 ROOT = Path(__file__).resolve().parents[2]

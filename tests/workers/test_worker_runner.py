@@ -18,7 +18,7 @@ from shared import storage as paths
 from shared.entities import Dataset, Evaluation, InferenceConfig, Model, evaluation_fingerprint
 from shared.store import ANY_ACCOUNT
 from shared.tasks import TaskName, worker_command
-from workers import digits
+from devstack import digits
 from workers.runner import EXIT_OK, TaskRunner
 
 ROOT = Path(__file__).resolve().parents[2]

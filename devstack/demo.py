@@ -19,9 +19,9 @@ from assay.client import Client
 
 
 def main() -> int:
-    # The demo model comes from the worker's fixtures: nothing is fetched from any hub.
+    # The demo model is trained here (devstack.digits): nothing is fetched from any hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from workers.digits import cached_digits_vit, digits_images, write_imagefolder_archive
+    from devstack.digits import cached_digits_vit, digits_images, write_imagefolder_archive
 
     cache = Path(os.environ.get("ASSAY_DEMO_CACHE", ".cache/demo"))
     print("1/5 building the demo model (digits ViT; trained once, then cached)…", flush=True)

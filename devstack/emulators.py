@@ -8,7 +8,7 @@ By default everything lives in memory (the test suite's emulators). Given a ``da
 (the stack's ``.assay/data``), state outlives the processes: fake-gcs-server keeps objects
 in its filesystem backend there, and the Datastore emulator's entities are restored from a
 snapshot there at start and saved back by ``save_datastore`` and at stop
-(``shared/snapshot.py`` says why not the emulator's own export flags). Pub/Sub keeps
+(``devstack/snapshot.py`` says why not the emulator's own export flags). Pub/Sub keeps
 nothing: its topics and subscriptions are created again at every start; a message in
 flight at ``make down`` is lost, as a hint may be.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import grpc
 
-from shared import snapshot
+from devstack import snapshot
 from shared.datastore_rpc import DatastoreRpc
 
 log = logging.getLogger(__name__)
