@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -245,23 +246,39 @@ class View(BaseModel):
     model_config = ConfigDict(extra="ignore", json_schema_serialization_defaults_required=True)
 
 
-def _view_of(entity: type[BaseModel], name: str, *, private: frozenset[str]) -> type[View]:
-    """A response model with the entity's fields minus the private ones."""
-    fields = {n: (f.annotation, f) for n, f in entity.model_fields.items() if n not in private}
+def _view_of(entity: type[BaseModel], name: str, *, public: Iterable[str]) -> type[View]:
+    """A response model with only the entity's ``public`` fields, in the entity's order.
+
+    An allow-list, so a field added to an entity stays out of every reply until someone
+    names it here. Raises ValueError at import for a name the entity does not have.
+    """
+    shown = frozenset(public)
+    if unknown := shown - entity.model_fields.keys():
+        raise ValueError(f"{name} names fields {entity.__name__} does not have: {sorted(unknown)}")
+    fields = {n: (f.annotation, f) for n, f in entity.model_fields.items() if n in shown}
     return create_model(name, __base__=View, __doc__=entity.__doc__, **fields)  # type: ignore[call-overload]
 
 
-# What only the platform needs: the daemon's lease, job names, storage paths, secret hashes.
-_TASK_PRIVATE = frozenset({"lease_owner", "lease_expires_at", "heartbeat_at", "job_name"})
-ModelView = _view_of(Model, "ModelView", private=_TASK_PRIVATE | {"upload_object"})
-DatasetView = _view_of(Dataset, "DatasetView", private=_TASK_PRIVATE | {"upload_object"})
-EvaluationView = _view_of(Evaluation, "EvaluationView", private=_TASK_PRIVATE | {"result_prefix"})
-ApiKeyView = _view_of(ApiKey, "ApiKeyView", private=frozenset({"secret_hash"}))
-# An event is a record, not a thing with a lifecycle of its own: its bookkeeping fields go.
-_RECORD_PRIVATE = frozenset({"name", "labels", "status", "updated_at", "status_changed_at"})
-EventView = _view_of(Event, "EventView", private=_RECORD_PRIVATE)
-WebhookView = _view_of(Webhook, "WebhookView", private=frozenset({"secret_salt"}))
-DeliveryView = _view_of(WebhookDelivery, "DeliveryView", private=frozenset({"name", "labels"}))
+# Left out throughout: what only the platform needs (the daemon's lease and job name,
+# storage paths, secret hashes and salts).
+_ENTITY = ("id", "account", "name", "labels", "created_at", "updated_at", "status", "reason", "message", "status_changed_at")
+_WORK = ("attempts", "retry_base", "progress", "progress_message", "started_at", "finished_at")
+_ARTIFACT = (*_ENTITY, *_WORK, "task", "declared_size", "content_type", "size", "digest", "label_names")
+ModelView = _view_of(Model, "ModelView", public=(*_ARTIFACT, "framework", "archive_format", "parameter_count", "architecture"))
+DatasetView = _view_of(Dataset, "DatasetView", public=(*_ARTIFACT, "format", "splits", "invalid_instances"))
+EvaluationView = _view_of(Evaluation, "EvaluationView", public=(
+    *_ENTITY, *_WORK, "model_id", "dataset_id", "split", "config", "fingerprint", "queue_position", "timings", "summary",
+    "stopping"))
+ApiKeyView = _view_of(ApiKey, "ApiKeyView", public=(*_ENTITY, "scopes", "expires_at", "revoked_at"))
+# An event is a record, not a thing with a lifecycle of its own: no name, labels or status.
+EventView = _view_of(Event, "EventView", public=(
+    "id", "account", "created_at", "reason", "message", "entity_kind", "entity_id", "from_status", "to_status", "attempt",
+    "component", "key_id"))
+WebhookView = _view_of(Webhook, "WebhookView", public=(*_ENTITY, "url", "events", "description"))
+DeliveryView = _view_of(WebhookDelivery, "DeliveryView", public=(
+    "id", "account", "created_at", "updated_at", "status", "reason", "message", "status_changed_at", "webhook_id",
+    "event_type", "event_id", "entity_kind", "entity_id", "body", "attempts", "next_attempt_at", "delivered_at",
+    "attempt_log"))
 VIEW_OF_KIND: dict[str, type[View]] = {"Model": ModelView, "Dataset": DatasetView, "Evaluation": EvaluationView}
 
 

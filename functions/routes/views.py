@@ -1,4 +1,4 @@
-"""Entities to response views (the private fields dropped by the view models)."""
+"""Entities to response views (each view shows only the fields it names, in shared/api.py)."""
 
 from __future__ import annotations
 
