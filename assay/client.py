@@ -228,7 +228,7 @@ class Evaluations(_Resource):
 
     def create(self, model_id: str, dataset_id: str, *, splits: list[str] | None = None,
                config: InferenceConfig | dict | None = None, name: str | None = None,
-               labels: dict[str, str] | None = None) -> list["EvaluationHandle"]:
+               labels: dict[str, str] | None = None) -> list[EvaluationHandle]:
         """One evaluation per split; each reused, restarted or created (see ``.outcome``)."""
         body: dict[str, Any] = {"model_id": model_id, "dataset_id": dataset_id, "labels": labels or {}}
         if splits is not None:
@@ -246,7 +246,7 @@ class Evaluations(_Resource):
         Conflict when it has already finished."""
         return self.view.model_validate(self.http.request("POST", f"{self.path}/{evaluation_id}/cancel"))
 
-    def handle(self, evaluation_id: str) -> "EvaluationHandle":
+    def handle(self, evaluation_id: str) -> EvaluationHandle:
         return EvaluationHandle(self.client, self.get(evaluation_id), None)
 
     # -- results --

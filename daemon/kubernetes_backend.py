@@ -14,8 +14,7 @@ import logging
 from collections.abc import Iterator
 
 import urllib3
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
+from kubernetes import client as k8s, config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from daemon.backend import JobRejected, JobState, JobStatus, Task

@@ -183,7 +183,7 @@ class Emulators:
             "ASSAY_STORAGE_TOPIC": self.storage_topic,
         }
 
-    def start(self) -> "Emulators":
+    def start(self) -> Emulators:
         check_installed()
         self.datastore_port = self.datastore_port or free_port()
         self.pubsub_port = self.pubsub_port or free_port()

@@ -38,9 +38,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from devstack.emulators import Emulators, Process, free_port
 from shared.admin import create_account
 from shared.apikeys import authenticate
-from devstack.emulators import Emulators, Process, free_port
 from shared.errors import Unauthenticated
 from shared.logs import configure_logging
 from shared.pubsub import Hints

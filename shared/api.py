@@ -19,19 +19,19 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from shared.entities import (
-    ApiKey,
-    ApiKeyStatus,
-    ArchiveFormat,
-    ArtifactStatus,
-    DatasetFormat,
-    Dataset,
-    Evaluation,
-    EvaluationStatus,
     LABEL_KEY_PATTERN,  # the name rules are defined once, in shared.entities;
     LABEL_VALUE_PATTERN,  # the OpenAPI document carries them
     MAX_SPLITS,
     NAME_PATTERN,
     SPLIT_PATTERN,
+    ApiKey,
+    ApiKeyStatus,
+    ArchiveFormat,
+    ArtifactStatus,
+    Dataset,
+    DatasetFormat,
+    Evaluation,
+    EvaluationStatus,
     InferenceConfig,
     Labels,
     Model,

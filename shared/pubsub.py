@@ -20,8 +20,7 @@ from dataclasses import dataclass
 
 import grpc
 from google import pubsub_v1 as pubsub_gapic
-from google.api_core import exceptions as gexc
-from google.api_core import retry as retries
+from google.api_core import exceptions as gexc, retry as retries
 from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.subscriber.futures import StreamingPullFuture
 from google.cloud.pubsub_v1.subscriber.message import Message

@@ -159,7 +159,7 @@ class MetricSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _parameters(self) -> "MetricSpec":
+    def _parameters(self) -> MetricSpec:
         if (self.k is not None) != (self.name == "top_k_accuracy"):
             raise ValueError("k is required by top_k_accuracy and taken by no other metric")
         if self.beta is not None and self.name != "f_beta":

@@ -19,9 +19,7 @@ from functions.console.web import bp, check_id, local_path, page, query_of, rend
 from functions.evaluations import CANCELLABLE
 from functions.http import request_id
 from functions.results.routes import get_leaderboard
-from functions.routes import datasets as dataset_routes
-from functions.routes import evaluations as evaluation_routes
-from functions.routes import models as model_routes
+from functions.routes import datasets as dataset_routes, evaluations as evaluation_routes, models as model_routes
 from functions.services import Call
 from shared.api import CreateEvaluations, DatasetListQuery, EvaluationListQuery, ModelListQuery
 from shared.entities import EvaluationStatus, Scope

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from functions.results.resultset import ResultSet
-from shared.results_api import BootstrapSpec, Interval, MetricSpec, MetricsRequest, MetricsResult, MetricValue
 from shared.errors import Invalid
+from shared.results_api import BootstrapSpec, Interval, MetricSpec, MetricsRequest, MetricsResult, MetricValue
 
 # Bootstrap samples are drawn in blocks of about this many cells, to bound memory.
 _BLOCK_CELLS = 2_000_000

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from functions.results.resultset import ResultSet
+from shared.api import decode_page_token, encode_page_token
+from shared.errors import Invalid, InvalidRequest
 from shared.results_api import (
     ClassesResult,
     ClassMetrics,
@@ -23,8 +25,6 @@ from shared.results_api import (
     InstancesQuery,
     TopKEntry,
 )
-from shared.api import decode_page_token, encode_page_token
-from shared.errors import Invalid, InvalidRequest
 
 _ROW_COLUMNS = "instance_id, label, prediction, correct, confidence, label_score, topk_ids, topk_scores"
 # ORDER BY per order; instance_id breaks ties so that keyset pagination is total.

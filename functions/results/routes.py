@@ -8,6 +8,9 @@ from typing import Any
 
 from functions.results import service
 from functions.results.cache import ResultCache
+from functions.routing import Router
+from functions.services import Call
+from shared.entities import Scope
 from shared.results_api import (
     ClassesResult,
     CompareQuery,
@@ -21,9 +24,6 @@ from shared.results_api import (
     MetricsRequest,
     MetricsResult,
 )
-from functions.routing import Router
-from functions.services import Call
-from shared.entities import Scope
 
 router = Router("results", "Results of complete evaluations, queried from their stored predictions.")
 ID = {"evaluation_id": "evl"}

@@ -14,9 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from functions.results import compare as comparing
-from functions.results import metrics as more_metrics
-from functions.results import queries
+from functions.results import compare as comparing, metrics as more_metrics, queries
 from functions.results.cache import ResultCache
 from functions.results.resultset import (
     ResultSet,
@@ -26,6 +24,9 @@ from functions.results.resultset import (
     open_result_sets,
     read_label_names,
 )
+from shared.api import decode_page_token, encode_page_token
+from shared.entities import Dataset, Evaluation, EvaluationStatus, Model
+from shared.errors import Invalid, InvalidRequest
 from shared.results_api import (
     LOWER_IS_BETTER,
     ClassesResult,
@@ -42,9 +43,6 @@ from shared.results_api import (
     MetricsRequest,
     MetricsResult,
 )
-from shared.entities import Dataset, Evaluation, EvaluationStatus, Model
-from shared.api import decode_page_token, encode_page_token
-from shared.errors import Invalid, InvalidRequest
 from shared.settings import Settings
 from shared.storage import Storage, evaluation_prefix, evaluation_summary
 from shared.store import Store

@@ -21,7 +21,7 @@ def view(cls: type[V], entity: Entity) -> V:
     return cls.model_validate(entity.model_dump())
 
 
-def history(call: "Call", cls: type[Entity], entity_id: str, query: PageQuery) -> EventPage:
+def history(call: Call, cls: type[Entity], entity_id: str, query: PageQuery) -> EventPage:
     """One page of an entity's events, oldest first; NotFound as for the entity itself."""
     call.store.get(cls, entity_id, account=call.account)
     page = call.store.list(

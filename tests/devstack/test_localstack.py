@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from devstack import localstack
-from shared.apikeys import authenticate
 from devstack.emulators import Process
+from shared.apikeys import authenticate
 
 
 def test_a_dead_service_is_restarted_with_growing_logged_backoff_reset_by_a_stable_run(tmp_path, caplog):

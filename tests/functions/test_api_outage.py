@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from devstack.emulators import free_port
 from functions.app import create_app
 from functions.routes import ROUTERS
 from functions.services import Services
-from devstack.emulators import free_port
 
 ROUTES = [route for router in ROUTERS for route in router.routes]
 PUBLIC_WITHOUT_DATASTORE = {"/v1/health", "/v1/openapi.json"}

@@ -8,8 +8,8 @@ from sklearn import metrics as sk
 
 from functions.results import metrics
 from functions.results.resultset import opened
-from shared.results_api import BootstrapSpec, MetricsRequest
 from shared.errors import Invalid
+from shared.results_api import BootstrapSpec, MetricsRequest
 from tests.results.conftest import generate
 
 

@@ -8,8 +8,8 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from functions.results import queries
 from functions.results.resultset import opened
-from shared.results_api import InstancesQuery
 from shared.errors import Invalid, InvalidRequest
+from shared.results_api import InstancesQuery
 
 
 def test_confusion_equals_sklearn(generated):
