@@ -8,6 +8,7 @@ waits) show progress bars unless ``progress=False``.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from assay import config as _config
@@ -55,7 +57,7 @@ class Client:
         return resource.events(entity_id, page_size=page_size)
 
 
-def _paginate(http: Http, path: str, params: dict[str, Any], view: type, page_size: int) -> Iterator[Any]:
+def _paginate(http: Http, path: str, params: dict[str, Any], view: type[BaseModel], page_size: int) -> Iterator[Any]:
     token = None
     while True:
         body = http.request("GET", path, params={**params, "limit": page_size, "page_token": token})
@@ -72,7 +74,7 @@ def _selector(labels: dict[str, str] | None) -> str | None:
 
 class _Resource:
     path: str
-    view: type
+    view: type[BaseModel]
 
     def __init__(self, client: Client):
         self.client = client
@@ -123,7 +125,7 @@ class _Resource:
 
 class _Uploadable(_Resource):
     kind: str  # the key of the created entity in the reply ("model", "dataset")
-    created: type
+    created: type[api.ModelCreated] | type[api.DatasetCreated]
 
     def _terminal(self, entity) -> bool:
         return entity.status in ARTIFACT_TERMINAL
@@ -304,7 +306,7 @@ class Evaluations(_Resource):
         for item in self.downloads(evaluation_id).files:
             if not item.name.endswith(".parquet"):
                 continue  # summary.json travels with the result set
-            response = with_retries(lambda url=item.url: requests.get(url, timeout=120))
+            response = with_retries(functools.partial(requests.get, item.url, timeout=120))
             raise_for_status(response)
             tables.append(pq.read_table(io.BytesIO(response.content)))
         return pa.concat_tables(tables) if tables else pa.table({})

@@ -22,13 +22,13 @@ E = TypeVar("E", bound=Entity)
 
 ARTIFACT_KINDS: tuple[type[Artifact], ...] = (Model, Dataset)
 # Statuses in which an entity has a claimed attempt whose job the daemon follows.
-ACTIVE = {
+ACTIVE: dict[type[Artifact] | type[Evaluation], tuple[str, ...]] = {
     Model: (ArtifactStatus.verifying,),
     Dataset: (ArtifactStatus.verifying,),
     Evaluation: (EvaluationStatus.admitted, EvaluationStatus.running),
 }
 # Where a retried attempt goes back to.
-REQUEUED = {Model: ArtifactStatus.uploaded, Dataset: ArtifactStatus.uploaded, Evaluation: EvaluationStatus.pending}
+REQUEUED: dict[type[Artifact] | type[Evaluation], str] = {Model: ArtifactStatus.uploaded, Dataset: ArtifactStatus.uploaded, Evaluation: EvaluationStatus.pending}
 
 
 @dataclass

@@ -257,7 +257,7 @@ class Emulators:
         path = self.datastore_snapshot
         if path is None:
             return
-        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)  # the data directory
         if path.exists():
             count = snapshot.restore(self._datastore_rpc(), path)
             log.info("datastore restored", extra={"entities": count, "snapshot": str(path)})

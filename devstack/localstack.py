@@ -112,8 +112,9 @@ class Supervised:
             self.restart_at = None
             self.restarts += 1
             self.start()
-            log.info(f"{self.process.name} restarted (pid {self.process.popen.pid})",
-                     extra={"service": self.process.name, "pid": self.process.popen.pid, "restarts": self.restarts})
+            pid = self.process.popen.pid if self.process.popen is not None else None
+            log.info(f"{self.process.name} restarted (pid {pid})",
+                     extra={"service": self.process.name, "pid": pid, "restarts": self.restarts})
 
 
 def local_admin_key(store: Store, data_dir: Path) -> str:

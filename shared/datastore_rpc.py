@@ -150,7 +150,7 @@ class DatastoreRpc:
                 DatastoreGrpcTransport.create_channel(PRODUCTION_HOST, credentials=credentials, options=_CHANNEL_OPTIONS)
                 for _ in range(CHANNELS)
             ]
-        kwargs = {k: v for k, v in (("deadline_s", deadline_s), ("refused_s", refused_s)) if v is not None}
+        kwargs: dict[str, Any] = {k: v for k, v in (("deadline_s", deadline_s), ("refused_s", refused_s)) if v is not None}
         return cls(channels, project=settings.project, namespace=settings.namespace, **kwargs)
 
     # -- messages --

@@ -43,7 +43,7 @@ def _json_fields(cls: type[Entity]) -> frozenset[str]:
     cached = cls.__dict__.get("_assay_json_fields")
     if cached is None:
         cached = frozenset(n for n, f in cls.model_fields.items() if not _is_scalar(f.annotation))
-        cls._assay_json_fields = cached
+        setattr(cls, "_assay_json_fields", cached)  # noqa: B010 — a cache on the class, unknown to its type
     return cached
 
 

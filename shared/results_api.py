@@ -228,8 +228,8 @@ class MetricsResult(BaseModel):
 class CompareQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    a: id_type("evl")  # type: ignore[valid-type]
-    b: id_type("evl")  # type: ignore[valid-type]
+    a: id_type("evl")  # type: ignore[valid-type]  # a type built at import
+    b: id_type("evl")  # type: ignore[valid-type]  # a type built at import
     limit: int = Field(default=100, ge=0, le=10000, description="instance ids listed per side")
 
 

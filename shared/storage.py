@@ -17,7 +17,7 @@ from pathlib import Path
 import google.auth
 import google.auth.transport.requests
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
+from google.cloud import storage  # type: ignore[attr-defined]  # google-cloud-storage ships no type information
 
 from shared.errors import NotFound, translated_google_errors
 from shared.settings import Settings
@@ -158,7 +158,7 @@ class Storage:
             # On Cloud Functions/GKE there is no private key: sign through IAM signBlob.
             credentials, _ = google.auth.default()
             credentials.refresh(google.auth.transport.requests.Request())
-            kwargs["service_account_email"] = self.settings.signing_service_account or credentials.service_account_email
+            kwargs["service_account_email"] = self.settings.signing_service_account or credentials.service_account_email  # type: ignore[attr-defined]  # GCE/GKE credentials carry it
             kwargs["access_token"] = credentials.token
         return blob.generate_signed_url(
             version="v4",

@@ -69,11 +69,11 @@ class _Names:
         self.classes: set[str] = set()
 
     def split(self, name: object) -> list[_Row]:
-        rows = self.splits.get(name)  # type: ignore[arg-type]
-        if rows is not None:
-            return rows
         if not isinstance(name, str):
             raise WorkerFailure(FailureReason.invalid_dataset, f"split names must be strings, not {type(name).__name__}")
+        rows = self.splits.get(name)
+        if rows is not None:
+            return rows
         try:
             check_split_name(name)
         except ValueError as e:
@@ -267,7 +267,7 @@ def _write_shards(rows: Iterable[_Row], out: Path, label_index: dict[str, int], 
             {
                 "instance_id": [r.instance_id for r in chunk],
                 "image": [r.image for r in chunk],
-                "label": [label_index[r.label_name] for r in chunk],
+                "label": [label_index[r.label_name] for r in chunk],  # type: ignore[index]  # a valid row has one
             },
             schema=SHARD_SCHEMA,
         )

@@ -28,7 +28,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from shared.entities import ArtifactStatus, Dataset, Entity, Evaluation, EvaluationStatus, Model, utcnow
 from shared.errors import AssayError, NotFound, RateLimited, TransitionConflict, Unavailable
@@ -191,16 +191,18 @@ class TaskRunner:
             return None
 
     def _body(self, ctx: jobs.JobContext, entity: Entity) -> dict[str, Any]:
+        # The task says the entity's kind (self.life.cls).
         if self.task == TaskName.verify_model:
-            return jobs.verify_model(ctx, entity)
+            return jobs.verify_model(ctx, cast(Model, entity))
         if self.task == TaskName.ingest_dataset:
-            return jobs.ingest_dataset(ctx, entity)
+            return jobs.ingest_dataset(ctx, cast(Dataset, entity))
+        evaluation = cast(Evaluation, entity)
         try:
-            model = self.store.get(Model, entity.model_id, account=entity.account)
-            dataset = self.store.get(Dataset, entity.dataset_id, account=entity.account)
+            model = self.store.get(Model, evaluation.model_id, account=evaluation.account)
+            dataset = self.store.get(Dataset, evaluation.dataset_id, account=evaluation.account)
         except NotFound as e:
             raise WorkerFailure(FailureReason.input_not_ready, e.message) from e
-        return jobs.evaluate(ctx, entity, model=model, dataset=dataset)
+        return jobs.evaluate(ctx, evaluation, model=model, dataset=dataset)
 
     def run(self) -> int:
         log.info("task attempt starting", extra=self.fields)

@@ -133,6 +133,10 @@ def check_configs(root: Path) -> tuple[str, str]:
         raise WorkerFailure(
             FailureReason.unsupported_architecture, f"model_type {model_type!r} is not an image classifier"
         )
+    if not isinstance(supported, str):  # a model type with several image-classification heads
+        raise WorkerFailure(
+            FailureReason.unsupported_architecture, f"model_type {model_type!r} has several image classifiers: {list(supported)}"
+        )
     _check_label_space(config)
     architectures = config.get("architectures") or [supported]
     if supported not in architectures:

@@ -89,7 +89,7 @@ def compare(a: ResultSet, b: ResultSet, *, limit: int) -> dict[str, Any]:
     agree = int(rows["n"][same].sum()) if instances else 0
 
     totals = a.execute(f"SELECT (SELECT count(*) FROM {a.view}), (SELECT count(*) FROM {b.view})")
-    total_a, total_b = totals.fetchone()
+    [(total_a, total_b)] = totals.fetchall()
 
     def discordant(a_right: bool) -> Discordant:
         count = verdicts.get((a_right, not a_right), 0)

@@ -47,7 +47,7 @@ class Cells:
 
 def stored_k(result_set: ResultSet) -> int:
     """The shortest stored top-k list: the largest k any instance can answer for."""
-    (shortest,) = result_set.execute("SELECT coalesce(min(len(topk_ids)), 0) FROM {view}").fetchone()
+    [(shortest,)] = result_set.execute("SELECT coalesce(min(len(topk_ids)), 0) FROM {view}").fetchall()
     return int(shortest)
 
 
@@ -105,7 +105,8 @@ def _div(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return out
 
 
-def _averaged(per_class: np.ndarray, t: _Totals, average: str, micro: np.ndarray) -> np.ndarray:
+def _averaged(per_class: np.ndarray, t: _Totals, average: str | None, micro: np.ndarray) -> np.ndarray:
+    """``average`` None is macro, MetricSpec's default (which it fills in)."""
     if average == "micro":
         return micro
     present = (t.support + t.predicted) > 0
@@ -120,13 +121,14 @@ def _metric(spec: MetricSpec, t: _Totals) -> np.ndarray:
     if spec.name == "accuracy":
         return accuracy
     if spec.name == "top_k_accuracy":
+        assert spec.k is not None  # MetricSpec requires it for top_k_accuracy
         return _div(t.hits(spec.k), t.n)
     if spec.name == "precision":
         return _averaged(_div(t.tp, t.predicted), t, spec.average, accuracy)
     if spec.name == "recall":
         return _averaged(_div(t.tp, t.support), t, spec.average, accuracy)
     if spec.name == "f_beta":
-        b2 = spec.beta**2
+        b2 = (spec.beta or 1.0) ** 2  # MetricSpec fills in its default, 1
         # (1+β²)PR/(β²P+R) written in counts: 0 where a class is neither seen nor predicted.
         return _averaged(_div((1 + b2) * t.tp, b2 * t.support + t.predicted), t, spec.average, accuracy)
     if spec.name == "balanced_accuracy":
