@@ -24,8 +24,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
+# Import contracts, lint, format and types (pyproject.toml configures each). The lower
+# bounds of pyproject.toml are checked by tests/infra/test_lower_bounds.py.
 lint: venv
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: venv lint browser
 	$(PY) -m pytest tests

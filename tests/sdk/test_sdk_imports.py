@@ -16,11 +16,30 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Server-side packages `pip install 'assay[sdk]'` does not install. pyarrow and pandas are
 # in the `sdk` extra, but only a results download needs them, so they load only then.
-SERVER_ONLY = ("torch", "transformers", "google.cloud", "google.api_core", "pyarrow", "pandas", "flask", "duckdb",
-               "kubernetes", "grpc", "numpy")
+SERVER_ONLY = (
+    "torch",
+    "transformers",
+    "google.cloud",
+    "google.api_core",
+    "pyarrow",
+    "pandas",
+    "flask",
+    "duckdb",
+    "kubernetes",
+    "grpc",
+    "numpy",
+)
 # What the SDK may use of shared: the wire models, the errors, and what those import.
-WIRE = {"shared", "shared.api", "shared.results_api", "shared.errors", "shared.entities", "shared.events", "shared.ids",
-        "shared.webhooks"}
+WIRE = {
+    "shared",
+    "shared.api",
+    "shared.results_api",
+    "shared.errors",
+    "shared.entities",
+    "shared.events",
+    "shared.ids",
+    "shared.webhooks",
+}
 
 # Modules loaded before the import are the interpreter's own (a site-packages .pth file
 # may register the empty ``google.cloud`` namespace at start-up): only new ones count.

@@ -11,12 +11,25 @@ from shared.events import Event
 from shared.webhooks import Webhook, WebhookDelivery
 
 VIEWS = [
-    (Model, api.ModelView), (Dataset, api.DatasetView), (Evaluation, api.EvaluationView), (ApiKey, api.ApiKeyView),
-    (Event, api.EventView), (Webhook, api.WebhookView), (WebhookDelivery, api.DeliveryView),
+    (Model, api.ModelView),
+    (Dataset, api.DatasetView),
+    (Evaluation, api.EvaluationView),
+    (ApiKey, api.ApiKeyView),
+    (Event, api.EventView),
+    (Webhook, api.WebhookView),
+    (WebhookDelivery, api.DeliveryView),
 ]
 # What only the platform needs, which no view may show.
-PRIVATE = {"lease_owner", "lease_expires_at", "heartbeat_at", "job_name", "upload_object", "result_prefix", "secret_hash",
-           "secret_salt"}
+PRIVATE = {
+    "lease_owner",
+    "lease_expires_at",
+    "heartbeat_at",
+    "job_name",
+    "upload_object",
+    "result_prefix",
+    "secret_hash",
+    "secret_salt",
+}
 
 
 class ModelWithANewField(Model):
@@ -24,8 +37,16 @@ class ModelWithANewField(Model):
 
 
 def a_model(cls: type[Model]) -> Model:
-    return cls(id=Model.new_id(), account="acc_a", name="vit", declared_size=10, content_type="application/zip",
-               upload_object="uploads/models/x/model.zip", lease_owner="daemon-1", job_name="job-1")
+    return cls(
+        id=Model.new_id(),
+        account="acc_a",
+        name="vit",
+        declared_size=10,
+        content_type="application/zip",
+        upload_object="uploads/models/x/model.zip",
+        lease_owner="daemon-1",
+        job_name="job-1",
+    )
 
 
 def test_a_field_added_to_an_entity_stays_out_of_its_view():
