@@ -24,8 +24,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
+# Import contracts, lint, format and types (pyproject.toml configures each). The lower
+# bounds of pyproject.toml are checked by tests/infra/test_lower_bounds.py.
 lint: venv
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: venv lint browser
 	$(PY) -m pytest tests
@@ -38,20 +43,20 @@ test-fast: venv
 # `make reset` stops the stack and deletes that data.
 # The console is then at ASSAY_URL/ui/ (sign in with ASSAY_API_KEY from .assay/local.env).
 up: venv
-	$(PY) -m shared.localstack up --state .assay
+	$(PY) -m devstack.localstack up --state .assay
 	@. .assay/local.env && echo "console: $$ASSAY_URL/ui/ (sign in with ASSAY_API_KEY from .assay/local.env)"
 
 down:
-	@if [ -x $(PY) ]; then $(PY) -m shared.localstack down --state .assay; else echo "stack not running"; fi
+	@if [ -x $(PY) ]; then $(PY) -m devstack.localstack down --state .assay; else echo "stack not running"; fi
 
 reset:
-	@if [ -x $(PY) ]; then $(PY) -m shared.localstack reset --state .assay; else rm -rf .assay/data .assay/jobs .assay/cache; fi
+	@if [ -x $(PY) ]; then $(PY) -m devstack.localstack reset --state .assay; else rm -rf .assay/data .assay/jobs .assay/cache; fi
 
 # Start the stack, upload a model and a dataset, evaluate, print results, stop the stack.
 demo: venv
-	$(PY) -m shared.localstack up --state .assay
-	set -a; . .assay/local.env; set +a; $(PY) -m assay.demo; status=$$?; \
-	  $(PY) -m shared.localstack down --state .assay; exit $$status
+	$(PY) -m devstack.localstack up --state .assay
+	set -a; . .assay/local.env; set +a; $(PY) -m devstack.demo; status=$$?; \
+	  $(PY) -m devstack.localstack down --state .assay; exit $$status
 
 bench: venv
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

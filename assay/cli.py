@@ -217,8 +217,8 @@ def cmd_results(args, out: Output) -> int:
             rows.append(row)
             if len(rows) >= args.limit:
                 break
-        rows = [_plain(r) for r in rows]
-        out.emit(rows, columns=["instance_id", "label", "prediction", "confidence", "correct"], rows=rows)
+        plain = [_plain(r) for r in rows]
+        out.emit(plain, columns=["instance_id", "label", "prediction", "confidence", "correct"], rows=plain)
         return 0
     summary = client.evaluations.summary(args.id)
     if out.as_json:

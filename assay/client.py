@@ -8,6 +8,7 @@ waits) show progress bars unless ``progress=False``.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import time
@@ -60,7 +61,7 @@ class Client:
         return resource.events(entity_id, page_size=page_size)
 
 
-def _paginate(http: Http, path: str, params: dict[str, Any], view: type, page_size: int) -> Iterator[Any]:
+def _paginate(http: Http, path: str, params: dict[str, Any], view: type[BaseModel], page_size: int) -> Iterator[Any]:
     token = None
     while True:
         body = http.request("GET", path, params={**params, "limit": page_size, "page_token": token})
@@ -77,7 +78,7 @@ def _selector(labels: dict[str, str] | None) -> str | None:
 
 class _Resource:
     path: str
-    view: type
+    view: type[BaseModel]
 
     def __init__(self, client: Client):
         self.client = client
@@ -128,7 +129,7 @@ class _Resource:
 
 class _Uploadable(_Resource):
     kind: str  # the key of the created entity in the reply ("model", "dataset")
-    created: type
+    created: type[api.ModelCreated] | type[api.DatasetCreated]
 
     def _terminal(self, entity) -> bool:
         return entity.status in ARTIFACT_TERMINAL
@@ -235,7 +236,7 @@ class Evaluations(_Resource):
 
     def create(self, model_id: str, dataset_id: str, *, splits: list[str] | None = None,
                config: BaseModel | dict | None = None, name: str | None = None,
-               labels: dict[str, str] | None = None) -> list["EvaluationHandle"]:
+               labels: dict[str, str] | None = None) -> list[EvaluationHandle]:
         """One evaluation per split; each reused, restarted or created (see ``.outcome``).
 
         ``config`` is the model task's config (its schema is in ``client.tasks()``), as a
@@ -257,7 +258,7 @@ class Evaluations(_Resource):
         Conflict when it has already finished."""
         return self.view.model_validate(self.http.request("POST", f"{self.path}/{evaluation_id}/cancel"))
 
-    def handle(self, evaluation_id: str) -> "EvaluationHandle":
+    def handle(self, evaluation_id: str) -> EvaluationHandle:
         return EvaluationHandle(self.client, self.get(evaluation_id), None)
 
     # -- results --
@@ -315,7 +316,7 @@ class Evaluations(_Resource):
         for item in self.downloads(evaluation_id).files:
             if not item.name.endswith(".parquet"):
                 continue  # summary.json travels with the result set
-            response = with_retries(lambda url=item.url: requests.get(url, timeout=120))
+            response = with_retries(functools.partial(requests.get, item.url, timeout=120))
             raise_for_status(response)
             tables.append(pq.read_table(io.BytesIO(response.content)))
         return pa.concat_tables(tables) if tables else pa.table({})

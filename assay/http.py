@@ -60,6 +60,7 @@ def raise_for_status(response: requests.Response) -> None:
             error.code = code
     else:
         error = cls(message, code=code, details=body.get("details"))
+    # Set on the instance for the caller, beside the class's own fields.
     error.status_code = response.status_code  # type: ignore[attr-defined]
     error.request_id = request_id  # type: ignore[attr-defined]
     raise error

@@ -47,8 +47,8 @@ from google.cloud import datastore
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from devstack.emulators import Emulators, free_port  # noqa: E402
 from shared.admin import create_account  # noqa: E402
-from shared.emulators import Emulators, free_port  # noqa: E402
 from shared.entities import (  # noqa: E402
     Dataset,
     Evaluation,
@@ -220,7 +220,7 @@ BARE_INDEXED = ("account", "name", "status", "created_at", "label_pairs", "model
 
 
 def bare_properties(account: str, n: int) -> dict:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return {
         "id": f"bare-{n}", "account": account, "name": "bare", "labels": "{}", "label_pairs": [],
         "created_at": now, "updated_at": now, "status": "pending", "reason": "queued", "message": None,

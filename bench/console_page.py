@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from results_query import generate  # noqa: E402
 
+from devstack.emulators import Emulators  # noqa: E402
 from functions.app import create_app  # noqa: E402
 from functions.services import Services  # noqa: E402
 from shared.admin import create_account  # noqa: E402
-from shared.emulators import Emulators  # noqa: E402
 from shared.entities import Dataset, Evaluation, Model  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.storage import evaluation_summary, prediction_shard  # noqa: E402

@@ -41,7 +41,7 @@ from daemon.environment import worker_environment  # noqa: E402
 from daemon.kubernetes_backend import KubernetesBackend  # noqa: E402
 from daemon.loop import Daemon  # noqa: E402
 from daemon.settings import DaemonSettings  # noqa: E402
-from shared.emulators import Emulators  # noqa: E402
+from devstack.emulators import Emulators  # noqa: E402
 from shared.entities import (  # noqa: E402
     Dataset,
     Evaluation,

@@ -1,6 +1,6 @@
 """Idle cost: the CPU each process of the local stack uses when there is nothing to do.
 
-Starts the whole stack (``shared.localstack serve``, a temporary state directory, free
+Starts the whole stack (``devstack.localstack serve``, a temporary state directory, free
 ports), lets it settle, then measures each process's CPU (utime + stime from
 ``/proc/PID/stat``, its descendants included: the emulators' JVMs run under a shell) over
 a window, in three phases:
@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.emulators import free_port  # noqa: E402
+from devstack.emulators import free_port  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 SERVICES = {  # a word of each direct child's command line -> its name in the table
@@ -147,7 +147,7 @@ def start_waiter(way: str, env: dict[str, str], subscription: str) -> subprocess
 def start_stack(state: Path, root: Path) -> tuple[subprocess.Popen, dict[str, str]]:
     env = {**os.environ, "ASSAY_STACK_API_PORT": str(free_port()), "PYTHONPATH": str(root)}
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "shared.localstack", "serve", "--state", str(state)],
+        [sys.executable, "-m", "devstack.localstack", "serve", "--state", str(state)],
         cwd=root, env=env, stdout=open(state / "supervisor.log", "wb"), stderr=subprocess.STDOUT,
         start_new_session=True,
     )

@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from api_latency import pct, ready_inputs  # noqa: E402
 
+from devstack.emulators import Emulators, free_port  # noqa: E402
 from shared.admin import create_account  # noqa: E402
-from shared.emulators import Emulators, free_port  # noqa: E402
 from shared.pubsub import Hints  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.storage import Storage  # noqa: E402

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from functions.results import queries  # noqa: E402
 from functions.results.resultset import opened  # noqa: E402
-from shared.results_api import InstancesQuery  # noqa: E402
 from shared.results import PREDICTION_SCHEMA  # noqa: E402
+from shared.results_api import InstancesQuery  # noqa: E402
 
 CLASSES, TOP_K, SHARDS = 100, 5, 4
 

@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from workers import digits  # noqa: E402
+from devstack import digits  # noqa: E402
 from workers.evaluate import EvalOptions, align_labels, evaluate_shards, summarize  # noqa: E402
 from workers.ingest import IngestLimits, ingest_dataset  # noqa: E402
 from workers.verify import label_names, load_model  # noqa: E402

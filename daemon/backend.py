@@ -56,7 +56,7 @@ class JobStatus:
     message: str | None = None
 
     @classmethod
-    def missing(cls, name: str) -> "JobStatus":
+    def missing(cls, name: str) -> JobStatus:
         return cls(name, JobState.missing)
 
 

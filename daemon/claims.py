@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from daemon.backend import BackendBusy, JobRejected
 from daemon.context import Context, fields, log, task_of
@@ -26,7 +27,7 @@ def claim(ctx: Context, entity: Artifact | Evaluation, *, expected: str, to: str
     cls = type(entity)
     attempt = entity.attempts + 1
     task = task_of(entity, attempt=attempt)
-    changes = dict(
+    changes: dict[str, Any] = dict(
         LIFECYCLES[entity.kind].new_attempt(),
         attempts=attempt,
         lease_owner=ctx.replica,

@@ -11,10 +11,10 @@ from daemon.backend import Backend, Task
 from daemon.settings import DaemonSettings
 from shared.entities import Artifact, Entity, Evaluation
 from shared.errors import TransitionConflict, Unavailable
+from shared.modeltasks import spec_of
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.store import Store
-from shared.modeltasks import spec_of
 from shared.tasks import LIFECYCLES
 
 log = logging.getLogger("daemon")

@@ -15,6 +15,7 @@ is still checked once more by name before acting).
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from daemon.backend import JOB_ENDED, JobState, JobStatus
 from daemon.claims import submit
@@ -83,7 +84,7 @@ def retry_or_fail(ctx: Context, entity: Artifact | Evaluation, *, why: str, canc
     cls = type(entity)
     lifecycle = LIFECYCLES[entity.kind]
     attempt = entity.attempts
-    common = dict(
+    common: dict[str, Any] = dict(
         account=ANY_ACCOUNT,
         expected=[str(s) for s in lifecycle.active],
         check=lambda current: current.attempts == attempt and current.job_name == entity.job_name,

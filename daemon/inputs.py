@@ -42,7 +42,9 @@ def gate_waiting(ctx: Context) -> None:
             )
             ctx.count("failed")
             log.info("evaluation cannot run", extra={**fields(evaluation), "reason": reason})
-        elif model.status == ArtifactStatus.ready and dataset.status == ArtifactStatus.ready:
+            return
+        assert model is not None and dataset is not None  # input_problem reports a missing input
+        if model.status == ArtifactStatus.ready and dataset.status == ArtifactStatus.ready:
             ctx.store.transition(
                 Evaluation, evaluation.id, account=ANY_ACCOUNT, expected=EvaluationStatus.waiting, to=EvaluationStatus.pending,
                 reason=QueueReason.queued, message="inputs ready; queued",

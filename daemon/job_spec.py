@@ -10,6 +10,7 @@ its scratch volume and ``/tmp``.
 from __future__ import annotations
 
 from kubernetes.client import (
+    V1Capabilities,
     V1ConfigMapEnvSource,
     V1Container,
     V1EmptyDirVolumeSource,
@@ -24,7 +25,6 @@ from kubernetes.client import (
     V1ResourceRequirements,
     V1SeccompProfile,
     V1SecurityContext,
-    V1Capabilities,
     V1Toleration,
     V1Volume,
     V1VolumeMount,

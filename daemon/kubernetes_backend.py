@@ -14,8 +14,7 @@ import logging
 from collections.abc import Iterator
 
 import urllib3
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
+from kubernetes import client as k8s, config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from daemon.backend import JobRejected, JobState, JobStatus, Task
@@ -71,9 +70,16 @@ def _retry_after(e: ApiException) -> float:
 # --- one function per verb ------------------------------------------------------------------
 
 
+def name_of(job: k8s.V1Job) -> str:
+    """A Job's name (the API server never returns a Job without one)."""
+    if job.metadata is None or job.metadata.name is None:
+        raise ValueError("a Job without a name")
+    return job.metadata.name
+
+
 def create_job(*, api: k8s.BatchV1Api, namespace: str, job: k8s.V1Job) -> bool:
     """Create the Job; False when a Job of that name exists already (adopted, not an error)."""
-    with translated_kube_errors(f"create job {job.metadata.name}"):
+    with translated_kube_errors(f"create job {name_of(job)}"):
         try:
             api.create_namespaced_job(namespace, job, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as e:
@@ -127,7 +133,7 @@ def list_jobs(*, api: k8s.BatchV1Api, namespace: str, page_size: int = 500) -> I
 
 def job_status(job: k8s.V1Job) -> JobStatus:
     """Map a Job's status to a JobState. With ``backoffLimit: 0`` one failed Pod fails it."""
-    name = job.metadata.name
+    name = name_of(job)
     status = job.status or k8s.V1JobStatus()
     true = {c.type: c for c in status.conditions or [] if c.status == "True"}
     for kind in ("Failed", "FailureTarget"):
@@ -167,7 +173,7 @@ class KubernetesBackend:
         return JobStatus.missing(name) if job is None else job_status(job)
 
     def statuses(self) -> dict[str, JobStatus]:
-        return {job.metadata.name: job_status(job) for job in list_jobs(api=self.api, namespace=self.settings.namespace)}
+        return {name_of(job): job_status(job) for job in list_jobs(api=self.api, namespace=self.settings.namespace)}
 
     def cancel(self, name: str) -> None:
         if delete_job(api=self.api, namespace=self.settings.namespace, name=name):

@@ -112,7 +112,7 @@ class DaemonSettings(BaseSettings):
     local_max_processes: int = Field(default=4, ge=1)
 
     @model_validator(mode="after")
-    def _caps_are_consistent(self) -> "DaemonSettings":
+    def _caps_are_consistent(self) -> DaemonSettings:
         if self.account_concurrency > self.global_concurrency:
             raise ValueError("account_concurrency cannot exceed global_concurrency")
         return self

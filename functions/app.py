@@ -40,7 +40,7 @@ def create_app(
     app.url_map.strict_slashes = True
     app.url_map.converters["id"] = IdConverter
     app.config["MAX_CONTENT_LENGTH"] = services.settings.api_max_body_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # DefaultJSONProvider's, not the base class's
     app.extensions["assay"] = services
     routes = [route for router in routers for route in router.routes]
     app.extensions["assay.routes"] = routes

@@ -32,6 +32,7 @@ class ArtifactKind:
     def archive(self, spec: CreateModel | CreateDataset) -> str:
         if isinstance(spec, CreateModel):
             return MODEL_ARCHIVE[spec.archive_format]
+        assert spec.format is not None  # CreateDataset fills in the task's default
         return DATASET_ARCHIVE[spec.format]
 
 

@@ -68,7 +68,7 @@ def error_reply(exc: BaseException) -> flask.Response:
         code = _HTTP_CODES.get(status, f"http_{status}")
         details = None
         if status == 405:
-            allowed = sorted(m for m in (exc.valid_methods or []) if m not in ("HEAD", "OPTIONS"))  # type: ignore[attr-defined]
+            allowed = sorted(m for m in (exc.valid_methods or []) if m not in ("HEAD", "OPTIONS"))  # type: ignore[attr-defined]  # MethodNotAllowed's
             details = {"allowed": allowed}
             headers["Allow"] = ", ".join(allowed)
         message = {404: "no such route", 405: "method not allowed on this route", 413: "request body too large"}.get(

@@ -11,7 +11,7 @@ import logging
 
 from shared import apikeys
 from shared.api import CreateApiKey
-from shared.entities import ApiKey, utcnow
+from shared.entities import ApiKey
 from shared.errors import Forbidden, Invalid
 from shared.store import Store
 

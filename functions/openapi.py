@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from functions.routing import Route, Router
 from shared.api import SETTING_MAXIMUM, SETTING_PATTERN, ErrorResponse, id_pattern
@@ -23,7 +23,7 @@ def openapi_document(routers: list[Router], *, settings: Settings | None = None,
     """The document; with ``settings``, the limits a deployment sets (``SETTING_MAXIMUM``)
     become the fields' ``maximum``, so a request the schema allows is one the server takes."""
     routes = [route for router in routers for route in router.routes]
-    models: list[tuple[type[BaseModel], str]] = [(ErrorResponse, "serialization")]
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorResponse, "serialization")]
     for route in routes:
         if route.body is not None:
             models.append((route.body, "validation"))

@@ -38,7 +38,7 @@ class Services:
     _last_publish: float = float("-inf")  # monotonic; only the publisher thread touches it
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, indexes: list[Index] | None = None) -> "Services":
+    def from_settings(cls, settings: Settings, *, indexes: list[Index] | None = None) -> Services:
         return cls(
             settings=settings,
             store=Store.from_settings(

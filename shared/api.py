@@ -12,25 +12,26 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
+from collections.abc import Iterable
 from enum import StrEnum
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 
 from shared.entities import (
-    ApiKey,
-    ApiKeyStatus,
-    ArchiveFormat,
-    ArtifactStatus,
-    DatasetFormat,
-    Dataset,
-    Evaluation,
-    EvaluationStatus,
     LABEL_KEY_PATTERN,  # the name rules are defined once, in shared.entities;
     LABEL_VALUE_PATTERN,  # the OpenAPI document carries them
     MAX_SPLITS,
     NAME_PATTERN,
     SPLIT_PATTERN,
+    ApiKey,
+    ApiKeyStatus,
+    ArchiveFormat,
+    ArtifactStatus,
+    Dataset,
+    DatasetFormat,
+    Evaluation,
+    EvaluationStatus,
     Labels,
     Model,
     ModelFramework,
@@ -126,8 +127,12 @@ MODEL_ARCHIVE: dict[str, str] = {"zip": "zip", "tar.gz": "tar.gz"}
 DATASET_ARCHIVE: dict[str, str] = {
     "imagefolder-zip": "zip", "imagefolder-tar.gz": "tar.gz", "parquet": "parquet", "jsonl": "jsonl", "csv": "csv"
 }
-ModelContentType = Literal[tuple(t for a in dict.fromkeys(MODEL_ARCHIVE.values()) for t in CONTENT_TYPES[a])]  # type: ignore[misc]
-DatasetContentType = Literal[tuple(t for a in dict.fromkeys(DATASET_ARCHIVE.values()) for t in CONTENT_TYPES[a])]  # type: ignore[misc]
+if TYPE_CHECKING:  # a Literal built at import is beyond the type checker: to it, a string
+    ModelContentType = str
+    DatasetContentType = str
+else:
+    ModelContentType = Literal[tuple(t for a in dict.fromkeys(MODEL_ARCHIVE.values()) for t in CONTENT_TYPES[a])]
+    DatasetContentType = Literal[tuple(t for a in dict.fromkeys(DATASET_ARCHIVE.values()) for t in CONTENT_TYPES[a])]
 
 
 # --- requests -----------------------------------------------------------------------------
@@ -183,19 +188,19 @@ class CreateDataset(ApiRequest):
     content_type: DatasetContentType | None = Field(default=None, description="Defaults to the format's usual type.")
 
     @model_validator(mode="after")
-    def _format_of_task(self) -> "CreateDataset":
+    def _format_of_task(self) -> CreateDataset:
         """The format defaults to, and must be one of, the task's formats."""
         formats = SPECS[self.task].dataset_formats
         if self.format is None:
-            self.format = formats[0]
+            self.format = formats[0]  # type: ignore[assignment]  # a task's formats are DatasetFormat values
         elif self.format not in formats:
             raise ValueError(f"format {self.format!r} is not one of the {self.task} formats {list(formats)}")
         return self
 
 
 class CreateEvaluations(ApiRequest):
-    model_id: id_type("mdl")  # type: ignore[valid-type]
-    dataset_id: id_type("dst")  # type: ignore[valid-type]
+    model_id: id_type("mdl")  # type: ignore[valid-type]  # a type built at import
+    dataset_id: id_type("dst")  # type: ignore[valid-type]  # a type built at import
     splits: list[SplitName] | None = Field(
         default=None,
         min_length=1,
@@ -241,8 +246,8 @@ class DatasetListQuery(ListQuery):
 
 class EvaluationListQuery(ListQuery):
     status: EvaluationStatus | None = None
-    model_id: id_type("mdl") | None = None  # type: ignore[valid-type]
-    dataset_id: id_type("dst") | None = None  # type: ignore[valid-type]
+    model_id: id_type("mdl") | None = None  # type: ignore[valid-type]  # a type built at import
+    dataset_id: id_type("dst") | None = None  # type: ignore[valid-type]  # a type built at import
 
 
 class ApiKeyListQuery(ListQuery):
@@ -258,7 +263,7 @@ class PageQuery(ApiRequest):
     page_token: str | None = Field(default=None, max_length=4096)
 
 
-WebhookEventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
+WebhookEventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]  # a type built at import
 
 
 class CreateWebhook(ApiRequest):
@@ -270,7 +275,7 @@ class CreateWebhook(ApiRequest):
             SETTING_PATTERN: {"webhook_allow_http_loopback": url_pattern(allow_http_loopback=True)},
         },
     )
-    events: list[WebhookEventType] = Field(min_length=1, max_length=len(EVENT_TYPES))  # type: ignore[valid-type]
+    events: list[WebhookEventType] = Field(min_length=1, max_length=len(EVENT_TYPES))
     name: ApiName = "webhook"
     description: str | None = Field(default=None, max_length=500)
     labels: ApiLabels = Field(default_factory=dict)
@@ -283,29 +288,52 @@ class View(BaseModel):
     model_config = ConfigDict(extra="ignore", json_schema_serialization_defaults_required=True)
 
 
-def _view_of(
-    entity: type[BaseModel], name: str, *, private: frozenset[str], typed: dict[str, Any] | None = None
-) -> type[View]:
-    """A response model with the entity's fields minus the private ones; ``typed`` gives a
-    field a stricter type on the wire than the entity stores (a summary: a dict in Datastore)."""
+def _view_of(entity: type[BaseModel], name: str, *, public: Iterable[str], typed: dict[str, Any] | None = None) -> type[View]:
+    """A response model with only the entity's ``public`` fields, in the entity's order;
+    ``typed`` gives a field a stricter type on the wire than the entity stores (a summary:
+    a dict in Datastore).
+
+    An allow-list, so a field added to an entity stays out of every reply until someone
+    names it here. Raises ValueError at import for a name the entity does not have.
+    """
+    shown = frozenset(public)
+    if unknown := shown - entity.model_fields.keys():
+        raise ValueError(f"{name} names fields {entity.__name__} does not have: {sorted(unknown)}")
     typed = typed or {}
-    fields = {n: (typed.get(n, f.annotation), f) for n, f in entity.model_fields.items() if n not in private}
-    return create_model(name, __base__=View, __doc__=entity.__doc__, **fields)  # type: ignore[call-overload]
+    fields = {n: (typed.get(n, f.annotation), f) for n, f in entity.model_fields.items() if n in shown}
+    return create_model(name, __base__=View, __doc__=entity.__doc__, **fields)  # type: ignore[call-overload]  # fields named at run time
 
 
-# What only the platform needs: the daemon's lease, job names, storage paths, secret hashes.
-_TASK_PRIVATE = frozenset({"lease_owner", "lease_expires_at", "heartbeat_at", "job_name"})
-ModelView = _view_of(Model, "ModelView", private=_TASK_PRIVATE | {"upload_object"})
-DatasetView = _view_of(Dataset, "DatasetView", private=_TASK_PRIVATE | {"upload_object"})
-EvaluationView = _view_of(
-    Evaluation, "EvaluationView", private=_TASK_PRIVATE | {"result_prefix"}, typed={"summary": EvaluationSummary | None}
-)
-ApiKeyView = _view_of(ApiKey, "ApiKeyView", private=frozenset({"secret_hash"}))
-# An event is a record, not a thing with a lifecycle of its own: its bookkeeping fields go.
-_RECORD_PRIVATE = frozenset({"name", "labels", "status", "updated_at", "status_changed_at"})
-EventView = _view_of(Event, "EventView", private=_RECORD_PRIVATE)
-WebhookView = _view_of(Webhook, "WebhookView", private=frozenset({"secret_salt"}))
-DeliveryView = _view_of(WebhookDelivery, "DeliveryView", private=frozenset({"name", "labels"}))
+# Left out throughout: what only the platform needs (the daemon's lease and job name,
+# storage paths, secret hashes and salts).
+_ENTITY = ("id", "account", "name", "labels", "created_at", "updated_at", "status", "reason", "message", "status_changed_at")
+_WORK = ("attempts", "retry_base", "progress", "progress_message", "started_at", "finished_at")
+_ARTIFACT = (*_ENTITY, *_WORK, "task", "declared_size", "content_type", "size", "digest", "label_names")
+if TYPE_CHECKING:  # the type checker cannot follow create_model: to it, each view is a View
+    ModelView = View
+    DatasetView = View
+    EvaluationView = View
+    ApiKeyView = View
+    EventView = View
+    WebhookView = View
+    DeliveryView = View
+else:
+    ModelView = _view_of(Model, "ModelView", public=(*_ARTIFACT, "framework", "archive_format", "parameter_count", "architecture"))
+    DatasetView = _view_of(Dataset, "DatasetView", public=(*_ARTIFACT, "format", "splits", "invalid_instances"))
+    EvaluationView = _view_of(Evaluation, "EvaluationView", public=(
+        *_ENTITY, *_WORK, "model_id", "dataset_id", "split", "task", "config", "fingerprint", "queue_position", "timings",
+        "summary", "stopping"), typed={"summary": EvaluationSummary | None})
+    ApiKeyView = _view_of(ApiKey, "ApiKeyView", public=(*_ENTITY, "scopes", "expires_at", "revoked_at"))
+    # An event is a record, not a thing with a lifecycle of its own: no name, labels or status.
+    EventView = _view_of(Event, "EventView", public=(
+        "id", "account", "created_at", "reason", "message", "entity_kind", "entity_id", "from_status", "to_status", "attempt",
+        "component", "key_id"))
+    WebhookView = _view_of(Webhook, "WebhookView", public=(*_ENTITY, "url", "events", "description"))
+    DeliveryView = _view_of(WebhookDelivery, "DeliveryView", public=(
+        "id", "account", "created_at", "updated_at", "status", "reason", "message", "status_changed_at", "webhook_id",
+        "event_type", "event_id", "entity_kind", "entity_id", "body", "attempts", "next_attempt_at", "delivered_at",
+        "attempt_log"))
+
 VIEW_OF_KIND: dict[str, type[View]] = {"Model": ModelView, "Dataset": DatasetView, "Evaluation": EvaluationView}
 
 
@@ -319,12 +347,12 @@ class UploadTicket(View):
 
 
 class ModelCreated(View):
-    model: ModelView  # type: ignore[valid-type]
+    model: ModelView
     upload: UploadTicket
 
 
 class DatasetCreated(View):
-    dataset: DatasetView  # type: ignore[valid-type]
+    dataset: DatasetView
     upload: UploadTicket
 
 
@@ -336,7 +364,7 @@ class EvaluationOutcome(StrEnum):
 
 class OrderedEvaluation(View):
     outcome: EvaluationOutcome
-    evaluation: EvaluationView  # type: ignore[valid-type]
+    evaluation: EvaluationView
 
 
 class EvaluationsOrdered(View):
@@ -344,12 +372,12 @@ class EvaluationsOrdered(View):
 
 
 class ApiKeyCreated(View):
-    api_key: ApiKeyView  # type: ignore[valid-type]
+    api_key: ApiKeyView
     secret: str = Field(description="The full key, 'assay_<key id>_<secret>'. Shown once; store it now.")
 
 
 class WebhookCreated(View):
-    webhook: WebhookView  # type: ignore[valid-type]
+    webhook: WebhookView
     secret: str = Field(description="Signs every delivery (Assay-Signature). Shown once; store it now.")
 
 
@@ -416,31 +444,31 @@ class Page(View, Generic[T]):
     next_page_token: str | None = None
 
 
-class ModelPage(Page[ModelView]):  # type: ignore[valid-type]
+class ModelPage(Page[ModelView]):
     pass
 
 
-class DatasetPage(Page[DatasetView]):  # type: ignore[valid-type]
+class DatasetPage(Page[DatasetView]):
     pass
 
 
-class EvaluationPage(Page[EvaluationView]):  # type: ignore[valid-type]
+class EvaluationPage(Page[EvaluationView]):
     pass
 
 
-class ApiKeyPage(Page[ApiKeyView]):  # type: ignore[valid-type]
+class ApiKeyPage(Page[ApiKeyView]):
     pass
 
 
-class EventPage(Page[EventView]):  # type: ignore[valid-type]
+class EventPage(Page[EventView]):
     pass
 
 
-class WebhookPage(Page[WebhookView]):  # type: ignore[valid-type]
+class WebhookPage(Page[WebhookView]):
     pass
 
 
-class DeliveryPage(Page[DeliveryView]):  # type: ignore[valid-type]
+class DeliveryPage(Page[DeliveryView]):
     pass
 
 

@@ -39,9 +39,7 @@ from typing import Any
 
 import grpc
 from google.api_core import exceptions as gexc
-from google.cloud.datastore_v1.types import datastore as datastore_types
-from google.cloud.datastore_v1.types import entity as entity_types
-from google.cloud.datastore_v1.types import query as query_types
+from google.cloud.datastore_v1.types import datastore as datastore_types, entity as entity_types, query as query_types
 
 from shared.settings import Settings
 
@@ -138,7 +136,7 @@ class DatastoreRpc:
     @classmethod
     def from_settings(
         cls, settings: Settings, *, deadline_s: float | None = None, refused_s: float | None = None
-    ) -> "DatastoreRpc":
+    ) -> DatastoreRpc:
         """The emulator over plain gRPC when ``datastore_emulator_host`` is set; otherwise
         Datastore with the environment's default credentials."""
         if settings.datastore_emulator_host:
@@ -152,7 +150,7 @@ class DatastoreRpc:
                 DatastoreGrpcTransport.create_channel(PRODUCTION_HOST, credentials=credentials, options=_CHANNEL_OPTIONS)
                 for _ in range(CHANNELS)
             ]
-        kwargs = {k: v for k, v in (("deadline_s", deadline_s), ("refused_s", refused_s)) if v is not None}
+        kwargs: dict[str, Any] = {k: v for k, v in (("deadline_s", deadline_s), ("refused_s", refused_s)) if v is not None}
         return cls(channels, project=settings.project, namespace=settings.namespace, **kwargs)
 
     # -- messages --

@@ -24,7 +24,7 @@ from shared.entities import Entity
 E = TypeVar("E", bound=Entity)
 
 _SCALARS = (str, int, float, bool, dt.datetime)
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
 
 
@@ -43,7 +43,7 @@ def _json_fields(cls: type[Entity]) -> frozenset[str]:
     cached = cls.__dict__.get("_assay_json_fields")
     if cached is None:
         cached = frozenset(n for n, f in cls.model_fields.items() if not _is_scalar(f.annotation))
-        setattr(cls, "_assay_json_fields", cached)
+        setattr(cls, "_assay_json_fields", cached)  # noqa: B010 — a cache on the class, unknown to its type
     return cached
 
 
@@ -85,7 +85,7 @@ def set_value(pb: Any, value: Any, *, indexed: bool = True) -> None:
         set_value(pb, value.value)
     elif isinstance(value, dt.datetime):
         # Naive datetimes are UTC, as google-cloud-datastore takes them.
-        aware = value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
         seconds, micros = divmod((aware - _EPOCH) // _MICROSECOND, 1_000_000)
         pb.timestamp_value.seconds = seconds
         pb.timestamp_value.nanos = micros * 1000

@@ -126,7 +126,7 @@ Labels = Annotated[dict[str, str], AfterValidator(_check_labels)]
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 # --- statuses -----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ class QueryShape:
     order: tuple[tuple[str, str], ...]  # ((property, "asc"|"desc"), ...)
 
     @classmethod
-    def of(cls, kind: str, equality: list[str], order: list[str]) -> "QueryShape":
+    def of(cls, kind: str, equality: list[str], order: list[str]) -> QueryShape:
         parsed = tuple((p.lstrip("-"), "desc" if p.startswith("-") else "asc") for p in order)
         return cls(kind, tuple(sorted(set(equality))), parsed)
 

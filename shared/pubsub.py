@@ -20,9 +20,8 @@ from dataclasses import dataclass
 
 import grpc
 from google import pubsub_v1 as pubsub_gapic
-from google.api_core import exceptions as gexc
-from google.api_core import retry as retries
-from google.cloud import pubsub_v1
+from google.api_core import exceptions as gexc, retry as retries
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]  # google-cloud-pubsub ships no type information
 from google.cloud.pubsub_v1.subscriber.futures import StreamingPullFuture
 from google.cloud.pubsub_v1.subscriber.message import Message
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport

@@ -12,14 +12,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.api import PageToken, SplitName, id_type
-from shared.metrics import AVERAGES, CLASSIFICATION, FROM_PREDICTIONS, METRICS
-from shared.metrics import names as metric_names
+from shared.metrics import AVERAGES, CLASSIFICATION, FROM_PREDICTIONS, METRICS, names as metric_names
 from shared.summaries import REPORTED, EvaluationSummary
 
 # --- the summary ---------------------------------------------------------------------------
 
 
-class SummaryResult(EvaluationSummary):  # type: ignore[misc,valid-type]
+class SummaryResult(EvaluationSummary):
     """``GET …/results``: the summary the evaluate worker wrote, with the evaluation's id."""
 
     evaluation_id: str
@@ -235,8 +234,8 @@ class MetricsResult(BaseModel):
 class CompareQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    a: id_type("evl")  # type: ignore[valid-type]
-    b: id_type("evl")  # type: ignore[valid-type]
+    a: id_type("evl")  # type: ignore[valid-type]  # a type built at import
+    b: id_type("evl")  # type: ignore[valid-type]  # a type built at import
     limit: int = Field(default=100, ge=0, le=10000, description="instance ids listed per side")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import google.auth
 import google.auth.transport.requests
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
+from google.cloud import storage  # type: ignore[attr-defined]  # google-cloud-storage ships no type information
 
 from shared.errors import NotFound, translated_google_errors
 from shared.settings import Settings
@@ -130,7 +130,7 @@ class Storage:
         self.endpoint = endpoint or "https://storage.googleapis.com"
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Storage":
+    def from_settings(cls, settings: Settings) -> Storage:
         if settings.storage_emulator_host:
             endpoint = settings.storage_emulator_host
             if not endpoint.startswith("http"):
@@ -158,7 +158,7 @@ class Storage:
             # On Cloud Functions/GKE there is no private key: sign through IAM signBlob.
             credentials, _ = google.auth.default()
             credentials.refresh(google.auth.transport.requests.Request())
-            kwargs["service_account_email"] = self.settings.signing_service_account or credentials.service_account_email
+            kwargs["service_account_email"] = self.settings.signing_service_account or credentials.service_account_email  # type: ignore[attr-defined]  # GCE/GKE credentials carry it
             kwargs["access_token"] = credentials.token
         return blob.generate_signed_url(
             version="v4",
@@ -179,14 +179,14 @@ class Storage:
         headers = {"x-goog-content-length-range": f"0,{max_bytes}"}
         with translated_google_errors("storage"):
             url = self._sign(name, method="PUT", expiry_s=expiry_s, content_type=content_type, headers=headers)
-        expires_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=expiry_s)
+        expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expiry_s)
         return SignedUrl(url, "PUT", {"Content-Type": content_type, **headers}, expires_at.replace(microsecond=0))
 
     def signed_get(self, name: str) -> SignedUrl:
         expiry_s = self.settings.download_url_expiry_s
         with translated_google_errors("storage"):
             url = self._sign(name, method="GET", expiry_s=expiry_s, content_type=None, headers={})
-        expires_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=expiry_s)
+        expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expiry_s)
         return SignedUrl(url, "GET", {}, expires_at.replace(microsecond=0))
 
     # -- objects --

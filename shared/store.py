@@ -30,14 +30,22 @@ from typing import Any, NamedTuple, TypeVar
 from google.api_core import exceptions as gexc
 
 from shared.api import decode_page_token, encode_page_token
-from shared.datastore_rpc import budget as datastore_budget
-from shared.datastore_rpc import CompositeFilter, DatastoreRpc, Mutation, PropertyFilter, PropertyOrder, Query, QueryResultBatch
+from shared.datastore_rpc import (
+    CompositeFilter,
+    DatastoreRpc,
+    Mutation,
+    PropertyFilter,
+    PropertyOrder,
+    Query,
+    QueryResultBatch,
+    budget as datastore_budget,
+)
 from shared.encoding import decode, encode, get_value, label_pairs, set_value
 from shared.entities import Entity, utcnow
-from shared.events import Actor
-from shared.outbox import accounts_to_route, records_of
 from shared.errors import Conflict, InvalidRequest, NotFound, TransitionConflict, Unavailable, translated_google_errors
+from shared.events import Actor
 from shared.indexes import Index, QueryShape, covers
+from shared.outbox import accounts_to_route, records_of
 from shared.settings import Settings
 from shared.webhooks import WebhookSubscriptions
 
@@ -87,7 +95,7 @@ class Txn:
     Reads go to Datastore at once; writes are collected and sent with the commit.
     """
 
-    def __init__(self, store: "Store", transaction: bytes):
+    def __init__(self, store: Store, transaction: bytes):
         self._store = store
         self.id = transaction
         self.mutations: list[Any] = []
@@ -169,7 +177,7 @@ class Store:
         deadline_s: float | None = None,
         refused_s: float | None = None,
         component: str = "system",
-    ) -> "Store":
+    ) -> Store:
         """``deadline_s`` bounds how long one Datastore call retries an unavailable backend
         (60 s when not given), ``refused_s`` how long once the connection is refused (1 s); a
         request handler wants a 503 well before, and bounds its calls together (``budget``).
@@ -177,7 +185,7 @@ class Store:
         rpc = DatastoreRpc.from_settings(settings, deadline_s=deadline_s, refused_s=refused_s)
         return cls(rpc, transaction_attempts=settings.transaction_attempts, indexes=indexes, actor=Actor(component))
 
-    def acting_for(self, key_id: str) -> "Store":
+    def acting_for(self, key_id: str) -> Store:
         """This store (same connection), recording its changes as made with API key ``key_id``."""
         scoped = copy.copy(self)
         scoped.actor = Actor(self.actor.component, key_id)

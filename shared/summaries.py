@@ -154,7 +154,7 @@ def _metric_fields(family: str) -> dict[str, Any]:
     return {r.key: (float | None, Field(default=None, description=r.description)) for r in SUMMARIES[family]}
 
 
-ClassificationSummary = create_model(  # type: ignore[call-overload]
+ClassificationSummary = create_model(
     "ClassificationSummary",
     __base__=_ClassificationFields,
     __doc__="The summary of an image or text classification evaluation.",

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from shared.entities import ArtifactStatus, Dataset, Entity, Evaluation, EvaluationStatus, Model
+from shared.entities import Artifact, ArtifactStatus, Dataset, Entity, Evaluation, EvaluationStatus, Model
 
 
 class TaskName(StrEnum):
@@ -40,7 +40,7 @@ ATTEMPT_RESET: dict[str, Any] = {
 class Lifecycle:
     """One entity kind's task, as the daemon and the worker move it along."""
 
-    cls: type[Entity]
+    cls: type[Artifact] | type[Evaluation]
     task: TaskName
     queued: str  # the daemon claims from here; an expired attempt goes back here
     start: str  # the status the daemon's claim leaves the entity in
@@ -85,9 +85,11 @@ LIFECYCLES: dict[str, Lifecycle] = {
     )
 }
 LIFECYCLE_OF_TASK: dict[TaskName, Lifecycle] = {lifecycle.task: lifecycle for lifecycle in LIFECYCLES.values()}
-# The kinds a worker verifies (uploaded once, then checked): models and datasets.
 KIND_FOR_TASK: dict[TaskName, str] = {lifecycle.task: kind for kind, lifecycle in LIFECYCLES.items()}
-ARTIFACT_KINDS: tuple[type[Entity], ...] = tuple(l.cls for l in LIFECYCLES.values() if l.queued == ArtifactStatus.uploaded)
+# The kinds a worker verifies (uploaded once, then checked): models and datasets.
+ARTIFACT_KINDS: tuple[type[Artifact], ...] = tuple(
+    lifecycle.cls for lifecycle in LIFECYCLES.values() if issubclass(lifecycle.cls, Artifact)
+)
 
 
 def worker_command(task: TaskName, entity_id: str, attempt: int) -> list[str]:

@@ -227,7 +227,7 @@ def check_url(url: str, *, allow_http_loopback: bool) -> None:
     if not host:
         raise ValueError("has no host")
     try:
-        parts.port
+        _ = parts.port  # urlsplit parses the port only when it is read
     except ValueError:
         raise ValueError("has an invalid port") from None
     try:

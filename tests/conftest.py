@@ -14,12 +14,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from test_utils.prefixer import Prefixer
 
 # As the worker's entry point does (workers/__main__.py): evaluation tests fork decoder
 # processes from this process, which holds many gRPC channels with calls in flight.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from shared.emulators import Emulators, EmulatorsMissing
+from devstack.emulators import Emulators, EmulatorsMissing
 from shared.indexes import load_indexes
 from shared.settings import Settings
 from shared.storage import Storage
@@ -33,6 +34,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 _counter = itertools.count()
+# Every bucket, topic and subscription a test creates is named by google-cloud-testutils'
+# Prefixer (assay-tests-<UTC time>-<random>-<n>): a name says which suite made it and
+# when, and two sessions never share one.
+PREFIXER = Prefixer("assay", "tests", separator="-")
+SESSION_PREFIX = PREFIXER.create_prefix()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -60,9 +66,9 @@ def settings(emulators, tmp_path) -> Settings:
     n = next(_counter)
     s = Settings(
         project=emulators.project,
-        bucket=f"assay-test-{os.getpid()}-{n}",
-        hint_topic=f"hints-{n}",
-        hint_subscription=f"hints-{n}-daemon",
+        bucket=f"{SESSION_PREFIX}-{n}",
+        hint_topic=f"{SESSION_PREFIX}-hints-{n}",
+        hint_subscription=f"{SESSION_PREFIX}-hints-{n}-daemon",
         storage_topic=emulators.storage_topic,
         datastore_emulator_host=emulators.datastore_host,
         pubsub_emulator_host=emulators.pubsub_host,

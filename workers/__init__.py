@@ -3,5 +3,5 @@
 Pure, locally testable modules (``archive``, ``images``, ``verify``, ``ingest``,
 ``evaluate``, ``metrics``) do the work on local files; ``jobs`` moves inputs and outputs
 between them and Cloud Storage; ``runner`` owns the attempt's lifecycle in Datastore.
-``digits`` builds a small model and datasets for tests, the demo and the benchmarks.
+The small model and datasets the tests use are local development: ``devstack.digits``.
 """

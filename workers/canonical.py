@@ -85,7 +85,7 @@ class Names:
         self.classes: set[str] = set()
 
     def split(self, name: object) -> list[Row]:
-        rows = self.splits.get(name)  # type: ignore[arg-type]
+        rows = self.splits.get(name) if isinstance(name, str) else None
         if rows is not None:
             return rows
         if not isinstance(name, str):
@@ -209,7 +209,7 @@ def _write_shards(rows: Iterable[Row], out: Path, label_index: dict[str, int], m
 
     def flush(chunk: list[Row]) -> None:
         columns = media.columns(chunk)
-        columns["label"] = [label_index[r.label_name] for r in chunk]
+        columns["label"] = [label_index[r.label_name] for r in chunk]  # type: ignore[index]  # valid rows have one
         table = pa.table(columns, schema=media.schema)
         path = inside(out, shard_name(len(shards)))
         pq.write_table(table, path, compression=media.compression)

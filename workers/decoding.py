@@ -76,9 +76,11 @@ def _start_decoder(recipe: PixelRecipe | ProcessorRecipe, slots: np.ndarray | No
 
 def _decode(slot: int | None, blobs: list[bytes], first_id: str) -> np.ndarray | None:
     try:
+        # A recipe with a batch shape (PixelRecipe) decodes into the shared slots; without one
+        # (ProcessorRecipe) it returns its pixels and DecodePool hands out no slot.
         if slot is None:
-            return _recipe.decode(blobs)
-        _recipe.decode_into(blobs, _slots[slot])
+            return _recipe.decode(blobs)  # type: ignore[union-attr]  # a ProcessorRecipe, as said above
+        _recipe.decode_into(blobs, _slots[slot])  # type: ignore[union-attr,index]  # a PixelRecipe and its slots
         return None
     except InvalidImage as e:
         raise DecodeError(f"the batch starting at instance {first_id}: {e}") from None
@@ -111,7 +113,9 @@ class PendingBatch:
 
     def __init__(self, pool: DecodePool, slot: int | None, blobs: list[bytes], first_id: str, future: Future | None):
         self._pool, self._slot, self._n = pool, slot, len(blobs)
-        self._blobs, self._first_id = (blobs, first_id) if future is None else (None, None)
+        # With a decoder process the bytes went to it: none kept here.
+        self._blobs: list[bytes] = blobs if future is None else []
+        self._first_id = first_id
         self._future = future
 
     def result(self) -> Decoded:
@@ -129,7 +133,7 @@ class PendingBatch:
             raise
         if value is not None:
             return Decoded(self._pool, torch.from_numpy(value), None)
-        return Decoded(self._pool, self._pool.slot_tensor[self._slot][: self._n], self._slot)
+        return Decoded(self._pool, self._pool.slot_tensor[self._slot][: self._n], self._slot)  # type: ignore[index]  # slotted
 
 
 class DecodePool:

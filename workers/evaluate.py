@@ -73,7 +73,7 @@ class EvalOptions:
     # fewer batches than this per replica uses fewer replicas, down to none.
     min_batches_per_replica: int = 8
 
-    def resolved(self, batches: int | None = None) -> EvalOptions:
+    def resolved(self, batches: int | None = None) -> ResolvedOptions:
         """Every default filled in for this machine; ``batches``, the size of the run,
         bounds the replicas (``min_batches_per_replica``)."""
         cores = usable_cores()
@@ -88,9 +88,23 @@ class EvalOptions:
             default_workers, default_threads = 0, 1
         workers = self.decode_workers if self.decode_workers is not None else default_workers
         threads = self.torch_threads or default_threads
-        return EvalOptions(
+        return ResolvedOptions(
             self.batch_size, self.top_k, device, replicas, workers, threads, self.batches_per_decoder, self.min_batches_per_replica
         )
+
+
+@dataclass(frozen=True)
+class ResolvedOptions:
+    """``EvalOptions`` with every default filled in for this machine: nothing left to decide."""
+
+    batch_size: int
+    top_k: int
+    device: str
+    replicas: int
+    decode_workers: int
+    torch_threads: int
+    batches_per_decoder: int
+    min_batches_per_replica: int
 
 
 @dataclass
@@ -176,10 +190,10 @@ def evaluate_shards(
     Raises:
         WorkerFailure: ``inference_error`` when a batch cannot be decoded or run.
     """
-    requested, options = options, options.resolved()
+    resolved = options.resolved()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(options.device)
+    device = torch.device(resolved.device)
     todo = [(i, p) for i, p in enumerate(shards) if not prediction_shard_path(out_dir, p).exists()]
     stats = RunStats(
         shards_skipped=len(shards) - len(todo),
@@ -188,12 +202,12 @@ def evaluate_shards(
     )
     if not todo:
         return stats
-    plan = batch_plan(todo, options.batch_size)
-    options = requested.resolved(batches=len(plan))
-    predictor = Predictor(model, processor, label_map=label_map, options=options)
+    plan = batch_plan(todo, resolved.batch_size)
+    resolved = options.resolved(batches=len(plan))
+    predictor = Predictor(model, processor, label_map=label_map, options=resolved)
     writer = ShardWriter(out_dir, shards, plan, stats, on_shard)
-    if options.replicas > 1:
-        run_in_replicas(predictor, plan, writer, replicas=options.replicas, on_batch=on_batch)
+    if resolved.replicas > 1:
+        run_in_replicas(predictor, plan, writer, replicas=resolved.replicas, on_batch=on_batch)
     else:
         _evaluate_here(predictor, plan, writer, on_batch=on_batch)
     stats.wall_seconds = time.perf_counter() - writer.started
@@ -226,14 +240,14 @@ _VALUES = ("labels", "top_ids", "top_scores", "label_score")
 class Predictor:
     """The model's side of an evaluation: a decoded batch in, ``Predictions`` out."""
 
-    def __init__(self, model, processor, *, label_map: np.ndarray, options: EvalOptions):
+    def __init__(self, model, processor, *, label_map: np.ndarray, options: ResolvedOptions):
         self.options = options
         self.device = torch.device(options.device)
         self.model = model.to(self.device).eval()
         self.recipe = recipe_for(processor)
         self.k = min(options.top_k, model.config.num_labels)
         self.label_map = torch.from_numpy(label_map)
-        self.timer: BatchTimer | None = None
+        self.timer = BatchTimer(self.device)  # a fresh one in each process that predicts (start)
 
     def start(self) -> None:
         """Ready this process to predict (torch threads, device tensors, timers)."""

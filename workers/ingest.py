@@ -135,7 +135,7 @@ def _check_image(row: Row, limits: IngestLimits) -> Row:
         return row
     if isinstance(row.value, Path):
         row.value = row.value.read_bytes()
-    if not row.value:
+    if not isinstance(row.value, bytes) or not row.value:
         row.problem = "missing_bytes"
         return row
     try:

@@ -89,11 +89,11 @@ class PixelRecipe:
         """The recipe for ``processor``, or None when it does more than this covers."""
         size = getattr(processor, "size", None)
         height, width = (getattr(size, "height", None), getattr(size, "width", None)) if size is not None else (None, None)
+        if not (height and width):
+            return None
         eligible = (
             getattr(processor, "backend", None) == "pil"
             and processor.do_resize
-            and height
-            and width
             and not getattr(processor, "do_center_crop", None)
             and not getattr(processor, "do_pad", None)
             and processor.do_rescale

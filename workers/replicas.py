@@ -19,7 +19,8 @@ import signal
 import traceback
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING
+from multiprocessing.context import ForkProcess
+from typing import TYPE_CHECKING, cast
 
 from workers.decoding import Batch, Plan, ShardReader, start_forked_child
 from workers.failures import FailureReason, WorkerFailure
@@ -39,7 +40,7 @@ def run_in_replicas(
     """
     context = multiprocessing.get_context("fork")
     next_batch = context.Value("q", 0)
-    processes: dict[Connection, multiprocessing.Process] = {}
+    processes: dict[Connection, ForkProcess] = {}
     batch_seconds: list[float] = []
     try:
         for _ in range(replicas):
@@ -49,7 +50,7 @@ def run_in_replicas(
             sender.close()  # only the replica holds it now: EOF here once it exits, however it exits
             processes[receiver] = process
         while processes:
-            for receiver in wait(list(processes)):
+            for receiver in cast(list[Connection], wait(list(processes))):  # wait returns what it was given
                 try:
                     kind, body = receiver.recv()
                 except EOFError:

@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.modeltasks import ModelTaskSpec, image_classification
 from shared.entities import MAX_CLASSES, check_class_names
+from shared.modeltasks import ModelTaskSpec, image_classification
 from workers.archive import ArchiveLimits, extract_archive, strip_common_root
 from workers.failures import FailureReason, WorkerFailure
 
@@ -192,6 +192,10 @@ def check_configs(root: Path, kind: ModelKind | None = None) -> tuple[str, str]:
     supported = kind.architectures().get(model_type)
     if supported is None:
         raise WorkerFailure(FailureReason.unsupported_architecture, f"model_type {model_type!r} is not {kind.what}")
+    if not isinstance(supported, str):  # a model type with several heads of this kind
+        raise WorkerFailure(
+            FailureReason.unsupported_architecture, f"model_type {model_type!r} has several classes of {kind.what}: {list(supported)}"
+        )
     _check_label_space(config)
     architectures = config.get("architectures") or [supported]
     if supported not in architectures:

@@ -93,7 +93,7 @@ def _results(call: Call, evaluation: Any) -> dict[str, Any]:
     }
     scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     comparable = evaluation_routes.list_evaluations(
-        call, query=EvaluationListQuery(dataset_id=evaluation.dataset_id, status="complete", limit=50)
+        call, query=EvaluationListQuery(dataset_id=evaluation.dataset_id, status=EvaluationStatus.complete, limit=50)
     ).items
     return {
         "summary": scalars,

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import flask
+import werkzeug
 from pydantic import ValidationError
 
 from functions.console import session
@@ -19,9 +20,7 @@ from functions.console.web import bp, check_id, local_path, page, query_of, rend
 from functions.evaluations import CANCELLABLE
 from functions.http import request_id
 from functions.results.routes import get_leaderboard
-from functions.routes import datasets as dataset_routes
-from functions.routes import evaluations as evaluation_routes
-from functions.routes import models as model_routes
+from functions.routes import datasets as dataset_routes, evaluations as evaluation_routes, models as model_routes
 from functions.services import Call
 from shared.api import CreateEvaluations, DatasetListQuery, EvaluationListQuery, ModelListQuery
 from shared.entities import EvaluationStatus, Scope
@@ -30,7 +29,7 @@ from shared.results_api import LeaderboardMetric, LeaderboardQuery
 
 log = logging.getLogger("functions.console")
 
-LEADERBOARD_METRICS: tuple[str, ...] = LeaderboardMetric.__args__  # type: ignore[attr-defined]
+LEADERBOARD_METRICS: tuple[str, ...] = LeaderboardMetric.__args__  # type: ignore[attr-defined]  # a Literal's values
 ACTIVE = frozenset({EvaluationStatus.waiting, EvaluationStatus.pending, EvaluationStatus.admitted, EvaluationStatus.running})
 
 
@@ -38,7 +37,7 @@ ACTIVE = frozenset({EvaluationStatus.waiting, EvaluationStatus.pending, Evaluati
 
 
 @bp.get("/sign-in")
-def sign_in() -> flask.Response:
+def sign_in() -> werkzeug.Response:
     nonce = flask.request.cookies.get(session.SIGN_IN_COOKIE) or session.sign_in_nonce()
     response = render("sign_in.html", nonce=nonce, next=local_path(flask.request.args.get("next")), error=None)
     set_cookie(response, session.SIGN_IN_COOKIE, nonce, max_age=3600)
@@ -46,7 +45,7 @@ def sign_in() -> flask.Response:
 
 
 @bp.post("/sign-in")
-def sign_in_submit() -> flask.Response:
+def sign_in_submit() -> werkzeug.Response:
     svc = services()
     nonce = flask.request.cookies.get(session.SIGN_IN_COOKIE)
     sent = flask.request.form.get("csrf")
@@ -70,14 +69,14 @@ def sign_in_submit() -> flask.Response:
 
 @bp.post("/sign-out")
 @page()
-def sign_out(call: Call) -> flask.Response:
+def sign_out(call: Call) -> werkzeug.Response:
     response = flask.redirect(flask.url_for("console.sign_in"), code=303)
     response.delete_cookie(session.COOKIE, path="/ui")
     return response
 
 
 @bp.get("/")
-def home() -> flask.Response:
+def home() -> werkzeug.Response:
     return flask.redirect(flask.url_for("console.evaluations"))
 
 
@@ -86,7 +85,7 @@ def home() -> flask.Response:
 
 @bp.get("/models")
 @page()
-def models(call: Call) -> flask.Response:
+def models(call: Call) -> werkzeug.Response:
     query = query_of(ModelListQuery)
     found = model_routes.list_models(call, query=query)
     return render("artifacts.html", kind="models", title="Models", page=found, query=query)
@@ -94,7 +93,7 @@ def models(call: Call) -> flask.Response:
 
 @bp.get("/models/<model_id>")
 @page()
-def model(call: Call, model_id: str) -> flask.Response:
+def model(call: Call, model_id: str) -> werkzeug.Response:
     check_id("mdl", model_id)
     found = model_routes.get_model(call, model_id=model_id)
     board = evaluation_routes.list_evaluations(call, query=EvaluationListQuery(model_id=model_id, limit=50))
@@ -103,7 +102,7 @@ def model(call: Call, model_id: str) -> flask.Response:
 
 @bp.get("/datasets")
 @page()
-def datasets(call: Call) -> flask.Response:
+def datasets(call: Call) -> werkzeug.Response:
     query = query_of(DatasetListQuery)
     found = dataset_routes.list_datasets(call, query=query)
     return render("artifacts.html", kind="datasets", title="Datasets", page=found, query=query)
@@ -111,7 +110,7 @@ def datasets(call: Call) -> flask.Response:
 
 @bp.get("/datasets/<dataset_id>")
 @page()
-def dataset(call: Call, dataset_id: str) -> flask.Response:
+def dataset(call: Call, dataset_id: str) -> werkzeug.Response:
     check_id("dst", dataset_id)
     found = dataset_routes.get_dataset(call, dataset_id=dataset_id)
     board = evaluation_routes.list_evaluations(call, query=EvaluationListQuery(dataset_id=dataset_id, limit=50))
@@ -120,7 +119,7 @@ def dataset(call: Call, dataset_id: str) -> flask.Response:
 
 @bp.get("/datasets/<dataset_id>/leaderboard")
 @page()
-def leaderboard(call: Call, dataset_id: str) -> flask.Response:
+def leaderboard(call: Call, dataset_id: str) -> werkzeug.Response:
     check_id("dst", dataset_id)
     found = dataset_routes.get_dataset(call, dataset_id=dataset_id)
     query = query_of(LeaderboardQuery)
@@ -135,14 +134,14 @@ def leaderboard(call: Call, dataset_id: str) -> flask.Response:
 
 @bp.get("/evaluations")
 @page()
-def evaluations(call: Call) -> flask.Response:
+def evaluations(call: Call) -> werkzeug.Response:
     query = query_of(EvaluationListQuery)
     found = evaluation_routes.list_evaluations(call, query=query)
     refresh = any(e.status in ACTIVE for e in found.items)
     return render("evaluations.html", page=found, query=query, refresh=refresh)
 
 
-def _order_form(call: Call, *, errors: list[str], form: dict[str, str], status: int = 200) -> flask.Response:
+def _order_form(call: Call, *, errors: list[str], form: dict[str, str], status: int = 200) -> werkzeug.Response:
     ready_models = model_routes.list_models(call, query=ModelListQuery(status="ready", limit=200)).items
     ready_datasets = dataset_routes.list_datasets(call, query=DatasetListQuery(status="ready", limit=200)).items
     return render("order.html", status, models=ready_models, datasets=ready_datasets, errors=errors, form=form)
@@ -150,13 +149,13 @@ def _order_form(call: Call, *, errors: list[str], form: dict[str, str], status: 
 
 @bp.get("/evaluations/new")
 @page(Scope.write)
-def order_form(call: Call) -> flask.Response:
+def order_form(call: Call) -> werkzeug.Response:
     return _order_form(call, errors=[], form=flask.request.args.to_dict())
 
 
 @bp.post("/evaluations")
 @page(Scope.write)
-def order(call: Call) -> flask.Response:
+def order(call: Call) -> werkzeug.Response:
     form = flask.request.form.to_dict()
     spec: dict[str, Any] = {"model_id": form.get("model_id", ""), "dataset_id": form.get("dataset_id", "")}
     splits = [s.strip() for s in form.get("splits", "").split(",") if s.strip()]
@@ -210,7 +209,7 @@ def cancellable(status: str) -> bool:
 
 @bp.get("/evaluations/<evaluation_id>/<any(delete, cancel):action>")
 @page(Scope.write)
-def confirm_action(call: Call, evaluation_id: str, action: str) -> flask.Response:
+def confirm_action(call: Call, evaluation_id: str, action: str) -> werkzeug.Response:
     check_id("evl", evaluation_id)
     found = evaluation_routes.get_evaluation(call, evaluation_id=evaluation_id)
     return render("confirm.html", evaluation=found, action=action, explanation=_ACTIONS[action][1])
@@ -218,7 +217,7 @@ def confirm_action(call: Call, evaluation_id: str, action: str) -> flask.Respons
 
 @bp.post("/evaluations/<evaluation_id>/<any(delete, cancel):action>")
 @page(Scope.write)
-def act(call: Call, evaluation_id: str, action: str) -> flask.Response:
+def act(call: Call, evaluation_id: str, action: str) -> werkzeug.Response:
     check_id("evl", evaluation_id)
     handler, explanation = _ACTIONS[action]
     try:
@@ -237,7 +236,7 @@ def act(call: Call, evaluation_id: str, action: str) -> flask.Response:
 
 @bp.get("/api")
 @page()
-def api_document(call: Call) -> flask.Response:
+def api_document(call: Call) -> werkzeug.Response:
     return render("api.html")
 
 
@@ -245,7 +244,7 @@ SWAGGER_ASSETS = ("swagger-ui.css", "swagger-ui-bundle.js")
 
 
 @bp.get("/swagger/<name>")
-def swagger_asset(name: str) -> flask.Response:
+def swagger_asset(name: str) -> werkzeug.Response:
     """Swagger UI 5 (it reads OpenAPI 3.1) from the ``swagger-ui-py`` package's files."""
     if name not in SWAGGER_ASSETS:
         raise NotFound("not found")
@@ -254,5 +253,5 @@ def swagger_asset(name: str) -> flask.Response:
 
 
 @bp.route("/<path:rest>", methods=["GET", "POST"])
-def unknown(rest: str) -> flask.Response:
+def unknown(rest: str) -> werkzeug.Response:
     raise NotFound("not found")

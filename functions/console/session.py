@@ -104,7 +104,9 @@ def csrf_token(secret: bytes, session_token: str) -> str:
 
 
 def csrf_valid(secret: bytes, session_token: str, sent: str | None) -> bool:
-    return bool(sent) and hmac.compare_digest(sent.encode(), csrf_token(secret, session_token).encode())
+    if not sent:
+        return False
+    return hmac.compare_digest(sent.encode(), csrf_token(secret, session_token).encode())
 
 
 def sign_in_nonce() -> str:

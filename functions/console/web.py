@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flask
+import werkzeug
 from pydantic import BaseModel
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
@@ -42,7 +43,7 @@ def secure() -> bool:
     return flask.request.is_secure or flask.request.headers.get("X-Forwarded-Proto", "").lower() == "https"
 
 
-def set_cookie(response: flask.Response, name: str, value: str, *, max_age: int) -> None:
+def set_cookie(response: werkzeug.Response, name: str, value: str, *, max_age: int) -> None:
     response.set_cookie(
         name, value, max_age=max_age, path="/ui", httponly=True, samesite="Strict", secure=secure()
     )

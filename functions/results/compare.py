@@ -72,7 +72,7 @@ def compare(a: ResultSet, b: ResultSet, *, limit: int) -> dict[str, Any]:
     per side, in instance id order.
     """
     assert a.con is b.con, "compare needs both result sets in one connection"
-    joined = "{a} AS x JOIN {b} AS y USING (instance_id)".format(a=a.view, b=b.view)
+    joined = f"{a.view} AS x JOIN {b.view} AS y USING (instance_id)"
     rows = a.execute(
         "SELECT x.label = x.prediction AS ra, y.label = y.prediction AS rb,"
         f" x.prediction AS pa, y.prediction AS pb, count(*) AS n FROM {joined} GROUP BY ALL"
@@ -90,8 +90,8 @@ def compare(a: ResultSet, b: ResultSet, *, limit: int) -> dict[str, Any]:
     agree = int(rows["n"][same].sum()) if instances else 0
     both = verdicts.get((True, True), 0)
 
-    totals = a.execute("SELECT (SELECT count(*) FROM {a}), (SELECT count(*) FROM {b})".format(a=a.view, b=b.view))
-    total_a, total_b = totals.fetchone()
+    totals = a.execute(f"SELECT (SELECT count(*) FROM {a.view}), (SELECT count(*) FROM {b.view})")
+    [(total_a, total_b)] = totals.fetchall()
 
     def discordant(a_right: bool) -> Discordant:
         count = verdicts.get((a_right, not a_right), 0)

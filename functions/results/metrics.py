@@ -53,7 +53,7 @@ class Cells:
 
 def stored_k(result_set: ResultSet) -> int:
     """The shortest stored top-k list: the largest k any instance can answer for."""
-    (shortest,) = result_set.execute("SELECT coalesce(min(len(topk_ids)), 0) FROM {view}").fetchone()
+    [(shortest,)] = result_set.execute("SELECT coalesce(min(len(topk_ids)), 0) FROM {view}").fetchall()
     return int(shortest)
 
 

@@ -15,9 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from functions.results import compare as comparing
-from functions.results import metrics as more_metrics
-from functions.results import queries
+from functions.results import compare as comparing, metrics as more_metrics, queries
 from functions.results.cache import ResultCache
 from functions.results.resultset import (
     ResultSet,

@@ -6,7 +6,16 @@ from functions import artifacts
 from functions.routes.views import history, labels_filter, view
 from functions.routing import Router
 from functions.services import Call
-from shared.api import EventPage, PageQuery, CreateDataset, DatasetCreated, DatasetListQuery, DatasetPage, DatasetView, UploadTicket
+from shared.api import (
+    CreateDataset,
+    DatasetCreated,
+    DatasetListQuery,
+    DatasetPage,
+    DatasetView,
+    EventPage,
+    PageQuery,
+    UploadTicket,
+)
 from shared.entities import Dataset, Scope
 
 router = Router("datasets", "Datasets: uploaded once through a signed URL, then ingested into the canonical format.")

@@ -6,7 +6,7 @@ from functions import artifacts
 from functions.routes.views import history, labels_filter, view
 from functions.routing import Router
 from functions.services import Call
-from shared.api import EventPage, PageQuery, CreateModel, ModelCreated, ModelListQuery, ModelPage, ModelView, UploadTicket
+from shared.api import CreateModel, EventPage, ModelCreated, ModelListQuery, ModelPage, ModelView, PageQuery, UploadTicket
 from shared.entities import Model, Scope
 
 router = Router("models", "Models: uploaded once through a signed URL, then verified.")

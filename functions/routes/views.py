@@ -1,4 +1,4 @@
-"""Entities to response views (the private fields dropped by the view models)."""
+"""Entities to response views (each view shows only the fields it names, in shared/api.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def view(cls: type[V], entity: Entity) -> V:
     return cls.model_validate(entity.model_dump())
 
 
-def history(call: "Call", cls: type[Entity], entity_id: str, query: PageQuery) -> EventPage:
+def history(call: Call, cls: type[Entity], entity_id: str, query: PageQuery) -> EventPage:
     """One page of an entity's events, oldest first; NotFound as for the entity itself."""
     call.store.get(cls, entity_id, account=call.account)
     page = call.store.list(

@@ -51,7 +51,7 @@ class FakeApiServer:
 
     # -- lifecycle --
 
-    def start(self) -> "FakeApiServer":
+    def start(self) -> FakeApiServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -192,7 +192,7 @@ class FakeApiServer:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _status_body(code: int, reason: str, message: str) -> dict:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from daemon.admission import fair_order, plan_admission
 from shared.entities import QueueReason
 
-T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass

@@ -17,8 +17,7 @@ from daemon.backend import JobState
 from daemon.context import Context
 from daemon.loop import Daemon
 from daemon.webhooks import Refused, post
-from functions import evaluations as ordering
-from functions import webhooks
+from functions import evaluations as ordering, webhooks
 from shared.api import CreateEvaluations, CreateWebhook
 from shared.entities import Evaluation, EvaluationStatus, Model
 from shared.errors import Conflict, TransitionConflict

@@ -12,9 +12,9 @@ from kubernetes.client import ApiClient
 from kubernetes_validate import validate
 
 from daemon.backend import Task
+from daemon.context import task_of
 from daemon.job_spec import build_job
 from daemon.settings import DaemonSettings
-from daemon.context import task_of
 from shared.entities import Evaluation, Model
 from shared.modeltasks import SPECS
 from shared.tasks import TaskName

@@ -1,4 +1,4 @@
-"""The real local stack (``shared.localstack``), started once for the end-to-end tests."""
+"""The real local stack (``devstack.localstack``), started once for the end-to-end tests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.emulators import free_port
+from devstack.emulators import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,7 +29,7 @@ def stack(tmp_path_factory):
         "HF_HOME": str(ROOT / ".cache" / "huggingface"),
     }
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "shared.localstack", "serve", "--state", str(state)],
+        [sys.executable, "-m", "devstack.localstack", "serve", "--state", str(state)],
         cwd=ROOT,
         env=env,
         stdout=open(state / "supervisor.log", "wb"),

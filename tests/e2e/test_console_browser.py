@@ -48,7 +48,7 @@ def browser():
 @pytest.fixture(scope="module")
 def uploaded(stack):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from workers import digits
+    from devstack import digits
 
     client = Client(stack["ASSAY_URL"], stack["ASSAY_API_KEY"], progress=False)
     model_dir = digits.cached_digits_vit(ROOT / ".cache" / "fixtures")

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def digits_assets(tmp_path_factory):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from workers import digits
+    from devstack import digits
 
     model_dir = digits.cached_digits_vit(ROOT / ".cache" / "fixtures")
     archive = digits.write_imagefolder_archive(

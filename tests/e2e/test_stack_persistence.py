@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from assay.client import Client
-from shared import localstack
-from shared.emulators import free_port
+from devstack import localstack
+from devstack.emulators import free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ def start(state: Path, api_port: int) -> tuple[subprocess.Popen, dict[str, str]]
     """``make up``, in the foreground: the supervisor and the settings it writes."""
     env = {**os.environ, "ASSAY_STACK_API_PORT": str(api_port), "HF_HOME": str(ROOT / ".cache" / "huggingface")}
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "shared.localstack", "serve", "--state", str(state)],
+        [sys.executable, "-m", "devstack.localstack", "serve", "--state", str(state)],
         cwd=ROOT, env=env, stdout=open(state / "supervisor.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     env_file = state / "local.env"
@@ -82,7 +82,7 @@ def kill_and_see_it_restarted(supervisor: subprocess.Popen, state: Path, name: s
 @pytest.fixture(scope="module")
 def small_inputs(tmp_path_factory):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from workers import digits
+    from devstack import digits
 
     recipe = digits.Recipe(epochs=1)  # any weights do: this test is about keeping them
     model_dir = digits.cached_digits_vit(ROOT / ".cache" / "fixtures", recipe=recipe)

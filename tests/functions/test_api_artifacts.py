@@ -5,8 +5,8 @@ from __future__ import annotations
 import urllib.parse
 
 import pytest
-
 from conftest import DATASET, MODEL
+
 from shared.entities import ArtifactStatus, Model
 from shared.store import ANY_ACCOUNT
 

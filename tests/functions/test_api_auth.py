@@ -6,8 +6,8 @@ import datetime as dt
 import json
 
 import pytest
-
 from conftest import bearer
+
 from shared import admin, apikeys
 from shared.entities import ApiKey, Scope, utcnow
 from shared.store import ANY_ACCOUNT

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import MODEL
+
 from functions.app import create_app
 from functions.routing import Router
 from functions.services import Services

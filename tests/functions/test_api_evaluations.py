@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from conftest import DATASET, MODEL
+
 from functions.services import Services
 from shared.entities import Dataset, Evaluation, Model
 from shared.pubsub import Hint, Hints

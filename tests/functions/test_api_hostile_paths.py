@@ -94,7 +94,7 @@ def test_every_id_route_answers_a_hostile_id_with_a_json_404(api, alice, live_id
     walked = 0
     for route in ROUTES:
         for param in route.params:
-            for what, value in hostile_ids(param.prefix, live_ids[param.prefix]).items():
+            for value in hostile_ids(param.prefix, live_ids[param.prefix]).values():
                 path = route.path
                 for other in route.params:
                     path = path.replace("{" + other.name + "}", value if other is param else live_ids[other.prefix])

@@ -4,8 +4,8 @@ changes nothing, and lists never show another account's entities."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import DATASET, MODEL
+
 from functions.routes import ROUTERS
 from shared.entities import Dataset, Model
 from shared.store import ANY_ACCOUNT

@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from devstack.emulators import free_port
 from functions.app import create_app
 from functions.routes import ROUTERS
 from functions.services import Services
-from shared.emulators import free_port
 
 ROUTES = [route for router in ROUTERS for route in router.routes]
 PUBLIC_WITHOUT_DATASTORE = {"/v1/health", "/v1/openapi.json"}
@@ -69,7 +69,7 @@ def test_refused_connections_answer_every_route_503_within_the_shorter_budget(se
 def paused_datastore(emulators):
     """Pause the session's Datastore emulator (SIGSTOP: its connections stay open, calls
     hang) for the duration of the block it yields; always resumed."""
-    group = emulators.processes[0].popen.pid  # its own process group (shared/emulators.py)
+    group = emulators.processes[0].popen.pid  # its own process group (devstack/emulators.py)
     assert emulators.processes[0].name == "datastore"
     paused = []
 

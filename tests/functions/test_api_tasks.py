@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from conftest import DATASET, MODEL
+
 from shared.entities import Dataset, Evaluation, Model, evaluation_fingerprint
 from shared.modeltasks import SPECS
 from shared.modeltasks.text_classification import TextClassificationConfig

@@ -16,11 +16,11 @@ from pathlib import Path
 import functions_framework
 import pytest
 import requests
+from conftest import DATASET, MODEL
 from werkzeug.serving import make_server
 
-from conftest import DATASET, MODEL
+from devstack.emulators import free_port
 from functions.uploads import FinalizedObject, Outcome, object_finalized, parse_event
-from shared.emulators import free_port
 from shared.entities import Dataset, Model
 from shared.pubsub import subscriber_client
 from shared.store import ANY_ACCOUNT

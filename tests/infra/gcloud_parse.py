@@ -35,7 +35,7 @@ for line in sys.stdin:
                 cli.Execute(argv, call_arg_complete=False)
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
-        except Exception as e:  # a parse that went further than auth: report, keep going
+        except Exception as e:  # noqa: BLE001 — a parse that went further than auth: report, keep going
             code = f"{type(e).__name__}: {e}"
         finally:
             sys.stderr.flush()

@@ -21,10 +21,10 @@ import yaml
 from shared import store as store_module
 from shared.entities import KINDS, Account
 from shared.events import Event
-from shared.webhooks import Webhook, WebhookDelivery
 from shared.indexes import QueryShape, covers, load_indexes
 from shared.settings import Settings
 from shared.store import ANY_ACCOUNT, Store
+from shared.webhooks import Webhook, WebhookDelivery
 
 ROOT = Path(__file__).resolve().parents[2]
 INDEX_YAML = ROOT / "infra" / "gcp" / "index.yaml"

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import base64
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 import yaml
 
 from shared.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 
 PROJECT = "assay-test"

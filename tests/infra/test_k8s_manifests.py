@@ -218,7 +218,7 @@ def test_every_setting_in_the_config_maps_is_read_by_someone(rendered):
         known |= {k for (_, _), d in rendered.items() for k in d.get("data", {}) if k.startswith("ASSAY_DAEMON_")}
     container = rendered[("Deployment", "assay-daemon")]["spec"]["template"]["spec"]["containers"][0]
     set_names = {e["name"] for e in container["env"]}
-    for (kind, name), doc in rendered.items():
+    for (kind, _), doc in rendered.items():
         if kind == "ConfigMap":
             set_names |= set(doc["data"])
     assert set_names - known == set(), "settings nobody reads (a typo is silently ignored)"

@@ -84,7 +84,7 @@ def test_compare_counts_unmatched_instances(tmp_path):
 
 
 def test_rank_orders_by_metric_and_skips_missing():
-    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
     def ev(i, summary):
         return SimpleNamespace(id=f"e{i}", created_at=t0 + dt.timedelta(minutes=i), summary=summary)

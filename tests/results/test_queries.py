@@ -7,10 +7,10 @@ import pytest
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from functions.results import queries
-from tests.results.conftest import generate
 from functions.results.resultset import opened
-from shared.results_api import InstancesQuery
 from shared.errors import Invalid, InvalidRequest
+from shared.results_api import InstancesQuery
+from tests.results.conftest import generate
 
 
 def test_confusion_equals_sklearn(generated):

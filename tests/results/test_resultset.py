@@ -43,8 +43,8 @@ def test_connection_reads_nothing_but_the_result_set(generated, tmp_path, statem
 
 
 def test_user_text_is_bound_not_spliced(generated):
-    from shared.results_api import InstancesQuery
     from shared.errors import Invalid
+    from shared.results_api import InstancesQuery
 
     with opened(generated.directory, generated.label_names) as rs:
         with pytest.raises(Invalid):

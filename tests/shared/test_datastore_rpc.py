@@ -37,7 +37,7 @@ def an_evaluation(**changes) -> Evaluation:
         id=Evaluation.new_id(), account="acc_a", name="e", labels={"team": "vision", "stage": "dev"},
         status=EvaluationStatus.running, model_id="mdl_x", dataset_id="dst_y", split="test", config=config,
         fingerprint=evaluation_fingerprint(model_id="mdl_x", dataset_id="dst_y", split="test", config=config),
-        attempts=2, progress=0.25, lease_expires_at=dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.timezone.utc),
+        attempts=2, progress=0.25, lease_expires_at=dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC),
         summary={"accuracy": 0.5},
     )
     return Evaluation(**{**fields, **changes})

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 os.environ.setdefault("HF_HOME", str(ROOT / ".cache" / "huggingface"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from workers import digits  # noqa: E402
+from devstack import digits  # noqa: E402
 from workers.ingest import IngestLimits, ingest_dataset  # noqa: E402
 
 FIXTURE_CACHE = ROOT / ".cache" / "fixtures"

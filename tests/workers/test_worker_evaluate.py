@@ -18,8 +18,8 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
+from devstack import digits
 from shared.results import PREDICTION_SCHEMA
-from workers import digits
 from workers.evaluate import EvalOptions, align_labels, evaluate_shards, summarize
 from workers.failures import FailureReason, WorkerFailure
 from workers.verify import label_names, load_model

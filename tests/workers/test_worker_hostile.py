@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from workers import digits
+from devstack import digits
 from workers.archive import ArchiveLimits, extract_archive
 from workers.failures import FailureReason, WorkerFailure
 from workers.images import ImageProblem, InvalidImage, decode_image

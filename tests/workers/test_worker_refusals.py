@@ -19,12 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file, save_file
 
+from devstack import digits
 from shared import storage as paths
 from shared.entities import Dataset, Evaluation, InferenceConfig, Model, evaluation_fingerprint
 from shared.errors import Invalid, Unavailable
 from shared.store import ANY_ACCOUNT
 from shared.tasks import TaskName, worker_command
-from workers import digits
 from workers.runner import EXIT_ERROR, EXIT_OK, TaskRunner
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,22 +3,20 @@ every status change a compare-and-set that checks the attempt."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
+from devstack import digits
 from shared import storage as paths
 from shared.entities import Dataset, Evaluation, InferenceConfig, Model, evaluation_fingerprint
 from shared.store import ANY_ACCOUNT
 from shared.tasks import TaskName, worker_command
-from workers import digits
 from workers.runner import EXIT_OK, TaskRunner
 
 ROOT = Path(__file__).resolve().parents[2]

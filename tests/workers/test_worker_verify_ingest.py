@@ -8,7 +8,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from workers import digits
+from devstack import digits
 from workers.failures import FailureReason, WorkerFailure
 from workers.ingest import IngestLimits, ingest_dataset
 from workers.verify import verify_model_archive

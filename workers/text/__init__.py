@@ -15,8 +15,7 @@ from workers.archive import ArchiveLimits
 from workers.text.dataset import ingest_dataset
 from workers.text.inference import evaluate
 from workers.text.model import TEXT_CLASSIFIER
-from workers.verify import ModelReport
-from workers.verify import verify_model_archive as _verify_archive
+from workers.verify import ModelReport, verify_model_archive as _verify_archive
 
 __all__ = ["evaluate", "ingest_dataset", "verify_model_archive"]
 

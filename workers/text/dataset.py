@@ -57,8 +57,8 @@ TEXTS = Media(
     schema=SHARD_SCHEMA,
     columns=lambda rows: {
         "instance_id": [r.instance_id for r in rows],
-        "text": [r.value[0] for r in rows],  # type: ignore[index] -- (text, text_pair), see _row
-        "text_pair": [r.value[1] for r in rows],  # type: ignore[index]
+        "text": [r.value[0] for r in rows],  # type: ignore[index]  # (text, text_pair), see _row
+        "text_pair": [r.value[1] for r in rows],  # type: ignore[index]  # as above
     },
     validate=lambda row, limits: row,  # judged while read: _row
     too_many_invalid=FailureReason.too_many_invalid_texts,

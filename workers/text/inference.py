@@ -284,8 +284,8 @@ class _Runner:
                     raise WorkerFailure(FailureReason.inference_error, f"shard {index}: {type(e).__name__}: {e}") from e
                 self.scorer.timer.stop(mark)
                 self._progress(len(rows), on_batch, stats, started)
-        rows = [d[0] for d in done]
-        top_ids, top_scores, label_score = (_in_row_order(rows, [d[j] for d in done], len(texts)) for j in (1, 2, 3))
+        order_of_batches = [d[0] for d in done]
+        top_ids, top_scores, label_score = (_in_row_order(order_of_batches, [d[j] for d in done], len(texts)) for j in (1, 2, 3))
         return Predictions(index, 0, table.column("instance_id").to_pylist(), labels, top_ids, top_scores, label_score)
 
     @staticmethod
@@ -295,7 +295,7 @@ class _Runner:
             on_batch(rows)
 
 
-def _in_row_order(rows: list[np.ndarray], values: list, n: int) -> np.ndarray:
+def _in_row_order(rows: list, values: list, n: int) -> np.ndarray:
     """Per-batch values put back in row order (tensors copied from the device at once)."""
     if isinstance(values[0], torch.Tensor):
         values = np.split(torch.cat(values).cpu().numpy(), np.cumsum([len(r) for r in rows])[:-1])

@@ -19,6 +19,7 @@ import signal
 import traceback
 from collections.abc import Iterable, Iterator
 from multiprocessing.connection import Connection, wait
+from typing import cast
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ class ReplicaPool:
     def __init__(self, predict, replicas: int):
         self.predict, self.replicas = predict, replicas
         self.tasks: dict[Connection, Connection] = {}  # result pipe -> task pipe
-        self.processes: dict[Connection, multiprocessing.Process] = {}
+        self.processes: dict[Connection, multiprocessing.process.BaseProcess] = {}
         self.seconds: list[float] = []
 
     def __enter__(self) -> ReplicaPool:
@@ -83,7 +84,7 @@ class ReplicaPool:
                     outstanding += 1
             if outstanding == 0:
                 return
-            for receiver in wait(list(queued)):
+            for receiver in cast(list[Connection], wait(list(queued))):  # wait() returns what it was given
                 try:
                     kind, body = receiver.recv()
                 except EOFError:

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from shared import localstack
+from devstack import localstack
+from devstack.emulators import Process
 from shared.apikeys import authenticate
-from shared.emulators import Process
 
 
 def test_a_dead_service_is_restarted_with_growing_logged_backoff_reset_by_a_stable_run(tmp_path, caplog):

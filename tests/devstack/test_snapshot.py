@@ -1,10 +1,10 @@
-"""The local stack's Datastore snapshot (shared/snapshot.py) on the real emulator."""
+"""The local stack's Datastore snapshot (devstack/snapshot.py) on the real emulator."""
 
 from __future__ import annotations
 
 import pytest
 
-from shared import snapshot
+from devstack import snapshot
 from shared.admin import create_account
 from shared.entities import Account, ApiKey, Model
 from shared.events import Event

@@ -61,7 +61,7 @@ def digits_images(split: str = "test", *, recipe: Recipe = Recipe()) -> tuple[li
     images, labels = [], []
     for i in chosen:
         pixels = (digits.images[i] * (255.0 / 16.0)).round().astype(np.uint8)
-        image = Image.fromarray(pixels, mode="L").resize((recipe.image_size,) * 2, Image.BILINEAR).convert("RGB")
+        image = Image.fromarray(pixels, mode="L").resize((recipe.image_size,) * 2, Image.Resampling.BILINEAR).convert("RGB")
         images.append(image)
         labels.append(int(digits.target[i]))
     return images, labels
@@ -79,7 +79,7 @@ def train_digits_vit(out_dir: str | Path, *, recipe: Recipe = Recipe()) -> Path:
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     torch.manual_seed(recipe.seed)
-    config = ViTConfig(
+    config = ViTConfig(  # type: ignore[call-arg]  # num_labels: PretrainedConfig's, which the stub leaves out
         image_size=recipe.image_size,
         patch_size=recipe.patch_size,
         hidden_size=recipe.hidden_size,

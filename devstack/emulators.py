@@ -8,7 +8,7 @@ By default everything lives in memory (the test suite's emulators). Given a ``da
 (the stack's ``.assay/data``), state outlives the processes: fake-gcs-server keeps objects
 in its filesystem backend there, and the Datastore emulator's entities are restored from a
 snapshot there at start and saved back by ``save_datastore`` and at stop
-(``shared/snapshot.py`` says why not the emulator's own export flags). Pub/Sub keeps
+(``devstack/snapshot.py`` says why not the emulator's own export flags). Pub/Sub keeps
 nothing: its topics and subscriptions are created again at every start; a message in
 flight at ``make down`` is lost, as a hint may be.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import grpc
 
-from shared import snapshot
+from devstack import snapshot
 from shared.datastore_rpc import DatastoreRpc
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class Emulators:
             "ASSAY_STORAGE_TOPIC": self.storage_topic,
         }
 
-    def start(self) -> "Emulators":
+    def start(self) -> Emulators:
         check_installed()
         self.datastore_port = self.datastore_port or free_port()
         self.pubsub_port = self.pubsub_port or free_port()
@@ -257,7 +257,7 @@ class Emulators:
         path = self.datastore_snapshot
         if path is None:
             return
-        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)  # the data directory
         if path.exists():
             count = snapshot.restore(self._datastore_rpc(), path)
             log.info("datastore restored", extra={"entities": count, "snapshot": str(path)})

@@ -1,6 +1,6 @@
 """The whole system on one machine: ``make up`` / ``make down`` / ``make reset``.
 
-``python -m shared.localstack up`` starts a supervisor in the background and returns once
+``python -m devstack.localstack up`` starts a supervisor in the background and returns once
 everything answers: the emulators (Firestore in Datastore mode, Pub/Sub, fake-gcs-server
 publishing object notifications), the ``api`` function and the ``storage_events``
 function under functions-framework (object notifications reach it through a Pub/Sub push
@@ -9,7 +9,7 @@ writes ``ASSAY_URL`` and an admin ``ASSAY_API_KEY`` to ``<state>/local.env``. ``
 stops the supervisor, which stops everything it started.
 
 State outlives the stack: entities and objects are kept under ``<state>/data`` (see
-``shared.emulators``), and so is the local account's admin key, so the next ``up`` comes
+``devstack.emulators``), and so is the local account's admin key, so the next ``up`` comes
 back with the same data and the same key. ``reset`` stops the stack and deletes the data.
 
 The supervisor restarts a crashed ``api``, ``storage_events`` or ``daemon`` process with
@@ -38,9 +38,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from devstack.emulators import Emulators, Process, free_port
 from shared.admin import create_account
 from shared.apikeys import authenticate
-from shared.emulators import Emulators, Process, free_port
 from shared.errors import Unauthenticated
 from shared.logs import configure_logging
 from shared.pubsub import Hints
@@ -112,8 +112,9 @@ class Supervised:
             self.restart_at = None
             self.restarts += 1
             self.start()
-            log.info(f"{self.process.name} restarted (pid {self.process.popen.pid})",
-                     extra={"service": self.process.name, "pid": self.process.popen.pid, "restarts": self.restarts})
+            pid = self.process.popen.pid if self.process.popen is not None else None
+            log.info(f"{self.process.name} restarted (pid {pid})",
+                     extra={"service": self.process.name, "pid": pid, "restarts": self.restarts})
 
 
 def local_admin_key(store: Store, data_dir: Path) -> str:
@@ -288,7 +289,7 @@ def up(state: Path, timeout_s: float = 180.0) -> int:
     (state / "logs").mkdir(exist_ok=True)
     log = open(state / "logs" / "stack.log", "ab")
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "shared.localstack", "serve", "--state", str(state)],
+        [sys.executable, "-m", "devstack.localstack", "serve", "--state", str(state)],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -357,7 +358,7 @@ def _alive(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.localstack", description="run Assay on one machine")
+    parser = argparse.ArgumentParser(prog="python -m devstack.localstack", description="run Assay on one machine")
     parser.add_argument("command", choices=["up", "down", "reset", "serve"])
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE, help="directory for logs, pids and settings")
     args = parser.parse_args(argv)

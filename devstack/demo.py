@@ -19,9 +19,9 @@ from assay.client import Client
 
 
 def main() -> int:
-    # The demo model comes from the worker's fixtures: nothing is fetched from any hub.
+    # The demo model is trained here (devstack.digits): nothing is fetched from any hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from workers.digits import cached_digits_vit, digits_images, write_imagefolder_archive
+    from devstack.digits import cached_digits_vit, digits_images, write_imagefolder_archive
 
     cache = Path(os.environ.get("ASSAY_DEMO_CACHE", ".cache/demo"))
     print("1/5 building the demo model (digits ViT; trained once, then cached)…", flush=True)
@@ -60,7 +60,7 @@ def main() -> int:
     entries = [e.model_dump() for e in board.items]
     print("\nleaderboard (digits, test, accuracy)\n" + table(entries, ["rank", "model_name", "model_id", "evaluation_id", "value"]))
     # Last, so it is what a person sees: the same evaluation as pages (`make up` serves them).
-    print(f"\nweb console (sign in with ASSAY_API_KEY from .assay/local.env; `make up` keeps the stack running):")
+    print("\nweb console (sign in with ASSAY_API_KEY from .assay/local.env; `make up` keeps the stack running):")
     print(f"  {client.http.url}/ui/evaluations/{evaluation.id}")
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from shared.emulators import ephemeral_ports, free_port
+from devstack.emulators import ephemeral_ports, free_port
 
 
 def test_free_ports_are_bindable_and_outside_the_ephemeral_range():
@@ -18,7 +18,7 @@ def test_free_ports_are_bindable_and_outside_the_ephemeral_range():
 
 
 def test_a_port_in_use_is_skipped(monkeypatch):
-    from shared import emulators
+    from devstack import emulators
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
         held.bind(("127.0.0.1", free_port()))
