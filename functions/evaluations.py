@@ -80,12 +80,15 @@ def task_config(task: str, values: dict[str, Any]) -> TaskConfig:
     try:
         return spec_of(task).parse_config(values, strict=True)
     except ValidationError as e:
+        fields = [
+            {"path": ".".join(["config", *(str(p) for p in err["loc"])]), "message": err["msg"], "type": err["type"]}
+            for err in e.errors()
+        ]
+        first = fields[0]
         raise Invalid(
-            f"config is invalid for a {task} model",
-            details={"fields": [
-                {"path": ".".join(["config", *(str(p) for p in err["loc"])]), "message": err["msg"], "type": err["type"]}
-                for err in e.errors()
-            ], "task": task},
+            f"config is invalid for a {task} model: {first['path']}: {first['message']}"
+            + (f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""),
+            details={"fields": fields, "task": task},
         ) from None
 
 
@@ -113,8 +116,6 @@ def order(store: Store, request: CreateEvaluations, *, account: str) -> tuple[li
     # The config is the model's task's; until the model is read, the default task's is a
     # guess that, when right (and it is for every image model), saves a round trip.
     guess = DEFAULT_TASK if _config_or_none(DEFAULT_TASK, request.config) is not None else None
-    if guess is None and not any(_config_or_none(task, request.config) for task in SPECS):
-        task_config(DEFAULT_TASK, request.config)  # no task takes it: refused before any read (raises)
 
     def identity(task: str, split: str) -> tuple[str, str]:
         if (task, split) not in identities:
@@ -135,6 +136,8 @@ def order(store: Store, request: CreateEvaluations, *, account: str) -> tuple[li
         found = txn.find_many(wanted + [(Evaluation, eid) for eid in ids_of(guess, named)], account=account)
         model, dataset = found[0], found[1]
         if model is None:
+            if guess is None and not any(_config_or_none(task, request.config) for task in SPECS):
+                task_config(DEFAULT_TASK, request.config)  # a config no task takes is a 422 first (raises)
             raise NotFound(f"Model {request.model_id} not found", details={"kind": "Model", "id": request.model_id})
         if dataset is None:
             raise NotFound(f"Dataset {request.dataset_id} not found", details={"kind": "Dataset", "id": request.dataset_id})

@@ -51,7 +51,7 @@ def test_a_text_evaluation_answers_on_every_result_route(client, evaluated):
     model, dataset, handle, columns = evaluated
     rows = list(client.evaluations.instances(handle.id))
     assert len(rows) == 300
-    by_id = {int(r.instance_id): r for r in rows}  # JSON Lines rows are numbered by position
+    by_id = {int(r.instance_id.rsplit("-", 1)[1]): r for r in rows}  # JSON Lines rows: <split>-<position>
     assert by_id[7].text_excerpt == "é" * 200
     assert all(by_id[i].text_excerpt == columns["text"][i][:200] for i in by_id)
     assert all(len(r.top_k) == 2 for r in rows)

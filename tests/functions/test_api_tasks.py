@@ -80,6 +80,7 @@ def test_a_config_is_checked_against_the_models_task(client, services, alice):
     assert r.status_code == 422
     assert r.json["error"]["details"]["fields"][0]["path"] == "config.max_length"
     assert r.json["error"]["details"]["task"] == "image-classification"
+    assert r.json["error"]["message"].startswith("config is invalid for a image-classification model: config.max_length: ")
     bad_value = client.post("/v1/evaluations", json={"model_id": text_model, "dataset_id": text_dataset,
                                                      "config": {"truncation_side": "middle"}}, headers=alice.write)
     assert bad_value.status_code == 422 and bad_value.json["error"]["details"]["fields"][0]["path"] == "config.truncation_side"
