@@ -9,8 +9,8 @@
 4. Assay end to end: canonical Parquet shards made by the real ingestion -> tokenize,
    sort by length, dynamic padding, batched inference -> prediction shards -> metrics
    (``workers.text.inference``);
-5. the limit: model forward only, on the same texts pre-tokenized and padded per batch
-   in Assay's order, tensors already on the device; the best of one thread, every core
+5. the limit: model forward only, on the same texts pre-tokenized and padded in Assay's
+   batches (sorted by length, cut at its CPU token budget), tensors already on the device; the best of one thread, every core
    as threads, and every core as single-threaded processes (Assay's CPU layout).
 
 The model is a BERT-style classifier built on the spot (``tests.workers.text_fixtures``;
@@ -124,17 +124,20 @@ class ForwardOnly:
     """The model alone, on the texts tokenized ahead, sorted by length and padded per batch
     (Assay's batches), already on the device."""
 
-    def __init__(self, model_dir: Path, texts: list[str], device: str, batch: int):
+    def __init__(self, model_dir: Path, texts: list[str], device: str, options: TextOptions):
         model, tokenizer = load_model(model_dir)
         self.model, self.device = model.to(device), device
         max_length = resolve_max_length(model, tokenizer, None)
         lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
         order = np.argsort(-np.array(lengths), kind="stable")
-        self.batches = []
-        for start in range(0, len(texts), batch):
-            chunk = [texts[i] for i in order[start : start + batch]]
+        budget = options.cpu_batch_tokens if device == "cpu" else None
+        self.batches, start = [], 0
+        while start < len(order):  # Assay's batches: batch_size rows, fewer at the CPU's token budget
+            size = max(1, min(options.batch_size, budget // lengths[order[start]])) if budget else options.batch_size
+            chunk = [texts[i] for i in order[start : start + size]]
             encoded = tokenizer(chunk, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
             self.batches.append({k: v.to(device) for k, v in encoded.items()})
+            start += size
 
     def run(self, threads: int, processes: int = 1) -> float:
         """Seconds for every batch: in this process with ``threads`` torch threads, or split
@@ -194,7 +197,7 @@ def main(args) -> int:
     runs: dict[str, list[float]] = {}
     notes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        forward = ForwardOnly(model_dir, texts, device, args.batch)
+        forward = ForwardOnly(model_dir, texts, device, options)
         assay = Assay(model_dir, texts, labels, Path(tmp), options)
         paths = {"forward_only": lambda: forward.best(cores), "assay": assay.run}
         if not {"batched", "per_text"} <= set(args.skip):

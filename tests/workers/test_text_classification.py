@@ -178,3 +178,17 @@ def test_a_max_length_beyond_the_position_table_is_refused(verified, columns, tm
     with pytest.raises(WorkerFailure) as info:
         text.evaluate(root, shards, tmp_path / "p", dataset_label_names=manifest["label_names"], config=config(max_length=4096), on_shard=None, on_batch=None)
     assert info.value.reason == FailureReason.invalid_config and "128 positions" in info.value.message
+
+
+def test_how_rows_are_batched_and_where_they_run_does_not_change_predictions(verified, columns, tmp_path):
+    """Replicas or this process, batches of 16 rows or cut at 50 tokens: the same predictions."""
+    from workers.text.inference import TextOptions
+
+    root, _ = verified
+    manifest, shards = _ingest(tmp_path, tf.write_jsonl(tmp_path / "d.jsonl", columns))
+    tables = []
+    for i, options in enumerate([TextOptions(top_k=2, batch_size=16, replicas=2), TextOptions(top_k=2, batch_size=7, replicas=1, cpu_batch_tokens=50)]):
+        text.evaluate(root, shards, tmp_path / f"p{i}", dataset_label_names=manifest["label_names"], config=config(), options=options)
+        tables.append(_predictions(tmp_path / f"p{i}", shards))
+    assert tables[0]["topk_ids"].to_pylist() == tables[1]["topk_ids"].to_pylist()
+    np.testing.assert_allclose(tables[0]["label_score"].to_numpy(), tables[1]["label_score"].to_numpy(), atol=1e-5)
