@@ -121,8 +121,13 @@ def cmd_evaluate(args, out: Output) -> int:
 def cmd_tasks(args, out: Output) -> int:
     tasks = Client(progress=False).tasks()
     rows = [
-        {"name": t.name, "dataset formats": ", ".join(t.dataset.formats), "config": ", ".join(t.config_schema.get("properties", {})),
-         "metrics": len(t.metrics), "gpu": t.gpu}
+        {
+            "name": t.name,
+            "dataset formats": ", ".join(t.dataset.formats),
+            "config": ", ".join(t.config_schema.get("properties", {})),
+            "metrics": len(t.metrics),
+            "gpu": t.gpu,
+        }
         for t in tasks
     ]
     out.emit(tasks, columns=list(rows[0]) if rows else [], rows=rows)

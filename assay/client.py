@@ -87,8 +87,15 @@ class _Resource:
     def get(self, entity_id: str):
         return self.view.model_validate(self.http.request("GET", f"{self.path}/{entity_id}"))
 
-    def list(self, *, status: str | None = None, name: str | None = None, labels: dict[str, str] | None = None,
-             page_size: int = 100, **filters: Any) -> Iterator[Any]:
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        page_size: int = 100,
+        **filters: Any,
+    ) -> Iterator[Any]:
         params = {"status": status, "name": name, "labels": _selector(labels), **filters}
         return _paginate(self.http, self.path, params, self.view, page_size)
 
@@ -140,9 +147,10 @@ class _Uploadable(_Resource):
 
     def _put(self, ticket: api.UploadTicket, path: Path, progress: bool) -> None:
         size = path.stat().st_size
-        with open(path, "rb") as f, tqdm(
-            total=size, unit="B", unit_scale=True, desc=f"upload {path.name}", disable=not progress
-        ) as bar:
+        with (
+            open(path, "rb") as f,
+            tqdm(total=size, unit="B", unit_scale=True, desc=f"upload {path.name}", disable=not progress) as bar,
+        ):
 
             def send() -> requests.Response:
                 f.seek(0)
@@ -158,8 +166,16 @@ class _Uploadable(_Resource):
         """The request fields that say what kind of file ``archive`` is."""
         raise NotImplementedError
 
-    def upload(self, path: str | os.PathLike, *, name: str, labels: dict[str, str] | None = None,
-               task: str | None = None, wait: bool = False, progress: bool | None = None):
+    def upload(
+        self,
+        path: str | os.PathLike,
+        *,
+        name: str,
+        labels: dict[str, str] | None = None,
+        task: str | None = None,
+        wait: bool = False,
+        progress: bool | None = None,
+    ):
         """Register, PUT the bytes with a progress bar, and (``wait=True``) wait until verified.
 
         ``task`` is the model task (``client.tasks()``; the service's default when omitted:
@@ -170,8 +186,13 @@ class _Uploadable(_Resource):
         show = self.client.progress if progress is None else progress
         archive = pack_directory(path) if path.is_dir() else path
         try:
-            body = {"name": name, "labels": labels or {}, "size": archive.stat().st_size,
-                    **self._format_fields(path, archive), **({"task": task} if task is not None else {})}
+            body = {
+                "name": name,
+                "labels": labels or {},
+                "size": archive.stat().st_size,
+                **self._format_fields(path, archive),
+                **({"task": task} if task is not None else {}),
+            }
             reply = self.created.model_validate(self.http.request("POST", self.path, json=body))
             entity = getattr(reply, self.kind)
             self._put(reply.upload, archive, show)
@@ -202,7 +223,9 @@ class Models(_Uploadable):
     kind = "model"
     created = api.ModelCreated
 
-    def create(self, *, name: str, size: int, labels: dict[str, str] | None = None, archive_format: str = "zip") -> api.ModelCreated:
+    def create(
+        self, *, name: str, size: int, labels: dict[str, str] | None = None, archive_format: str = "zip"
+    ) -> api.ModelCreated:
         body = {"name": name, "labels": labels or {}, "archive_format": archive_format, "size": size}
         return api.ModelCreated.model_validate(self.http.request("POST", self.path, json=body))
 
@@ -234,9 +257,16 @@ class Evaluations(_Resource):
     def _terminal(self, entity) -> bool:
         return entity.status in EVALUATION_TERMINAL
 
-    def create(self, model_id: str, dataset_id: str, *, splits: list[str] | None = None,
-               config: BaseModel | dict | None = None, name: str | None = None,
-               labels: dict[str, str] | None = None) -> list[EvaluationHandle]:
+    def create(
+        self,
+        model_id: str,
+        dataset_id: str,
+        *,
+        splits: list[str] | None = None,
+        config: BaseModel | dict | None = None,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> list[EvaluationHandle]:
         """One evaluation per split; each reused, restarted or created (see ``.outcome``).
 
         ``config`` is the model task's config (its schema is in ``client.tasks()``), as a
@@ -272,40 +302,45 @@ class Evaluations(_Resource):
         min_confidence, max_confidence, order_by). Pages by itself."""
         token = None
         while True:
-            page = results_api.InstancesPage.model_validate(self.http.request(
-                "GET", f"{self.path}/{evaluation_id}/results/instances",
-                params={**filters, "limit": page_size, "page_token": token},
-            ))
+            page = results_api.InstancesPage.model_validate(
+                self.http.request(
+                    "GET",
+                    f"{self.path}/{evaluation_id}/results/instances",
+                    params={**filters, "limit": page_size, "page_token": token},
+                )
+            )
             yield from page.items
             token = page.next_page_token
             if not token:
                 return
 
     def classes(self, evaluation_id: str) -> results_api.ClassesResult:
-        return results_api.ClassesResult.model_validate(
-            self.http.request("GET", f"{self.path}/{evaluation_id}/results/classes"))
+        return results_api.ClassesResult.model_validate(self.http.request("GET", f"{self.path}/{evaluation_id}/results/classes"))
 
     def confusion(self, evaluation_id: str) -> results_api.ConfusionResult:
         return results_api.ConfusionResult.model_validate(
-            self.http.request("GET", f"{self.path}/{evaluation_id}/results/confusion"))
+            self.http.request("GET", f"{self.path}/{evaluation_id}/results/confusion")
+        )
 
     def metrics(self, evaluation_id: str, **request: Any) -> results_api.MetricsResult:
         """Further metrics from the stored predictions, e.g. ``metrics=[{"name": "f_beta",
         "beta": 2}], bootstrap={"samples": 1000}`` (no new inference)."""
         return results_api.MetricsResult.model_validate(
-            self.http.request("POST", f"{self.path}/{evaluation_id}/results/metrics", json=request))
+            self.http.request("POST", f"{self.path}/{evaluation_id}/results/metrics", json=request)
+        )
 
     def downloads(self, evaluation_id: str) -> results_api.DownloadResult:
         return results_api.DownloadResult.model_validate(
-            self.http.request("GET", f"{self.path}/{evaluation_id}/results/download"))
+            self.http.request("GET", f"{self.path}/{evaluation_id}/results/download")
+        )
 
     def compare(self, a: str, b: str) -> results_api.CompareResult:
-        return results_api.CompareResult.model_validate(
-            self.http.request("GET", f"{self.path}/compare", params={"a": a, "b": b}))
+        return results_api.CompareResult.model_validate(self.http.request("GET", f"{self.path}/compare", params={"a": a, "b": b}))
 
     def leaderboard(self, dataset_id: str, *, split: str | None = None, metric: str | None = None) -> results_api.LeaderboardPage:
-        return results_api.LeaderboardPage.model_validate(self.http.request(
-            "GET", f"/v1/datasets/{dataset_id}/leaderboard", params={"split": split, "metric": metric}))
+        return results_api.LeaderboardPage.model_validate(
+            self.http.request("GET", f"/v1/datasets/{dataset_id}/leaderboard", params={"split": split, "metric": metric})
+        )
 
     def results_table(self, evaluation_id: str):
         """Every per-instance row as a pyarrow Table, read from the signed Parquet URLs."""
@@ -383,7 +418,9 @@ class Webhooks:
     def __init__(self, client: Client):
         self.http = client.http
 
-    def create(self, url: str, events: list[str], *, name: str | None = None, description: str | None = None) -> api.WebhookCreated:
+    def create(
+        self, url: str, events: list[str], *, name: str | None = None, description: str | None = None
+    ) -> api.WebhookCreated:
         """Register ``url`` for ``events`` (e.g. ``["evaluation.complete", "evaluation.failed"]``).
         The reply's ``secret`` is shown this once: keep it to verify deliveries."""
         body: dict[str, Any] = {"url": url, "events": events}

@@ -126,9 +126,7 @@ class Http:
         """The decoded JSON body of a successful response; raises an Assay error otherwise."""
         params = {k: v for k, v in (params or {}).items() if v is not None}
         response = with_retries(
-            lambda: self.session.request(
-                method, self.url + path, json=json, params=params, timeout=self.timeout_s
-            ),
+            lambda: self.session.request(method, self.url + path, json=json, params=params, timeout=self.timeout_s),
             max_attempts=self.max_attempts,
         )
         raise_for_status(response)

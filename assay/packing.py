@@ -31,7 +31,9 @@ def pack_directory(directory: str | Path, *, into: str | Path | None = None) -> 
     # Images and safetensors barely compress: store them, deflate the rest.
     with zipfile.ZipFile(into, "w") as archive:
         for path in files:
-            method = zipfile.ZIP_STORED if path.suffix.lower() in {".png", ".jpg", ".jpeg", ".safetensors"} else zipfile.ZIP_DEFLATED
+            method = (
+                zipfile.ZIP_STORED if path.suffix.lower() in {".png", ".jpg", ".jpeg", ".safetensors"} else zipfile.ZIP_DEFLATED
+            )
             archive.write(path, path.relative_to(directory).as_posix(), compress_type=method)
     return into
 

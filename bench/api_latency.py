@@ -137,16 +137,34 @@ def warm_up(one_pass: Callable[[int], object], *, jvm: int, limit_s: float) -> t
         if jit < JIT_SETTLED_CORES or time.monotonic() - start > limit_s:
             break
     settled = "settled" if jit < JIT_SETTLED_CORES else f"NOT settled (limit {limit_s:.0f} s)"
-    print(f"warm-up: {passes} passes, {time.monotonic() - start:.0f} s; the emulator's JIT {settled}: "
-          f"{jit:.3f} of a core in the last pass", flush=True)
+    print(
+        f"warm-up: {passes} passes, {time.monotonic() - start:.0f} s; the emulator's JIT {settled}: "
+        f"{jit:.3f} of a core in the last pass",
+        flush=True,
+    )
     return passes, jit
 
 
 def ready_inputs(store: Store, account: str) -> tuple[str, str]:
-    model = Model(id=Model.new_id(), account=account, name="bench-model", status="ready", declared_size=1,
-                  content_type="application/zip", upload_object="x")
-    dataset = Dataset(id=Dataset.new_id(), account=account, name="bench-data", status="ready", declared_size=1,
-                      content_type="application/zip", upload_object="y", splits={"test": 10})
+    model = Model(
+        id=Model.new_id(),
+        account=account,
+        name="bench-model",
+        status="ready",
+        declared_size=1,
+        content_type="application/zip",
+        upload_object="x",
+    )
+    dataset = Dataset(
+        id=Dataset.new_id(),
+        account=account,
+        name="bench-data",
+        status="ready",
+        declared_size=1,
+        content_type="application/zip",
+        upload_object="y",
+        splits={"test": 10},
+    )
     store.put(model)
     store.put(dataset)
     return model.id, dataset.id
@@ -188,16 +206,21 @@ def connect(base: str, key: str, client: str) -> Callable[..., tuple[int, bytes]
     return call_http_client
 
 
-def bench_api(base: str, key: str, model_id: str, dataset_id: str, clients: int, n: int, *, tag: str,
-              client: str = CLIENTS[0]) -> list[list[float]]:
+def bench_api(
+    base: str, key: str, model_id: str, dataset_id: str, clients: int, n: int, *, tag: str, client: str = CLIENTS[0]
+) -> list[list[float]]:
     """Seconds per create and per get: each client orders an evaluation, then reads it back."""
 
     def make_client(c: int):
         call = connect(base, key, client)
 
         def step(i: int) -> tuple[float, float]:
-            body = {"model_id": model_id, "dataset_id": dataset_id, "splits": ["test"],
-                    "config": {"label_mapping": {"bench": f"{tag}-c{c}-{i}"}}}
+            body = {
+                "model_id": model_id,
+                "dataset_id": dataset_id,
+                "splits": ["test"],
+                "config": {"label_mapping": {"bench": f"{tag}-c{c}-{i}"}},
+            }
             t0 = time.perf_counter()
             status, reply = call("POST", "/v1/evaluations", body)
             t1 = time.perf_counter()
@@ -222,13 +245,36 @@ BARE_INDEXED = ("account", "name", "status", "created_at", "label_pairs", "model
 def bare_properties(account: str, n: int) -> dict:
     now = datetime.datetime.now(datetime.UTC)
     return {
-        "id": f"bare-{n}", "account": account, "name": "bare", "labels": "{}", "label_pairs": [],
-        "created_at": now, "updated_at": now, "status": "pending", "reason": "queued", "message": None,
-        "status_changed_at": now, "attempts": 0, "retry_base": 0, "lease_owner": None, "lease_expires_at": None,
-        "heartbeat_at": None, "job_name": None, "progress": None, "progress_message": None, "started_at": None,
-        "finished_at": None, "model_id": "mdl_bare", "dataset_id": "dst_bare", "split": "test",
+        "id": f"bare-{n}",
+        "account": account,
+        "name": "bare",
+        "labels": "{}",
+        "label_pairs": [],
+        "created_at": now,
+        "updated_at": now,
+        "status": "pending",
+        "reason": "queued",
+        "message": None,
+        "status_changed_at": now,
+        "attempts": 0,
+        "retry_base": 0,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "heartbeat_at": None,
+        "job_name": None,
+        "progress": None,
+        "progress_message": None,
+        "started_at": None,
+        "finished_at": None,
+        "model_id": "mdl_bare",
+        "dataset_id": "dst_bare",
+        "split": "test",
         "config": json.dumps({"top_k": 5, "label_mapping": {"bench": f"bare-{n}"}, "batch_size": 64}),
-        "fingerprint": f"{n:064x}", "queue_position": None, "timings": "{}", "summary": "null", "result_prefix": None,
+        "fingerprint": f"{n:064x}",
+        "queue_position": None,
+        "timings": "{}",
+        "summary": "null",
+        "result_prefix": None,
     }
 
 
@@ -269,8 +315,16 @@ def bench_create_transaction(store: Store, account: str, model_id: str, dataset_
         def step(i: int) -> tuple[float]:
             config = InferenceConfig(label_mapping={"bench": f"txn-c{c}-{i}"})
             fp = evaluation_fingerprint(model_id=model_id, dataset_id=dataset_id, split="test", config=config)
-            evaluation = Evaluation(id=evaluation_id(account=account, fingerprint=fp), account=account, name="bench",
-                                    model_id=model_id, dataset_id=dataset_id, split="test", config=config, fingerprint=fp)
+            evaluation = Evaluation(
+                id=evaluation_id(account=account, fingerprint=fp),
+                account=account,
+                name="bench",
+                model_id=model_id,
+                dataset_id=dataset_id,
+                split="test",
+                config=config,
+                fingerprint=fp,
+            )
 
             def txn_fn(txn):
                 txn.find_many([(Model, model_id), (Dataset, dataset_id), (Evaluation, evaluation.id)], account=account)
@@ -292,8 +346,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--client", choices=CLIENTS, default=CLIENTS[0], help="the API's load generator")
     parser.add_argument("--warmup", type=int, default=40, help="unrecorded requests per client on each side in a warm-up pass")
-    parser.add_argument("--warmup-limit-s", type=float, default=180,
-                        help="warm up until the emulator's JIT settles, or for this long at most")
+    parser.add_argument(
+        "--warmup-limit-s", type=float, default=180, help="warm up until the emulator's JIT settles, or for this long at most"
+    )
     args = parser.parse_args()
 
     state = Path(tempfile.mkdtemp(prefix="assay-bench-"))
@@ -301,11 +356,20 @@ def main() -> int:
     api = None
     try:
         # Served as deployed (cloudbuild.yaml): one process, as many threads as its concurrency.
-        env = {**os.environ, **emulators.env(), "ASSAY_BUCKET": "assay-bench", "ASSAY_HINT_TOPIC": "bench-hints",
-               "WORKERS": os.environ.get("WORKERS", "1"), "THREADS": os.environ.get("THREADS", "20")}
+        env = {
+            **os.environ,
+            **emulators.env(),
+            "ASSAY_BUCKET": "assay-bench",
+            "ASSAY_HINT_TOPIC": "bench-hints",
+            "WORKERS": os.environ.get("WORKERS", "1"),
+            "THREADS": os.environ.get("THREADS", "20"),
+        }
         settings = Settings(
-            project=emulators.project, bucket="assay-bench", hint_topic="bench-hints",
-            datastore_emulator_host=emulators.datastore_host, pubsub_emulator_host=emulators.pubsub_host,
+            project=emulators.project,
+            bucket="assay-bench",
+            hint_topic="bench-hints",
+            datastore_emulator_host=emulators.datastore_host,
+            pubsub_emulator_host=emulators.pubsub_host,
             storage_emulator_host=emulators.storage_host,
         )
         Storage.from_settings(settings).ensure_bucket()
@@ -317,9 +381,18 @@ def main() -> int:
         port = free_port()
         log = open(state / "api.log", "wb")
         api = subprocess.Popen(
-            [str(Path(sys.executable).parent / "functions-framework"), "--target=api", "--source=functions/main.py",
-             "--host=127.0.0.1", f"--port={port}"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(Path(sys.executable).parent / "functions-framework"),
+                "--target=api",
+                "--source=functions/main.py",
+                "--host=127.0.0.1",
+                f"--port={port}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -337,9 +410,12 @@ def main() -> int:
         os.environ["DATASTORE_EMULATOR_HOST"] = emulators.datastore_host
         by_hand = datastore.Client(project=emulators.project)
         warm_up(
-            lambda w: (bench_api(base, key, model_id, dataset_id, args.clients, args.warmup, tag=f"warm{w}", client=args.client),
-                       bench_bare(by_hand, account.id, args.clients, args.warmup)),
-            jvm=emulator_jvm(emulators), limit_s=args.warmup_limit_s,
+            lambda w: (
+                bench_api(base, key, model_id, dataset_id, args.clients, args.warmup, tag=f"warm{w}", client=args.client),
+                bench_bare(by_hand, account.id, args.clients, args.warmup),
+            ),
+            jvm=emulator_jvm(emulators),
+            limit_s=args.warmup_limit_s,
         )
 
         api_times: list[list[float]] = [[], []]  # creates, gets
@@ -348,9 +424,13 @@ def main() -> int:
         for r in range(args.rounds):  # API first in even rounds, bare first in odd ones
             if r % 2:
                 bare_round = bench_bare(by_hand, account.id, args.clients, args.requests)
-                api_round = bench_api(base, key, model_id, dataset_id, args.clients, args.requests, tag=f"r{r}", client=args.client)
+                api_round = bench_api(
+                    base, key, model_id, dataset_id, args.clients, args.requests, tag=f"r{r}", client=args.client
+                )
             else:
-                api_round = bench_api(base, key, model_id, dataset_id, args.clients, args.requests, tag=f"r{r}", client=args.client)
+                api_round = bench_api(
+                    base, key, model_id, dataset_id, args.clients, args.requests, tag=f"r{r}", client=args.client
+                )
                 bare_round = bench_bare(by_hand, account.id, args.clients, args.requests)
             for total, got in zip(api_times + bare_times, api_round + bare_round):
                 total.extend(got)
@@ -360,8 +440,10 @@ def main() -> int:
         creates, reads = api_times
         bare, bare_reads = bare_times
         ms = lambda s: f"{s * 1000:7.1f} ms"  # noqa: E731
-        print(f"{args.clients} concurrent clients ({args.client}), {args.rounds} rounds: {len(creates)} evaluations "
-              f"ordered and read back; {len(bare)} bare transactions, each entity read back")
+        print(
+            f"{args.clients} concurrent clients ({args.client}), {args.rounds} rounds: {len(creates)} evaluations "
+            f"ordered and read back; {len(bare)} bare transactions, each entity read back"
+        )
         print(f"create evaluation  p50 {ms(pct(creates, 0.5))}  p95 {ms(pct(creates, 0.95))}")
         print(f"bare transaction   p50 {ms(pct(bare, 0.5))}  p95 {ms(pct(bare, 0.95))}")
         print(f"get evaluation     p50 {ms(pct(reads, 0.5))}  p95 {ms(pct(reads, 0.95))}")
@@ -369,8 +451,10 @@ def main() -> int:
         print(f"create's own txn   p50 {ms(pct(create_txn, 0.5))}  p95 {ms(pct(create_txn, 0.95))}  (no HTTP; for diagnosis)")
         print("create p50 / bare transaction p50 by round: " + " ".join(f"{c:.2f}" for c, _ in ratios))
         print(f"get p50 / bare get p50 = {statistics.median(g for _, g in ratios):.2f} (median of rounds)")
-        print(f"create p50 / bare transaction p50 = {statistics.median(c for c, _ in ratios):.2f} (median of rounds; "
-              f"over all rounds {statistics.median(creates) / statistics.median(bare):.2f}; aim: <= 1.5)")
+        print(
+            f"create p50 / bare transaction p50 = {statistics.median(c for c, _ in ratios):.2f} (median of rounds; "
+            f"over all rounds {statistics.median(creates) / statistics.median(bare):.2f}; aim: <= 1.5)"
+        )
         return 0
     finally:
         if api is not None and api.poll() is None:

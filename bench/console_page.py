@@ -47,16 +47,37 @@ def stored(services: Services, folder: Path, rows: int) -> tuple[str, str]:
     names = generate(folder, rows)
     store, storage = services.store, services.storage
     account, key = create_account(store, "bench")
-    common = {"account": account.id, "status": "ready", "declared_size": 1, "content_type": "application/zip",
-              "upload_object": "uploads/x/y", "label_names": names}
+    common = {
+        "account": account.id,
+        "status": "ready",
+        "declared_size": 1,
+        "content_type": "application/zip",
+        "upload_object": "uploads/x/y",
+        "label_names": names,
+    }
     model = Model(id=Model.new_id(), name="bench-model", **common)
     dataset = Dataset(id=Dataset.new_id(), name="bench-data", splits={"test": rows}, **common)
     store.put(model)
     store.put(dataset)
-    summary = {"label_names": names, "instances": rows, "accuracy": 0.8, "f1_macro": 0.8, "ece_bins": 10,
-               "efficiency": {"instances_per_second": 5000.0}}
-    evaluation = Evaluation(id=Evaluation.new_id(), account=account.id, name="bench", model_id=model.id,
-                            dataset_id=dataset.id, split="test", fingerprint="f", status="complete", summary=summary)
+    summary = {
+        "label_names": names,
+        "instances": rows,
+        "accuracy": 0.8,
+        "f1_macro": 0.8,
+        "ece_bins": 10,
+        "efficiency": {"instances_per_second": 5000.0},
+    }
+    evaluation = Evaluation(
+        id=Evaluation.new_id(),
+        account=account.id,
+        name="bench",
+        model_id=model.id,
+        dataset_id=dataset.id,
+        split="test",
+        fingerprint="f",
+        status="complete",
+        summary=summary,
+    )
     store.put(evaluation)
     for i, path in enumerate(sorted(folder.glob("part-*.parquet"))):
         storage.upload_file(prediction_shard(evaluation.id, i), path)
@@ -82,9 +103,13 @@ def main() -> int:
     emulators = Emulators(state).start()
     try:
         settings = Settings(
-            project=emulators.project, bucket="assay-bench", datastore_emulator_host=emulators.datastore_host,
-            pubsub_emulator_host=emulators.pubsub_host, storage_emulator_host=emulators.storage_host,
-            cache_dir=str(state / "cache"), api_auth_cache_s=10,
+            project=emulators.project,
+            bucket="assay-bench",
+            datastore_emulator_host=emulators.datastore_host,
+            pubsub_emulator_host=emulators.pubsub_host,
+            storage_emulator_host=emulators.storage_host,
+            cache_dir=str(state / "cache"),
+            api_auth_cache_s=10,
         )
         services = Services.from_settings(settings)
         services.storage.ensure_bucket()
@@ -97,8 +122,13 @@ def main() -> int:
         page = f"/ui/evaluations/{evaluation_id}"
         mistakes = page + "?errors=1&order=confidence"
         base = f"/v1/evaluations/{evaluation_id}"
-        routes = [base, base + "/results", base + "/results/classes", base + "/results/confusion",
-                  base + "/results/instances?limit=24"]
+        routes = [
+            base,
+            base + "/results",
+            base + "/results/classes",
+            base + "/results/confusion",
+            base + "/results/instances?limit=24",
+        ]
 
         def get(path: str, **kw) -> None:
             response = client.get(path, **kw)

@@ -62,10 +62,25 @@ def pct(values: list[float], q: float) -> float:
 
 
 def inputs(store: Store, account: str) -> tuple[Model, Dataset]:
-    model = Model(id=Model.new_id(), account=account, name="m", status="ready", declared_size=1,
-                  content_type="application/zip", upload_object="x")
-    dataset = Dataset(id=Dataset.new_id(), account=account, name="d", status="ready", declared_size=1,
-                      content_type="application/zip", upload_object="y", splits={"test": 1})
+    model = Model(
+        id=Model.new_id(),
+        account=account,
+        name="m",
+        status="ready",
+        declared_size=1,
+        content_type="application/zip",
+        upload_object="x",
+    )
+    dataset = Dataset(
+        id=Dataset.new_id(),
+        account=account,
+        name="d",
+        status="ready",
+        declared_size=1,
+        content_type="application/zip",
+        upload_object="y",
+        splits={"test": 1},
+    )
     store.put(model)
     store.put(dataset)
     return model, dataset
@@ -74,16 +89,30 @@ def inputs(store: Store, account: str) -> tuple[Model, Dataset]:
 def evaluation(model: Model, dataset: Dataset, n: int) -> Evaluation:
     config = InferenceConfig(top_k=1 + n % 100, batch_size=1 + n // 100)
     fp = evaluation_fingerprint(model_id=model.id, dataset_id=dataset.id, split=f"s{n}", config=config)
-    return Evaluation(id=evaluation_id(account=model.account, fingerprint=fp), account=model.account, name="e",
-                      status="pending", model_id=model.id, dataset_id=dataset.id, split=f"s{n}", config=config,
-                      fingerprint=fp)
+    return Evaluation(
+        id=evaluation_id(account=model.account, fingerprint=fp),
+        account=model.account,
+        name="e",
+        status="pending",
+        model_id=model.id,
+        dataset_id=dataset.id,
+        split=f"s{n}",
+        config=config,
+        fingerprint=fp,
+    )
 
 
 def fresh_settings(emu: Emulators, tag: str) -> Settings:
     emu.reset_datastore()
-    return Settings(project=emu.project, bucket=f"bench-{tag}", hint_topic=f"bench-{tag}",
-                    hint_subscription=f"bench-{tag}-daemon", datastore_emulator_host=emu.datastore_host,
-                    pubsub_emulator_host=emu.pubsub_host, storage_emulator_host=emu.storage_host)
+    return Settings(
+        project=emu.project,
+        bucket=f"bench-{tag}",
+        hint_topic=f"bench-{tag}",
+        hint_subscription=f"bench-{tag}-daemon",
+        datastore_emulator_host=emu.datastore_host,
+        pubsub_emulator_host=emu.pubsub_host,
+        storage_emulator_host=emu.storage_host,
+    )
 
 
 def kube_backend(server: FakeApiServer, daemon: DaemonSettings, settings: Settings) -> KubernetesBackend:
@@ -101,11 +130,17 @@ def latency(emu: Emulators, *, hints_on: bool, n: int, poll_interval: float) -> 
     storage = Storage.from_settings(settings)
     storage.ensure_bucket()
     server = FakeApiServer().start()
-    daemon_settings = DaemonSettings(replica_id="bench", poll_interval_s=poll_interval, global_concurrency=100_000,
-                                     account_concurrency=100_000, health_file=None)
+    daemon_settings = DaemonSettings(
+        replica_id="bench",
+        poll_interval_s=poll_interval,
+        global_concurrency=100_000,
+        account_concurrency=100_000,
+        health_file=None,
+    )
     hints = Hints(settings) if hints_on else None
-    daemon = Daemon(Context(settings, daemon_settings, store, storage, kube_backend(server, daemon_settings, settings)),
-                    hints=hints)
+    daemon = Daemon(
+        Context(settings, daemon_settings, store, storage, kube_backend(server, daemon_settings, settings)), hints=hints
+    )
     publisher = Hints(settings)
     if hints_on:
         publisher.ensure()
@@ -150,22 +185,39 @@ def admit(emu: Emulators, *, replicas: int, n: int, tmp: Path) -> tuple[float, f
 
     server = FakeApiServer().start()
     kubeconfig = tmp / f"kubeconfig-{replicas}"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
-        "users": [{"name": "me", "user": {"token": "t"}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me"}}],
-    }))
-    env = {**os.environ, **worker_environment(settings),
-           "ASSAY_DAEMON_BACKEND": "kubernetes", "ASSAY_DAEMON_KUBECONFIG": str(kubeconfig),
-           "ASSAY_DAEMON_POLL_INTERVAL_S": "1", "ASSAY_DAEMON_GLOBAL_CONCURRENCY": "100000",
-           "ASSAY_DAEMON_ACCOUNT_CONCURRENCY": "100000", "ASSAY_DAEMON_HEALTH_FILE": "",
-           "ASSAY_DAEMON_LOG_LEVEL": "WARNING"}
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "fake",
+                "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
+                "users": [{"name": "me", "user": {"token": "t"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me"}}],
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        **worker_environment(settings),
+        "ASSAY_DAEMON_BACKEND": "kubernetes",
+        "ASSAY_DAEMON_KUBECONFIG": str(kubeconfig),
+        "ASSAY_DAEMON_POLL_INTERVAL_S": "1",
+        "ASSAY_DAEMON_GLOBAL_CONCURRENCY": "100000",
+        "ASSAY_DAEMON_ACCOUNT_CONCURRENCY": "100000",
+        "ASSAY_DAEMON_HEALTH_FILE": "",
+        "ASSAY_DAEMON_LOG_LEVEL": "WARNING",
+    }
     env.pop("KUBERNETES_SERVICE_HOST", None)
     started = time.monotonic()
     processes = [
-        subprocess.Popen([sys.executable, "-m", "daemon"], cwd=ROOT, env={**env, "ASSAY_DAEMON_REPLICA_ID": f"r{r}"},
-                         stdout=open(tmp / f"admit-{replicas}-r{r}.log", "wb"), stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            [sys.executable, "-m", "daemon"],
+            cwd=ROOT,
+            env={**env, "ASSAY_DAEMON_REPLICA_ID": f"r{r}"},
+            stdout=open(tmp / f"admit-{replicas}-r{r}.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )
         for r in range(replicas)
     ]
     try:
@@ -195,13 +247,17 @@ def main() -> int:
         print(f"== creation -> Job submission, {args.latency_n} evaluations, poll interval {args.poll_interval}s")
         for hints_on in (True, False):
             values = latency(emu, hints_on=hints_on, n=args.latency_n, poll_interval=args.poll_interval)
-            print(f"  {'hints  ' if hints_on else 'polling'}: p50 {pct(values, 0.5):.3f}s  p95 {pct(values, 0.95):.3f}s  "
-                  f"mean {statistics.mean(values):.3f}s  ({len(values)}/{args.latency_n} submitted)")
+            print(
+                f"  {'hints  ' if hints_on else 'polling'}: p50 {pct(values, 0.5):.3f}s  p95 {pct(values, 0.95):.3f}s  "
+                f"mean {statistics.mean(values):.3f}s  ({len(values)}/{args.latency_n} submitted)"
+            )
         print(f"== admitting {args.admit_n} pending evaluations (10 accounts)")
         for replicas in (1, 2):
             span, total, duplicates = admit(emu, replicas=replicas, n=args.admit_n, tmp=tmp)
-            print(f"  {replicas} replica{'s' if replicas > 1 else ' '}: first->last submission {span:.2f}s "
-                  f"({args.admit_n / span:.0f}/s); from process start {total:.2f}s; duplicate POSTs {duplicates}")
+            print(
+                f"  {replicas} replica{'s' if replicas > 1 else ' '}: first->last submission {span:.2f}s "
+                f"({args.admit_n / span:.0f}/s); from process start {total:.2f}s; duplicate POSTs {duplicates}"
+            )
     finally:
         emu.stop()
     return 0

@@ -148,7 +148,10 @@ def start_stack(state: Path, root: Path) -> tuple[subprocess.Popen, dict[str, st
     env = {**os.environ, "ASSAY_STACK_API_PORT": str(free_port()), "PYTHONPATH": str(root)}
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "devstack.localstack", "serve", "--state", str(state)],
-        cwd=root, env=env, stdout=open(state / "supervisor.log", "wb"), stderr=subprocess.STDOUT,
+        cwd=root,
+        env=env,
+        stdout=open(state / "supervisor.log", "wb"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     env_file = state / "local.env"
@@ -184,7 +187,9 @@ def main() -> int:
         state = Path(state_dir)
         started = time.monotonic()
         supervisor, env = start_stack(state, args.root.resolve())
-        print(f"stack of {args.root.resolve()} up in {time.monotonic() - started:.0f}s; settling {args.settle:.0f}s, then {args.window:.0f}s a phase")
+        print(
+            f"stack of {args.root.resolve()} up in {time.monotonic() - started:.0f}s; settling {args.settle:.0f}s, then {args.window:.0f}s a phase"
+        )
         waiters: list[subprocess.Popen] = []
         try:
             time.sleep(args.settle)
@@ -210,11 +215,15 @@ def main() -> int:
             extra_old = with_old[pubsub] - alone[pubsub]
             extra_new = with_new[pubsub] - alone[pubsub]
             print("\nwhat one waiter costs, old way vs Assay's:")
-            print(f"  the waiter itself        {100 * with_old['old-way waiter']:6.2f}% vs {100 * with_new['Assay-way waiter']:5.2f}%"
-                  f"  ({with_old['old-way waiter'] / max(with_new['Assay-way waiter'], 1e-4):.0f}x)")
+            print(
+                f"  the waiter itself        {100 * with_old['old-way waiter']:6.2f}% vs {100 * with_new['Assay-way waiter']:5.2f}%"
+                f"  ({with_old['old-way waiter'] / max(with_new['Assay-way waiter'], 1e-4):.0f}x)"
+            )
             print(f"  the Pub/Sub emulator      +{100 * extra_old:5.2f}% vs {100 * extra_new:+5.2f}%")
             over = [n for n in ("daemon", "datastore emulator", pubsub, "fake-gcs-server") if alone.get(n, 0) >= 0.02]
-            print(f"\naim (idle: the daemon and each emulator under 2% of a core): {'met' if not over else 'NOT met: ' + ', '.join(over)}")
+            print(
+                f"\naim (idle: the daemon and each emulator under 2% of a core): {'met' if not over else 'NOT met: ' + ', '.join(over)}"
+            )
         finally:
             for waiter in waiters:
                 if waiter.poll() is None:

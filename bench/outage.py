@@ -59,9 +59,18 @@ def start_api(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, st
     port = free_port()
     log = open(log_path, "wb")
     api = subprocess.Popen(
-        [str(Path(sys.executable).parent / "functions-framework"), "--target=api", "--source=functions/main.py",
-         "--host=127.0.0.1", f"--port={port}"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(Path(sys.executable).parent / "functions-framework"),
+            "--target=api",
+            "--source=functions/main.py",
+            "--host=127.0.0.1",
+            f"--port={port}",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -154,13 +163,16 @@ def report(outage: str, side: str, budget_s: float, got: dict[str, list]) -> dic
     unavailable = [(s, ra, t) for s, ra, t in other if s == 503]
     times = [t for _, _, t in other]
     ms = lambda s: f"{s * 1000:8.1f} ms"  # noqa: E731
-    print(f"{outage:8} {side:9} health n={len(health):5} p50 {ms(pct(health, 0.5))} p99 {ms(pct(health, 0.99))} "
-          f"max {ms(max(health))}")
-    print(f"{'':8} {'':9} others n={len(other):5} statuses {dict(statuses)}; 503s with Retry-After "
-          f"{sum(ra for _, ra, _ in unavailable)}/{len(unavailable)}; p50 {ms(pct(times, 0.5))} max {ms(max(times))} "
-          f"(budget {budget_s:g} s: {'every one within it' if max(times) <= budget_s + 0.25 else 'NOT within it'})")
-    return {"health_p99": pct(health, 0.99), "other_p50": pct(times, 0.5), "other_max": max(times),
-            "throughput": len(other)}
+    print(
+        f"{outage:8} {side:9} health n={len(health):5} p50 {ms(pct(health, 0.5))} p99 {ms(pct(health, 0.99))} "
+        f"max {ms(max(health))}"
+    )
+    print(
+        f"{'':8} {'':9} others n={len(other):5} statuses {dict(statuses)}; 503s with Retry-After "
+        f"{sum(ra for _, ra, _ in unavailable)}/{len(unavailable)}; p50 {ms(pct(times, 0.5))} max {ms(max(times))} "
+        f"(budget {budget_s:g} s: {'every one within it' if max(times) <= budget_s + 0.25 else 'NOT within it'})"
+    )
+    return {"health_p99": pct(health, 0.99), "other_p50": pct(times, 0.5), "other_max": max(times), "throughput": len(other)}
 
 
 def main() -> int:
@@ -174,8 +186,11 @@ def main() -> int:
     apis: dict[str, tuple[subprocess.Popen, str]] = {}
     try:
         settings = Settings(
-            project=emulators.project, bucket="assay-bench", hint_topic="bench-hints",
-            datastore_emulator_host=emulators.datastore_host, pubsub_emulator_host=emulators.pubsub_host,
+            project=emulators.project,
+            bucket="assay-bench",
+            hint_topic="bench-hints",
+            datastore_emulator_host=emulators.datastore_host,
+            pubsub_emulator_host=emulators.pubsub_host,
             storage_emulator_host=emulators.storage_host,
         )
         Storage.from_settings(settings).ensure_bucket()
@@ -183,8 +198,15 @@ def main() -> int:
         store = Store.from_settings(settings)
         account, key = create_account(store, "bench")
         model_id, dataset_id = ready_inputs(store, account.id)
-        base_env = {**os.environ, **emulators.env(), "ASSAY_BUCKET": "assay-bench", "ASSAY_HINT_TOPIC": "bench-hints",
-                    "ASSAY_API_LOG_LEVEL": "WARNING", "WORKERS": "1", "THREADS": os.environ.get("THREADS", "20")}
+        base_env = {
+            **os.environ,
+            **emulators.env(),
+            "ASSAY_BUCKET": "assay-bench",
+            "ASSAY_HINT_TOPIC": "bench-hints",
+            "ASSAY_API_LOG_LEVEL": "WARNING",
+            "WORKERS": "1",
+            "THREADS": os.environ.get("THREADS", "20"),
+        }
         budgets = {}
         for side, extra in SIDES.items():
             apis[side] = start_api({**base_env, **extra}, state / f"api-{side}.log")
@@ -210,9 +232,11 @@ def main() -> int:
             figures["refused", side] = report("refused", side, budgets[side], got)
         for outage in ("hangs", "refused"):
             b, a = figures[outage, "before"], figures[outage, "budgeted"]
-            print(f"{outage:8} before/budgeted: other p50 {b['other_p50'] / a['other_p50']:.1f}x, "
-                  f"other max {b['other_max'] / a['other_max']:.1f}x, health p99 {b['health_p99'] / a['health_p99']:.2f}x, "
-                  f"requests answered {a['throughput'] / max(1, b['throughput']):.1f}x as many")
+            print(
+                f"{outage:8} before/budgeted: other p50 {b['other_p50'] / a['other_p50']:.1f}x, "
+                f"other max {b['other_max'] / a['other_max']:.1f}x, health p99 {b['health_p99'] / a['health_p99']:.2f}x, "
+                f"requests answered {a['throughput'] / max(1, b['throughput']):.1f}x as many"
+            )
         return 0
     finally:
         for api, _ in apis.values():

@@ -116,7 +116,9 @@ def main() -> int:
         started = time.perf_counter()
         names = generate(folder, args.rows)
         size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
-        print(f"result set: {args.rows:,} rows, {SHARDS} files, {size:.1f} MB (generated in {time.perf_counter() - started:.1f} s)")
+        print(
+            f"result set: {args.rows:,} rows, {SHARDS} files, {size:.1f} MB (generated in {time.perf_counter() - started:.1f} s)"
+        )
         assay(folder, names)  # warm the page cache and DuckDB's first-use costs
         runs_a = [assay(folder, names) for _ in range(args.repeat)]
         runs_p = [with_pandas(folder) for _ in range(args.repeat)]

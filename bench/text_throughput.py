@@ -51,8 +51,12 @@ def timed(fn) -> float:
 
 def bench_model(hidden: int, layers: int) -> Path:
     return tf.build_text_classifier(
-        CACHE / f"text-bert-h{hidden}-l{layers}", hidden_size=hidden, layers=layers, heads=4,
-        intermediate_size=4 * hidden, max_positions=512,
+        CACHE / f"text-bert-h{hidden}-l{layers}",
+        hidden_size=hidden,
+        layers=layers,
+        heads=4,
+        intermediate_size=4 * hidden,
+        max_positions=512,
     )
 
 
@@ -87,8 +91,13 @@ class Evaluator:
 
         def compute():
             self.result = self.task.compute(
-                model_or_pipeline=str(self.model_dir), data=self.data, metric=self.metric, label_mapping=self.mapping,
-                input_column="text", label_column="label", device=0 if self.device == "cuda" else -1,
+                model_or_pipeline=str(self.model_dir),
+                data=self.data,
+                metric=self.metric,
+                label_mapping=self.mapping,
+                input_column="text",
+                label_column="label",
+                device=0 if self.device == "cuda" else -1,
             )
 
         return timed(compute)
@@ -149,7 +158,9 @@ class ForwardOnly:
         context = multiprocessing.get_context("fork")
 
         def split():
-            workers = [context.Process(target=self._forward, args=(self.batches[i::processes], threads)) for i in range(processes)]
+            workers = [
+                context.Process(target=self._forward, args=(self.batches[i::processes], threads)) for i in range(processes)
+            ]
             for w in workers:
                 w.start()
             for w in workers:
@@ -239,6 +250,8 @@ def main(args) -> int:
         print(note)
     if args.json:
         args.json.write_text(
-            json.dumps({"texts": n, "device": device, "texts_per_second": rate, "runs": runs, "ratios": ratios, "notes": notes}, indent=2)
+            json.dumps(
+                {"texts": n, "device": device, "texts_per_second": rate, "runs": runs, "ratios": ratios, "notes": notes}, indent=2
+            )
         )
     return 0

@@ -117,7 +117,10 @@ class Evaluator:
 
         def compute():
             self.result = self.task.compute(
-                model_or_pipeline=str(self.model_dir), data=self.data, metric=self.metric, label_mapping=self.mapping,
+                model_or_pipeline=str(self.model_dir),
+                data=self.data,
+                metric=self.metric,
+                label_mapping=self.mapping,
                 device=0 if self.device == "cuda" else -1,
             )
 
@@ -142,7 +145,12 @@ class Assay:
 
         def evaluate_and_summarize():
             stats = evaluate_shards(
-                model, processor, self.shards, out, label_map=align_labels(self.manifest["label_names"], names), options=self.options
+                model,
+                processor,
+                self.shards,
+                out,
+                label_map=align_labels(self.manifest["label_names"], names),
+                options=self.options,
             )
             self.summary = summarize(sorted(out.glob("part-*.parquet")), names, stats)
 
@@ -203,7 +211,9 @@ def main() -> int:
     parser.add_argument("--texts", type=int, default=2000, help="--task text: how many texts")
     parser.add_argument("--hidden", type=int, default=128, help="--task text: the BERT's hidden size")
     parser.add_argument("--layers", type=int, default=4, help="--task text: the BERT's layers")
-    parser.add_argument("--assay-replicas", type=int, default=None, help="--task text: Assay's CPU replicas (default: one per core)")
+    parser.add_argument(
+        "--assay-replicas", type=int, default=None, help="--task text: Assay's CPU replicas (default: one per core)"
+    )
     parser.add_argument("--assay-threads", type=int, default=None, help="--task text: torch threads per Assay process")
     parser.add_argument("--model", choices=["digits", "base"], default="digits")
     parser.add_argument("--batch", type=int, default=64)
@@ -266,7 +276,12 @@ def main() -> int:
         if name in rate:
             print(f"{name:<22}{rate[name]:>12.0f}{seconds[name]:>10.2f}   {' '.join(f'{s:.2f}' for s in runs[name])}")
     ratios = {}
-    for other, aim in (("pipeline_batched", 3.0), ("evaluator", 15.0), ("pipeline_per_image", None), ("forward_only", 0.6 if device == "cpu" else 0.9)):
+    for other, aim in (
+        ("pipeline_batched", 3.0),
+        ("evaluator", 15.0),
+        ("pipeline_per_image", None),
+        ("forward_only", 0.6 if device == "cpu" else 0.9),
+    ):
         if other in rate:
             ratios[f"assay/{other}"] = rate["assay"] / rate[other]
             goal = f"  (aim >= {aim:g})" if aim else ""
@@ -282,7 +297,18 @@ def main() -> int:
     print(accuracy + f"; Assay's model load (not timed, as for the pipelines): {extra['assay_model_load_seconds']:.2f} s")
     if args.json:
         args.json.write_text(
-            json.dumps({"images": n, "device": device, "model": args.model, "images_per_second": rate, "runs": runs, "ratios": ratios, **extra}, indent=2)
+            json.dumps(
+                {
+                    "images": n,
+                    "device": device,
+                    "model": args.model,
+                    "images_per_second": rate,
+                    "runs": runs,
+                    "ratios": ratios,
+                    **extra,
+                },
+                indent=2,
+            )
         )
     return 0
 

@@ -131,4 +131,3 @@ def dispatch_uploaded(ctx: Context) -> None:
 def claim_evaluations(ctx: Context, evaluations: list[Evaluation]) -> int:
     lifecycle = LIFECYCLES[Evaluation.kind]
     return claim_all(ctx, evaluations, expected=lifecycle.queued, to=lifecycle.start)
-

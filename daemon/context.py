@@ -22,7 +22,6 @@ log = logging.getLogger("daemon")
 E = TypeVar("E", bound=Entity)
 
 
-
 @dataclass
 class Context:
     settings: Settings

@@ -27,9 +27,7 @@ EVENT_BATCH = 400  # deletions per transaction (Datastore allows 500 mutations)
 
 
 def carry_out_deletions(ctx: Context) -> None:
-    evaluations = ctx.store.iterate(
-        Evaluation, account=ANY_ACCOUNT, filters={"status": EvaluationStatus.deleting}, order=None
-    )
+    evaluations = ctx.store.iterate(Evaluation, account=ANY_ACCOUNT, filters={"status": EvaluationStatus.deleting}, order=None)
     for_each(evaluations, lambda e: delete_evaluation(ctx, e), what="delete")
     for cls in ARTIFACT_KINDS:
         artifacts = ctx.store.iterate(cls, account=ANY_ACCOUNT, filters={"status": "deleting"}, order=None)

@@ -37,8 +37,13 @@ def gate_waiting(ctx: Context) -> None:
         if problem is not None:
             reason, message = problem
             ctx.store.transition(
-                Evaluation, evaluation.id, account=ANY_ACCOUNT, expected=EvaluationStatus.waiting, to=EvaluationStatus.failed,
-                reason=reason, message=message,
+                Evaluation,
+                evaluation.id,
+                account=ANY_ACCOUNT,
+                expected=EvaluationStatus.waiting,
+                to=EvaluationStatus.failed,
+                reason=reason,
+                message=message,
             )
             ctx.count("failed")
             log.info("evaluation cannot run", extra={**fields(evaluation), "reason": reason})
@@ -46,8 +51,13 @@ def gate_waiting(ctx: Context) -> None:
         assert model is not None and dataset is not None  # input_problem reports a missing input
         if model.status == ArtifactStatus.ready and dataset.status == ArtifactStatus.ready:
             ctx.store.transition(
-                Evaluation, evaluation.id, account=ANY_ACCOUNT, expected=EvaluationStatus.waiting, to=EvaluationStatus.pending,
-                reason=QueueReason.queued, message="inputs ready; queued",
+                Evaluation,
+                evaluation.id,
+                account=ANY_ACCOUNT,
+                expected=EvaluationStatus.waiting,
+                to=EvaluationStatus.pending,
+                reason=QueueReason.queued,
+                message="inputs ready; queued",
             )
             ctx.count("released")
         else:
@@ -56,8 +66,12 @@ def gate_waiting(ctx: Context) -> None:
             message = f"waiting for {waiting_on.kind.lower()} {waiting_on.id} ({waiting_on.status})"
             if evaluation.reason != reason or evaluation.message != message:
                 ctx.store.update(
-                    Evaluation, evaluation.id, account=ANY_ACCOUNT, expected=EvaluationStatus.waiting,
-                    reason=str(reason), message=message,
+                    Evaluation,
+                    evaluation.id,
+                    account=ANY_ACCOUNT,
+                    expected=EvaluationStatus.waiting,
+                    reason=str(reason),
+                    message=message,
                 )
 
     for_each(waiting, gate, what="gate")

@@ -107,9 +107,7 @@ def delete_job(*, api: k8s.BatchV1Api, namespace: str, name: str) -> bool:
     """
     with translated_kube_errors(f"delete job {name}"):
         try:
-            api.delete_namespaced_job(
-                name, namespace, propagation_policy="Foreground", _request_timeout=REQUEST_TIMEOUT
-            )
+            api.delete_namespaced_job(name, namespace, propagation_policy="Foreground", _request_timeout=REQUEST_TIMEOUT)
         except ApiException as e:
             if e.status == 404:
                 return False

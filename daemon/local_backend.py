@@ -93,8 +93,14 @@ class LocalBackend:
         argv = [*self.command, *worker_command(task.name, task.entity_id, task.attempt)]
         (job_dir / "task.json").write_text(
             json.dumps(
-                {"task": str(task.name), "entity_id": task.entity_id, "account": task.account,
-                 "attempt": task.attempt, "argv": argv, "submitted_at": time.time()}
+                {
+                    "task": str(task.name),
+                    "entity_id": task.entity_id,
+                    "account": task.account,
+                    "attempt": task.attempt,
+                    "argv": argv,
+                    "submitted_at": time.time(),
+                }
             )
         )
         with open(job_dir / "log", "ab") as logfile:

@@ -100,7 +100,9 @@ class Daemon:
             return
         pending = [  # one whose cancelled job is still stopping waits for it (daemon/cancels.py)
             e
-            for e in ctx.store.iterate(Evaluation, account=ANY_ACCOUNT, filters={"status": EvaluationStatus.pending}, order="created_at")
+            for e in ctx.store.iterate(
+                Evaluation, account=ANY_ACCOUNT, filters={"status": EvaluationStatus.pending}, order="created_at"
+            )
             if not e.stopping
         ]
         if not pending:
@@ -133,8 +135,13 @@ class Daemon:
         def explain(evaluation: Evaluation) -> None:
             waiting = plan.waiting[evaluation.id]
             ctx.store.update(
-                Evaluation, evaluation.id, account=ANY_ACCOUNT, expected=EvaluationStatus.pending,
-                reason=str(waiting.reason), message=describe(waiting), queue_position=waiting.position,
+                Evaluation,
+                evaluation.id,
+                account=ANY_ACCOUNT,
+                expected=EvaluationStatus.pending,
+                reason=str(waiting.reason),
+                message=describe(waiting),
+                queue_position=waiting.position,
             )
 
         for_each(stale, explain, what="explain")
@@ -218,4 +225,3 @@ class Daemon:
         if self.hints is not None:
             self.hints.close()
         log.info("daemon stopped")
-

@@ -109,15 +109,27 @@ def deliver(ctx: Context, delivery: WebhookDelivery) -> str:
     why = error or f"the receiver answered {status_code}"
     retry_at = at + dt.timedelta(seconds=backoff_s(ctx, delivery.attempts + 1))
     if retry_at - delivery.created_at > dt.timedelta(seconds=ctx.daemon.webhook_retry_window_s):
-        _finish(ctx, delivery, DeliveryStatus.failed, attempt=attempt, reason="retries_exhausted",
-                message=f"not delivered after {delivery.attempts + 1} attempts; the last: {why}")
+        _finish(
+            ctx,
+            delivery,
+            DeliveryStatus.failed,
+            attempt=attempt,
+            reason="retries_exhausted",
+            message=f"not delivered after {delivery.attempts + 1} attempts; the last: {why}",
+        )
         log.warning("webhook delivery given up", extra={**log_fields, "error": why})
         return "webhook_failed"
     ctx.store.update(
-        WebhookDelivery, delivery.id, account=ANY_ACCOUNT, expected=DeliveryStatus.pending,
+        WebhookDelivery,
+        delivery.id,
+        account=ANY_ACCOUNT,
+        expected=DeliveryStatus.pending,
         check=lambda current: current.attempts == delivery.attempts,
-        attempts=delivery.attempts + 1, attempt_log=[*delivery.attempt_log, attempt], next_attempt_at=retry_at,
-        reason="retrying", message=f"attempt {delivery.attempts + 1} failed: {why}",
+        attempts=delivery.attempts + 1,
+        attempt_log=[*delivery.attempt_log, attempt],
+        next_attempt_at=retry_at,
+        reason="retrying",
+        message=f"attempt {delivery.attempts + 1} failed: {why}",
     )
     log.info("webhook attempt failed; retrying", extra={**log_fields, "error": why, "retry_at": retry_at.isoformat()})
     return "webhook_retried"
@@ -127,13 +139,29 @@ def backoff_s(ctx: Context, attempts: int) -> float:
     return min(ctx.daemon.webhook_backoff_max_s, ctx.daemon.webhook_backoff_s * 2 ** (attempts - 1))
 
 
-def _finish(ctx: Context, delivery: WebhookDelivery, to: DeliveryStatus, *, attempt: DeliveryAttempt | None = None,
-            reason: str | None = None, message: str | None = None, **changes) -> None:
+def _finish(
+    ctx: Context,
+    delivery: WebhookDelivery,
+    to: DeliveryStatus,
+    *,
+    attempt: DeliveryAttempt | None = None,
+    reason: str | None = None,
+    message: str | None = None,
+    **changes,
+) -> None:
     made = [*delivery.attempt_log, attempt] if attempt is not None else delivery.attempt_log
     ctx.store.transition(
-        WebhookDelivery, delivery.id, account=ANY_ACCOUNT, expected=DeliveryStatus.pending, to=to,
-        reason=reason, message=message, check=lambda current: current.attempts == delivery.attempts,
-        attempts=len(made), attempt_log=made, **changes,
+        WebhookDelivery,
+        delivery.id,
+        account=ANY_ACCOUNT,
+        expected=DeliveryStatus.pending,
+        to=to,
+        reason=reason,
+        message=message,
+        check=lambda current: current.attempts == delivery.attempts,
+        attempts=len(made),
+        attempt_log=made,
+        **changes,
     )
 
 

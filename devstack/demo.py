@@ -58,7 +58,9 @@ def main() -> int:
     print("\nper class\n" + table(rows, ["label", "precision", "recall", "f1", "support"]))
     board = client.evaluations.leaderboard(dataset.id, split="test", metric="accuracy")
     entries = [e.model_dump() for e in board.items]
-    print("\nleaderboard (digits, test, accuracy)\n" + table(entries, ["rank", "model_name", "model_id", "evaluation_id", "value"]))
+    print(
+        "\nleaderboard (digits, test, accuracy)\n" + table(entries, ["rank", "model_name", "model_id", "evaluation_id", "value"])
+    )
     # Last, so it is what a person sees: the same evaluation as pages (`make up` serves them).
     print("\nweb console (sign in with ASSAY_API_KEY from .assay/local.env; `make up` keeps the stack running):")
     print(f"  {client.http.url}/ui/evaluations/{evaluation.id}")

@@ -215,16 +215,25 @@ class Emulators:
                 "storage",
                 [
                     str(fake_gcs_binary()),
-                    "-scheme", "http",
+                    "-scheme",
+                    "http",
                     *self._storage_backend(),
-                    "-host", "127.0.0.1",
-                    "-port", str(self.storage_port),
-                    "-public-host", f"127.0.0.1:{self.storage_port}",
-                    "-external-url", self.storage_host,
-                    "-event.pubsub-project-id", self.project,
-                    "-event.pubsub-topic", self.storage_topic,
-                    "-event.list", "finalize",
-                    "-log-level", "warn",
+                    "-host",
+                    "127.0.0.1",
+                    "-port",
+                    str(self.storage_port),
+                    "-public-host",
+                    f"127.0.0.1:{self.storage_port}",
+                    "-external-url",
+                    self.storage_host,
+                    "-event.pubsub-project-id",
+                    self.project,
+                    "-event.pubsub-topic",
+                    self.storage_topic,
+                    "-event.list",
+                    "finalize",
+                    "-log-level",
+                    "warn",
                 ],
                 f"{self.storage_host}/storage/v1/b",
                 logs / "storage.log",
@@ -283,9 +292,7 @@ class Emulators:
                 raise
 
     def reset_datastore(self) -> None:
-        urllib.request.urlopen(
-            urllib.request.Request(f"http://{self.datastore_host}/reset", method="POST"), timeout=10
-        ).close()
+        urllib.request.urlopen(urllib.request.Request(f"http://{self.datastore_host}/reset", method="POST"), timeout=10).close()
 
     def stop(self) -> None:
         """Stop every emulator; with a ``data_dir``, save the Datastore first (a failure to

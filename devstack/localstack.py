@@ -105,16 +105,23 @@ class Supervised:
             self.restart_at = now + delay
             log.warning(
                 f"{self.process.name} exited with status {popen.returncode}; restarting in {delay:.0f}s",
-                extra={"service": self.process.name, "status": popen.returncode, "restart_in_s": delay,
-                       "restarts": self.restarts, "log": str(self.process.log_path)},
+                extra={
+                    "service": self.process.name,
+                    "status": popen.returncode,
+                    "restart_in_s": delay,
+                    "restarts": self.restarts,
+                    "log": str(self.process.log_path),
+                },
             )
         elif now >= self.restart_at:
             self.restart_at = None
             self.restarts += 1
             self.start()
             pid = self.process.popen.pid if self.process.popen is not None else None
-            log.info(f"{self.process.name} restarted (pid {pid})",
-                     extra={"service": self.process.name, "pid": pid, "restarts": self.restarts})
+            log.info(
+                f"{self.process.name} restarted (pid {pid})",
+                extra={"service": self.process.name, "pid": pid, "restarts": self.restarts},
+            )
 
 
 def local_admin_key(store: Store, data_dir: Path) -> str:
@@ -194,16 +201,27 @@ def serve(state: Path) -> int:
         logs = state / "logs"
         api = Process(
             "api",
-            [str(bin_dir / "functions-framework"), "--target=api", "--host=127.0.0.1", f"--port={api_port}",
-             "--source=functions/main.py"],
+            [
+                str(bin_dir / "functions-framework"),
+                "--target=api",
+                "--host=127.0.0.1",
+                f"--port={api_port}",
+                "--source=functions/main.py",
+            ],
             f"http://127.0.0.1:{api_port}/v1/health",
             logs / "api.log",
             env=env,
         )
         events = Process(
             "storage_events",
-            [str(bin_dir / "functions-framework"), "--target=storage_events", "--signature-type=cloudevent",
-             "--host=127.0.0.1", f"--port={events_port}", "--source=functions/main.py"],
+            [
+                str(bin_dir / "functions-framework"),
+                "--target=storage_events",
+                "--signature-type=cloudevent",
+                "--host=127.0.0.1",
+                f"--port={events_port}",
+                "--source=functions/main.py",
+            ],
             f"http://127.0.0.1:{events_port}/",
             logs / "storage_events.log",
             env=env,

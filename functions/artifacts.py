@@ -94,10 +94,23 @@ def new_ticket(kind: ArtifactKind, entity_id: str, *, account: str, store: Store
     return ticket_of(signed)
 
 
-def listing(kind: ArtifactKind, *, account: str, store: Store, status: str | None, name: str | None,
-            labels: dict[str, str], limit: int, page_token: str | None) -> Page:
+def listing(
+    kind: ArtifactKind,
+    *,
+    account: str,
+    store: Store,
+    status: str | None,
+    name: str | None,
+    labels: dict[str, str],
+    limit: int,
+    page_token: str | None,
+) -> Page:
     return store.list(
-        kind.cls, account=account, filters={"status": status, "name": name}, labels=labels, limit=limit,
+        kind.cls,
+        account=account,
+        filters={"status": status, "name": name},
+        labels=labels,
+        limit=limit,
         page_token=page_token,
     )
 
@@ -112,8 +125,13 @@ def request_deletion(kind: ArtifactKind, entity_id: str, *, account: str, store:
     """
     try:
         entity = store.transition(
-            kind.cls, entity_id, account=account, expected=DELETABLE, to=ArtifactStatus.deleting,
-            reason="deletion_requested", message="deletion requested by the owner",
+            kind.cls,
+            entity_id,
+            account=account,
+            expected=DELETABLE,
+            to=ArtifactStatus.deleting,
+            reason="deletion_requested",
+            message="deletion requested by the owner",
         )
     except TransitionConflict as e:
         if e.current is None:

@@ -64,7 +64,11 @@ def _splits(request: CreateEvaluations, dataset: Dataset) -> list[str]:
             if unknown:
                 raise Invalid(
                     f"dataset {dataset.id} has no split {', '.join(unknown)}",
-                    details={"fields": [{"path": "splits", "message": f"known splits: {sorted(dataset.splits)}", "type": "unknown_split"}]},
+                    details={
+                        "fields": [
+                            {"path": "splits", "message": f"known splits: {sorted(dataset.splits)}", "type": "unknown_split"}
+                        ]
+                    },
                 )
         return splits
     if dataset.status == ArtifactStatus.ready and dataset.splits:
@@ -105,7 +109,9 @@ def _default_name(model: Model, dataset: Dataset, split: str) -> str:
     return name or "evaluation"
 
 
-def order(store: Store, request: CreateEvaluations, *, account: str) -> tuple[list[tuple[EvaluationOutcome, Evaluation]], list[Hint]]:
+def order(
+    store: Store, request: CreateEvaluations, *, account: str
+) -> tuple[list[tuple[EvaluationOutcome, Evaluation]], list[Hint]]:
     """Find or make the requested evaluations in one transaction.
 
     Raises NotFound (model or dataset missing or another account's), Conflict (an input
@@ -181,8 +187,12 @@ def order(store: Store, request: CreateEvaluations, *, account: str) -> tuple[li
                 restarted = Evaluation.model_validate(
                     {
                         **existing.model_dump(),
-                        "status": start, "reason": reason, "message": "restarted on request",
-                        "updated_at": now, "status_changed_at": now, "retry_base": existing.attempts,
+                        "status": start,
+                        "reason": reason,
+                        "message": "restarted on request",
+                        "updated_at": now,
+                        "status_changed_at": now,
+                        "retry_base": existing.attempts,
                         **LIFECYCLES[Evaluation.kind].restart(),
                         # A cancelled job the daemon has yet to stop keeps its name until it has.
                         "job_name": existing.job_name if existing.stopping else None,
@@ -215,9 +225,7 @@ def order(store: Store, request: CreateEvaluations, *, account: str) -> tuple[li
 
     results = store.run_in_transaction(work)
     hints = [
-        Hint(kind=Evaluation.kind, id=e.id, account=account)
-        for outcome, e in results
-        if outcome != EvaluationOutcome.reused
+        Hint(kind=Evaluation.kind, id=e.id, account=account) for outcome, e in results if outcome != EvaluationOutcome.reused
     ]
     log.info(
         "evaluations ordered",
@@ -238,13 +246,24 @@ def cancel(store: Store, evaluation_id_: str, *, account: str) -> tuple[Evaluati
     """
     try:
         evaluation = store.transition(
-            Evaluation, evaluation_id_, account=account, expected=CANCELLABLE, to=E.cancelled,
-            reason="cancel_requested", message="cancelled by the owner",
-            stopping=True, lease_owner=None, lease_expires_at=None, finished_at=utcnow(), queue_position=None,
+            Evaluation,
+            evaluation_id_,
+            account=account,
+            expected=CANCELLABLE,
+            to=E.cancelled,
+            reason="cancel_requested",
+            message="cancelled by the owner",
+            stopping=True,
+            lease_owner=None,
+            lease_expires_at=None,
+            finished_at=utcnow(),
+            queue_position=None,
         )
     except TransitionConflict as e:
         if e.current is None:
-            raise NotFound(f"Evaluation {evaluation_id_} not found", details={"kind": "Evaluation", "id": evaluation_id_}) from None
+            raise NotFound(
+                f"Evaluation {evaluation_id_} not found", details={"kind": "Evaluation", "id": evaluation_id_}
+            ) from None
         if e.current == E.cancelled:
             return store.get(Evaluation, evaluation_id_, account=account), []
         raise Conflict(
@@ -261,11 +280,18 @@ def request_deletion(store: Store, evaluation_id_: str, *, account: str) -> tupl
     its job and removes its results. Idempotent; raises NotFound."""
     try:
         evaluation = store.transition(
-            Evaluation, evaluation_id_, account=account, expected=DELETABLE, to=E.deleting,
-            reason="deletion_requested", message="cancelled and deleted by the owner",
+            Evaluation,
+            evaluation_id_,
+            account=account,
+            expected=DELETABLE,
+            to=E.deleting,
+            reason="deletion_requested",
+            message="cancelled and deleted by the owner",
         )
     except TransitionConflict as e:
         if e.current is None:
-            raise NotFound(f"Evaluation {evaluation_id_} not found", details={"kind": "Evaluation", "id": evaluation_id_}) from None
+            raise NotFound(
+                f"Evaluation {evaluation_id_} not found", details={"kind": "Evaluation", "id": evaluation_id_}
+            ) from None
         return store.get(Evaluation, evaluation_id_, account=account), []
     return evaluation, [Hint(kind=Evaluation.kind, id=evaluation.id, account=account)]

@@ -85,9 +85,7 @@ def error_reply(exc: BaseException) -> flask.Response:
 
 def _validation_details(error: ValidationError) -> dict[str, Any]:
     return {
-        "fields": [
-            {"path": ".".join(str(p) for p in e["loc"]), "message": e["msg"], "type": e["type"]} for e in error.errors()
-        ]
+        "fields": [{"path": ".".join(str(p) for p in e["loc"]), "message": e["msg"], "type": e["type"]} for e in error.errors()]
     }
 
 

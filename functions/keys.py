@@ -32,8 +32,11 @@ def create(store: Store, request: CreateApiKey, *, caller: ApiKey) -> tuple[ApiK
                 details={"fields": [{"path": "expires_at", "message": "use an offset, e.g. Z", "type": "timezone_naive"}]},
             )
     key, plaintext = apikeys.new_key(
-        account=caller.account, name=request.name, scopes=list(dict.fromkeys(request.scopes)),
-        expires_at=request.expires_at, labels=request.labels,
+        account=caller.account,
+        name=request.name,
+        scopes=list(dict.fromkeys(request.scopes)),
+        expires_at=request.expires_at,
+        labels=request.labels,
     )
     store.create(key)
     log.info("API key created", extra={"account": caller.account, "key": key.id, "by": caller.id})

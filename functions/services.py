@@ -42,8 +42,11 @@ class Services:
         return cls(
             settings=settings,
             store=Store.from_settings(
-                settings, indexes=indexes, deadline_s=settings.api_datastore_deadline_s,
-                refused_s=settings.api_datastore_refused_s, component="api",
+                settings,
+                indexes=indexes,
+                deadline_s=settings.api_datastore_deadline_s,
+                refused_s=settings.api_datastore_refused_s,
+                component="api",
             ),
             storage=Storage.from_settings(settings),
             hints=Hints(settings),

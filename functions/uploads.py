@@ -74,15 +74,25 @@ def object_finalized(store: Store, obj: FinalizedObject, *, bucket: str) -> tupl
     try:
         if obj.size > entity.declared_size:
             store.transition(
-                cls, entity_id, account=ANY_ACCOUNT, expected=ArtifactStatus.awaiting_upload, to=ArtifactStatus.failed,
-                reason="upload_too_large", message=f"the upload is {obj.size} bytes, more than the {entity.declared_size} declared",
+                cls,
+                entity_id,
+                account=ANY_ACCOUNT,
+                expected=ArtifactStatus.awaiting_upload,
+                to=ArtifactStatus.failed,
+                reason="upload_too_large",
+                message=f"the upload is {obj.size} bytes, more than the {entity.declared_size} declared",
                 size=obj.size,
             )
             log.warning("upload larger than declared", extra={**fields, "id": entity_id})
             return Outcome.too_large, []
         store.transition(
-            cls, entity_id, account=ANY_ACCOUNT, expected=ArtifactStatus.awaiting_upload, to=ArtifactStatus.uploaded,
-            reason="uploaded", size=obj.size,
+            cls,
+            entity_id,
+            account=ANY_ACCOUNT,
+            expected=ArtifactStatus.awaiting_upload,
+            to=ArtifactStatus.uploaded,
+            reason="uploaded",
+            size=obj.size,
         )
     except TransitionConflict as e:
         log.info("upload already recorded", extra={**fields, "id": entity_id, "status": e.current})

@@ -31,9 +31,17 @@ def create(store: Store, request: CreateWebhook, *, account: str, settings: Sett
         ) from None
     now = utcnow()
     webhook = Webhook(
-        id=Webhook.new_id(), account=account, name=request.name, labels=request.labels, url=request.url,
-        events=sorted(set(request.events)), description=request.description, secret_salt=secrets.token_urlsafe(16),
-        created_at=now, updated_at=now, status_changed_at=now,
+        id=Webhook.new_id(),
+        account=account,
+        name=request.name,
+        labels=request.labels,
+        url=request.url,
+        events=sorted(set(request.events)),
+        description=request.description,
+        secret_salt=secrets.token_urlsafe(16),
+        created_at=now,
+        updated_at=now,
+        status_changed_at=now,
     )
 
     def write(txn: Txn) -> None:
@@ -71,8 +79,12 @@ def deliveries(store: Store, webhook_id: str, *, account: str, limit: int, page_
     """A webhook's deliveries, newest first. Raises NotFound for another account's webhook."""
     store.get(Webhook, webhook_id, account=account)
     return store.list(
-        WebhookDelivery, account=account, filters={"webhook_id": webhook_id}, order="-created_at",
-        limit=limit, page_token=page_token,
+        WebhookDelivery,
+        account=account,
+        filters={"webhook_id": webhook_id},
+        order="-created_at",
+        limit=limit,
+        page_token=page_token,
     )
 
 

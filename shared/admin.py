@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     issue.add_argument("account", help="the account's id (acc_…)")
     issue.add_argument("--name", default="operator", help="the key's name (default: operator)")
     issue.add_argument(
-        "--scope", dest="scopes", action="append", choices=[str(s) for s in Scope],
+        "--scope",
+        dest="scopes",
+        action="append",
+        choices=[str(s) for s in Scope],
         help="a scope to grant; repeat for several (default: admin)",
     )
     listing = sub.add_parser("list-accounts", help="list the accounts and their keys (never their secrets)")

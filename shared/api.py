@@ -49,7 +49,8 @@ ApiLabels = Annotated[
     Field(
         json_schema_extra={
             "maxProperties": 64,
-            "propertyNames": {"pattern": LABEL_KEY_PATTERN}, "additionalProperties": {"type": "string", "pattern": LABEL_VALUE_PATTERN},
+            "propertyNames": {"pattern": LABEL_KEY_PATTERN},
+            "additionalProperties": {"type": "string", "pattern": LABEL_VALUE_PATTERN},
         }
     ),
 ]
@@ -125,7 +126,11 @@ CONTENT_TYPES: dict[str, tuple[str, ...]] = {
 }
 MODEL_ARCHIVE: dict[str, str] = {"zip": "zip", "tar.gz": "tar.gz"}
 DATASET_ARCHIVE: dict[str, str] = {
-    "imagefolder-zip": "zip", "imagefolder-tar.gz": "tar.gz", "parquet": "parquet", "jsonl": "jsonl", "csv": "csv"
+    "imagefolder-zip": "zip",
+    "imagefolder-tar.gz": "tar.gz",
+    "parquet": "parquet",
+    "jsonl": "jsonl",
+    "csv": "csv",
 }
 if TYPE_CHECKING:  # a Literal built at import is beyond the type checker: to it, a string
     ModelContentType = str
@@ -149,7 +154,8 @@ class CreateModel(ApiRequest):
     framework: ModelFramework = "transformers"
     archive_format: ArchiveFormat = "zip"
     size: int = Field(
-        gt=0, description="Size of the archive in bytes; the upload may not exceed it.",
+        gt=0,
+        description="Size of the archive in bytes; the upload may not exceed it.",
         json_schema_extra={SETTING_MAXIMUM: "max_model_bytes"},
     )
     content_type: ModelContentType | None = Field(default=None, description="Defaults to the archive format's usual type.")
@@ -180,9 +186,12 @@ class CreateDataset(ApiRequest):
     name: ApiName
     labels: ApiLabels = Field(default_factory=dict)
     task: ModelTask = DEFAULT_TASK
-    format: DatasetFormat | None = Field(default=None, description="Defaults to the task's first format (GET /v1/tasks lists them).")
+    format: DatasetFormat | None = Field(
+        default=None, description="Defaults to the task's first format (GET /v1/tasks lists them)."
+    )
     size: int = Field(
-        gt=0, description="Size of the upload in bytes; the upload may not exceed it.",
+        gt=0,
+        description="Size of the upload in bytes; the upload may not exceed it.",
         json_schema_extra={SETTING_MAXIMUM: "max_dataset_bytes"},
     )
     content_type: DatasetContentType | None = Field(default=None, description="Defaults to the format's usual type.")
@@ -229,7 +238,9 @@ class ListQuery(ApiRequest):
 
     name: ApiName | None = None
     labels: str | None = Field(
-        default=None, description="Equality selector: 'key=value,key2=value2' (all must match).", max_length=4096,
+        default=None,
+        description="Equality selector: 'key=value,key2=value2' (all must match).",
+        max_length=4096,
         json_schema_extra={"pattern": LABEL_SELECTOR_PATTERN},
     )
     limit: int = Field(default=50, ge=1, le=200)
@@ -318,21 +329,74 @@ if TYPE_CHECKING:  # the type checker cannot follow create_model: to it, each vi
     WebhookView = View
     DeliveryView = View
 else:
-    ModelView = _view_of(Model, "ModelView", public=(*_ARTIFACT, "framework", "archive_format", "parameter_count", "architecture"))
+    ModelView = _view_of(
+        Model, "ModelView", public=(*_ARTIFACT, "framework", "archive_format", "parameter_count", "architecture")
+    )
     DatasetView = _view_of(Dataset, "DatasetView", public=(*_ARTIFACT, "format", "splits", "invalid_instances"))
-    EvaluationView = _view_of(Evaluation, "EvaluationView", public=(
-        *_ENTITY, *_WORK, "model_id", "dataset_id", "split", "task", "config", "fingerprint", "queue_position", "timings",
-        "summary", "stopping"), typed={"summary": EvaluationSummary | None})
+    EvaluationView = _view_of(
+        Evaluation,
+        "EvaluationView",
+        public=(
+            *_ENTITY,
+            *_WORK,
+            "model_id",
+            "dataset_id",
+            "split",
+            "task",
+            "config",
+            "fingerprint",
+            "queue_position",
+            "timings",
+            "summary",
+            "stopping",
+        ),
+        typed={"summary": EvaluationSummary | None},
+    )
     ApiKeyView = _view_of(ApiKey, "ApiKeyView", public=(*_ENTITY, "scopes", "expires_at", "revoked_at"))
     # An event is a record, not a thing with a lifecycle of its own: no name, labels or status.
-    EventView = _view_of(Event, "EventView", public=(
-        "id", "account", "created_at", "reason", "message", "entity_kind", "entity_id", "from_status", "to_status", "attempt",
-        "component", "key_id"))
+    EventView = _view_of(
+        Event,
+        "EventView",
+        public=(
+            "id",
+            "account",
+            "created_at",
+            "reason",
+            "message",
+            "entity_kind",
+            "entity_id",
+            "from_status",
+            "to_status",
+            "attempt",
+            "component",
+            "key_id",
+        ),
+    )
     WebhookView = _view_of(Webhook, "WebhookView", public=(*_ENTITY, "url", "events", "description"))
-    DeliveryView = _view_of(WebhookDelivery, "DeliveryView", public=(
-        "id", "account", "created_at", "updated_at", "status", "reason", "message", "status_changed_at", "webhook_id",
-        "event_type", "event_id", "entity_kind", "entity_id", "body", "attempts", "next_attempt_at", "delivered_at",
-        "attempt_log"))
+    DeliveryView = _view_of(
+        WebhookDelivery,
+        "DeliveryView",
+        public=(
+            "id",
+            "account",
+            "created_at",
+            "updated_at",
+            "status",
+            "reason",
+            "message",
+            "status_changed_at",
+            "webhook_id",
+            "event_type",
+            "event_id",
+            "entity_kind",
+            "entity_id",
+            "body",
+            "attempts",
+            "next_attempt_at",
+            "delivered_at",
+            "attempt_log",
+        ),
+    )
 
 VIEW_OF_KIND: dict[str, type[View]] = {"Model": ModelView, "Dataset": DatasetView, "Evaluation": EvaluationView}
 

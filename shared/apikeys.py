@@ -133,8 +133,14 @@ def revoke(store: Store, key_id: str, *, account: str) -> ApiKey:
 
     try:
         key = store.transition(
-            ApiKey, key_id, account=account, expected=ApiKeyStatus.active, to=ApiKeyStatus.revoked,
-            reason="revoked", revoked_at=utcnow(), guard=keep_an_admin,
+            ApiKey,
+            key_id,
+            account=account,
+            expected=ApiKeyStatus.active,
+            to=ApiKeyStatus.revoked,
+            reason="revoked",
+            revoked_at=utcnow(),
+            guard=keep_an_admin,
         )
     except TransitionConflict as e:
         if e.current is None:

@@ -97,9 +97,7 @@ class _Stubs:
 
     def __init__(self, channel: grpc.Channel):
         def stub(name: str, response: Any) -> grpc.UnaryUnaryMultiCallable:
-            return channel.unary_unary(
-                _SERVICE + name, request_serializer=_serialize, response_deserializer=response.FromString
-            )
+            return channel.unary_unary(_SERVICE + name, request_serializer=_serialize, response_deserializer=response.FromString)
 
         self.begin = stub("BeginTransaction", datastore_types.BeginTransactionResponse.pb())
         self.lookup = stub("Lookup", datastore_types.LookupResponse.pb())
@@ -140,7 +138,9 @@ class DatastoreRpc:
         """The emulator over plain gRPC when ``datastore_emulator_host`` is set; otherwise
         Datastore with the environment's default credentials."""
         if settings.datastore_emulator_host:
-            channels = [grpc.insecure_channel(settings.datastore_emulator_host, options=_CHANNEL_OPTIONS) for _ in range(CHANNELS)]
+            channels = [
+                grpc.insecure_channel(settings.datastore_emulator_host, options=_CHANNEL_OPTIONS) for _ in range(CHANNELS)
+            ]
         else:
             import google.auth
             from google.cloud.datastore_v1.services.datastore.transports import DatastoreGrpcTransport

@@ -55,8 +55,7 @@ def check_split_name(value: str) -> str:
     if not isinstance(value, str) or not _SPLIT.fullmatch(value):
         shown = value if not isinstance(value, str) or len(value) <= 80 else value[:80] + "…"
         raise ValueError(
-            f"split name {shown!r}: must be 1-63 letters, digits, '-', '_' or '.', "
-            "starting and ending with a letter or digit"
+            f"split name {shown!r}: must be 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
         )
     return value
 
@@ -91,8 +90,7 @@ def check_class_names(names: list[str]) -> list[str]:
 def _check_name(value: str) -> str:
     if not _NAME.fullmatch(value):
         raise ValueError(
-            "must be 1-63 characters of lowercase letters, digits, '-' and '.', "
-            "starting and ending with a letter or digit"
+            "must be 1-63 characters of lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
         )
     return value
 

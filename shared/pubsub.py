@@ -62,9 +62,7 @@ def ensure_subscription(
 ) -> str:
     path = subscriber.subscription_path(project, subscription)
     try:
-        subscriber.create_subscription(
-            name=path, topic=f"projects/{project}/topics/{topic}", ack_deadline_seconds=ack_deadline_s
-        )
+        subscriber.create_subscription(name=path, topic=f"projects/{project}/topics/{topic}", ack_deadline_seconds=ack_deadline_s)
     except gexc.AlreadyExists:
         pass
     return path
@@ -159,8 +157,7 @@ class Hints:
             try:
                 self._stream.result(timeout=0)
             except Exception:  # noqa: BLE001 — the stream's end is logged, then reopened later
-                log.warning("hint stream ended; polling only for now", exc_info=True,
-                            extra={"retry_in_s": REOPEN_AFTER_S})
+                log.warning("hint stream ended; polling only for now", exc_info=True, extra={"retry_in_s": REOPEN_AFTER_S})
             self._stream = None
             self._reopen_at = time.monotonic() + REOPEN_AFTER_S
         if self._stream is not None or time.monotonic() < self._reopen_at:

@@ -200,8 +200,7 @@ class MetricsRequest(BaseModel):
         max_length=32,
         description="default: accuracy, balanced_accuracy, f_beta (β=1, macro), cohen_kappa, matthews_corrcoef",
         json_schema_extra=lambda schema: schema.update(
-            items={"anyOf": [{"type": "string", "enum": [n for n, takes in _TAKES.items() if "k" not in takes]},
-                             schema["items"]]}
+            items={"anyOf": [{"type": "string", "enum": [n for n, takes in _TAKES.items() if "k" not in takes]}, schema["items"]]}
         ),
     )
     bootstrap: BootstrapSpec | None = Field(default=None, description="percentile interval for every metric")

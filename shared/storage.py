@@ -104,9 +104,7 @@ def _emulator_signing_credentials():
     from google.oauth2 import service_account
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
     info = {
         "type": "service_account",
         "client_email": "assay-local@assay-local.iam.gserviceaccount.com",

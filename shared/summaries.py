@@ -178,9 +178,7 @@ def classification_summary(
     ``top_k_ids`` of shape ``(n, k)`` best first), every metric from the registry."""
     n = len(labels)
     if n == 0:
-        return ClassificationSummary.model_validate(
-            {"instances": 0, "label_names": label_names, "efficiency": efficiency}
-        )
+        return ClassificationSummary.model_validate({"instances": 0, "label_names": label_names, "efficiency": efficiency})
     statistics = ClassificationStatistics.of_rows(
         labels=labels,
         predictions=predictions,

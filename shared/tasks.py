@@ -75,13 +75,37 @@ class Lifecycle:
 LIFECYCLES: dict[str, Lifecycle] = {
     lifecycle.cls.kind: lifecycle
     for lifecycle in (
-        Lifecycle(Model, TaskName.verify_model, ArtifactStatus.uploaded, ArtifactStatus.verifying, ArtifactStatus.verifying,
-                  ArtifactStatus.ready, ArtifactStatus.failed),
-        Lifecycle(Dataset, TaskName.ingest_dataset, ArtifactStatus.uploaded, ArtifactStatus.verifying, ArtifactStatus.verifying,
-                  ArtifactStatus.ready, ArtifactStatus.failed),
-        Lifecycle(Evaluation, TaskName.evaluate, EvaluationStatus.pending, EvaluationStatus.admitted, EvaluationStatus.running,
-                  EvaluationStatus.complete, EvaluationStatus.failed, may_use_gpu=True, requeue_reason="queued",
-                  attempt_reset={"queue_position": None}, restart_reset={"summary": None}),
+        Lifecycle(
+            Model,
+            TaskName.verify_model,
+            ArtifactStatus.uploaded,
+            ArtifactStatus.verifying,
+            ArtifactStatus.verifying,
+            ArtifactStatus.ready,
+            ArtifactStatus.failed,
+        ),
+        Lifecycle(
+            Dataset,
+            TaskName.ingest_dataset,
+            ArtifactStatus.uploaded,
+            ArtifactStatus.verifying,
+            ArtifactStatus.verifying,
+            ArtifactStatus.ready,
+            ArtifactStatus.failed,
+        ),
+        Lifecycle(
+            Evaluation,
+            TaskName.evaluate,
+            EvaluationStatus.pending,
+            EvaluationStatus.admitted,
+            EvaluationStatus.running,
+            EvaluationStatus.complete,
+            EvaluationStatus.failed,
+            may_use_gpu=True,
+            requeue_reason="queued",
+            attempt_reset={"queue_position": None},
+            restart_reset={"summary": None},
+        ),
     )
 }
 LIFECYCLE_OF_TASK: dict[TaskName, Lifecycle] = {lifecycle.task: lifecycle for lifecycle in LIFECYCLES.values()}

@@ -236,9 +236,7 @@ def check_url(url: str, *, allow_http_loopback: bool) -> None:
         literal = None
     loopback_host = host == "localhost" or (literal is not None and literal.is_loopback)
     if parts.scheme == "http" and not (allow_http_loopback and loopback_host):
-        raise ValueError(
-            "must be an https URL (plain http is accepted only for loopback while the server runs locally)"
-        )
+        raise ValueError("must be an https URL (plain http is accepted only for loopback while the server runs locally)")
     if literal is not None and not address_allowed(literal, loopback=allow_http_loopback):
         raise ValueError(f"{host} is not a public address")
     if host == "localhost" and not allow_http_loopback:

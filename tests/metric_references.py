@@ -101,8 +101,6 @@ PER_CLASS: dict[str, tuple[list[dict[str, Any]], Callable[..., np.ndarray]]] = {
     "f1": ([{}], lambda c: sk.f1_score(c.labels, c.predictions, labels=c.classes, average=None, zero_division=0)),
     "f_beta": (
         [{"beta": 0.5}, {"beta": 2.0}],
-        lambda c, beta: sk.fbeta_score(
-            c.labels, c.predictions, beta=beta, labels=c.classes, average=None, zero_division=0
-        ),
+        lambda c, beta: sk.fbeta_score(c.labels, c.predictions, beta=beta, labels=c.classes, average=None, zero_division=0),
     ),
 }

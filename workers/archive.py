@@ -128,9 +128,7 @@ class _Writer:
 
     def _check_totals(self) -> None:
         if self.total > self.limits.max_total_bytes:
-            raise WorkerFailure(
-                FailureReason.archive_too_large, f"extracted size exceeds {self.limits.max_total_bytes} bytes"
-            )
+            raise WorkerFailure(FailureReason.archive_too_large, f"extracted size exceeds {self.limits.max_total_bytes} bytes")
         if self.total > self.limits.ratio_floor_bytes and self.total / self.archive_bytes > self.limits.max_ratio:
             raise WorkerFailure(
                 FailureReason.archive_bomb,
@@ -181,13 +179,7 @@ def _extract_tar(path: Path, writer: _Writer) -> None:
                         raise WorkerFailure(FailureReason.invalid_archive, f"unreadable member {member.name!r}")
                     writer.file(rel, source)
                 else:
-                    kind = (
-                        "symbolic link"
-                        if member.issym()
-                        else "hard link"
-                        if member.islnk()
-                        else "device or special file"
-                    )
+                    kind = "symbolic link" if member.issym() else "hard link" if member.islnk() else "device or special file"
                     raise WorkerFailure(FailureReason.unsafe_archive, f"{kind} in archive: {member.name!r}")
     except (tarfile.TarError, EOFError, OSError) as e:
         if isinstance(e, FileExistsError):

@@ -321,4 +321,3 @@ def write_canonical(
     manifest["digest"] = hashlib.sha256(material.encode()).hexdigest()
     inside(out_dir, MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest
-

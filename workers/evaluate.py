@@ -89,7 +89,14 @@ class EvalOptions:
         workers = self.decode_workers if self.decode_workers is not None else default_workers
         threads = self.torch_threads or default_threads
         return ResolvedOptions(
-            self.batch_size, self.top_k, device, replicas, workers, threads, self.batches_per_decoder, self.min_batches_per_replica
+            self.batch_size,
+            self.top_k,
+            device,
+            replicas,
+            workers,
+            threads,
+            self.batches_per_decoder,
+            self.min_batches_per_replica,
         )
 
 
@@ -136,9 +143,7 @@ class RunStats:
         }
 
 
-def align_labels(
-    dataset_labels: list[str], model_labels: list[str], mapping: dict[str, str] | None = None
-) -> np.ndarray:
+def align_labels(dataset_labels: list[str], model_labels: list[str], mapping: dict[str, str] | None = None) -> np.ndarray:
     """For each dataset label index, the model label index with the same name (after ``mapping``).
 
     Raises:

@@ -39,7 +39,9 @@ def evaluate(
 
     tick = time.perf_counter()
     options = EvalOptions(batch_size=config.batch_size, top_k=config.top_k)
-    stats = evaluate_shards(model, processor, shards, out_dir, label_map=label_map, options=options, on_shard=on_shard, on_batch=on_batch)
+    stats = evaluate_shards(
+        model, processor, shards, out_dir, label_map=label_map, options=options, on_shard=on_shard, on_batch=on_batch
+    )
     timings["inference_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()

@@ -179,5 +179,3 @@ def ingest_dataset(
         splits, ignored = _imagefolder_rows(_imagefolder_root(extracted.root), limits)
         declared = None
     return write_canonical(splits, declared, out_dir, media=IMAGES, source_format=fmt, limits=limits, ignored_files=ignored)
-
-

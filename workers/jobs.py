@@ -182,7 +182,9 @@ def evaluate(ctx: JobContext, evaluation: Evaluation) -> dict[str, Any]:
     dataset_dir = _cached(
         ctx,
         f"datasets/{dataset.digest}/{split}",
-        lambda d: _fetch_prefix(ctx, paths.dataset_prefix(dataset.id), d, only=lambda rel: rel.startswith(f"{split}/") or rel == "manifest.json"),
+        lambda d: _fetch_prefix(
+            ctx, paths.dataset_prefix(dataset.id), d, only=lambda rel: rel.startswith(f"{split}/") or rel == "manifest.json"
+        ),
     )
     manifest = json.loads(inside(dataset_dir, "manifest.json").read_text())
     shards = [inside(dataset_dir, split, s["name"]) for s in manifest["splits"][split]["shards"]]
@@ -208,8 +210,13 @@ def evaluate(ctx: JobContext, evaluation: Evaluation) -> dict[str, Any]:
 
     tick = time.perf_counter()
     summary = task.evaluate(
-        model_dir, shards, out, dataset_label_names=manifest["label_names"], config=evaluation.inference_config(),
-        on_shard=on_shard, on_batch=on_batch,
+        model_dir,
+        shards,
+        out,
+        dataset_label_names=manifest["label_names"],
+        config=evaluation.inference_config(),
+        on_shard=on_shard,
+        on_batch=on_batch,
     )
     # The implementation may split its time (load, inference, metrics); else it is one figure.
     timings.update(summary.pop("timings", None) or {"evaluate_s": time.perf_counter() - tick})

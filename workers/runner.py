@@ -165,8 +165,15 @@ class TaskRunner:
         try:
             if self.life.start != self.life.working:
                 return self.store.transition(
-                    self.life.cls, self.entity_id, account=ANY_ACCOUNT, expected=self.life.start, to=self.life.working,
-                    check=self._ours, started_at=utcnow(), progress=0.0, **self.lease_fields(),
+                    self.life.cls,
+                    self.entity_id,
+                    account=ANY_ACCOUNT,
+                    expected=self.life.start,
+                    to=self.life.working,
+                    check=self._ours,
+                    started_at=utcnow(),
+                    progress=0.0,
+                    **self.lease_fields(),
                 )
             return self.update(started_at=utcnow(), progress=0.0, **self.lease_fields())
         except (TransitionConflict, TaskLost) as e:
@@ -215,7 +222,9 @@ class TaskRunner:
             # A bug, not the input's fault: record it so the entity does not sit until its
             # lease expires, and keep the traceback in the log (never in the entity).
             log.exception("task attempt crashed", extra=self.fields)
-            self.finish(self.life.failed, reason=str(FailureReason.internal_error), message=f"internal error ({type(e).__name__})")
+            self.finish(
+                self.life.failed, reason=str(FailureReason.internal_error), message=f"internal error ({type(e).__name__})"
+            )
             return EXIT_ERROR
         finally:
             self.heartbeat = None

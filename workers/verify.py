@@ -183,9 +183,7 @@ def check_configs(root: Path, kind: ModelKind | None = None) -> tuple[str, str]:
             continue
         data = config if name == "config.json" else _read_json(root / name)
         if "auto_map" in data or data.get("trust_remote_code"):
-            raise WorkerFailure(
-                FailureReason.remote_code_refused, f"{name} asks for remote code (auto_map); it is never run"
-            )
+            raise WorkerFailure(FailureReason.remote_code_refused, f"{name} asks for remote code (auto_map); it is never run")
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
         raise WorkerFailure(FailureReason.unsupported_architecture, f"unknown model_type {model_type!r}")
@@ -194,7 +192,8 @@ def check_configs(root: Path, kind: ModelKind | None = None) -> tuple[str, str]:
         raise WorkerFailure(FailureReason.unsupported_architecture, f"model_type {model_type!r} is not {kind.what}")
     if not isinstance(supported, str):  # a model type with several heads of this kind
         raise WorkerFailure(
-            FailureReason.unsupported_architecture, f"model_type {model_type!r} has several classes of {kind.what}: {list(supported)}"
+            FailureReason.unsupported_architecture,
+            f"model_type {model_type!r} has several classes of {kind.what}: {list(supported)}",
         )
     _check_label_space(config)
     architectures = config.get("architectures") or [supported]
@@ -227,7 +226,11 @@ def _check_loading_info(info: dict) -> None:
         "of another shape": sorted(str(k) for k in info.get("mismatched_keys") or ()),
     }
     if any(found.values()):
-        parts = [f"{len(keys)} {what} ({', '.join(map(str, keys[:3]))}{', …' if len(keys) > 3 else ''})" for what, keys in found.items() if keys]
+        parts = [
+            f"{len(keys)} {what} ({', '.join(map(str, keys[:3]))}{', …' if len(keys) > 3 else ''})"
+            for what, keys in found.items()
+            if keys
+        ]
         raise WorkerFailure(
             FailureReason.weights_mismatch,
             "the weights do not match the architecture: parameters " + "; ".join(parts),
@@ -277,8 +280,12 @@ def load_weights(root: Path, kind: ModelKind):
         # Mismatched shapes are reported (below) rather than raised, so all three kinds
         # of mismatch get the same reason.
         model, info = kind.model_class().from_pretrained(
-            root, trust_remote_code=False, use_safetensors=True, local_files_only=True,
-            output_loading_info=True, ignore_mismatched_sizes=True,
+            root,
+            trust_remote_code=False,
+            use_safetensors=True,
+            local_files_only=True,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,
         )
     except Exception as e:  # noqa: BLE001
         # Every earlier check passed, so whatever transformers or safetensors raise on these

@@ -68,8 +68,13 @@ def heatmap(labels: list[str], matrix: np.ndarray | list[list[int]]) -> Heatmap:
                 colour = "#ffffff" if share > 0.5 else "#1b1f24"
                 parts.append(f'<text class="count" x="{x + side / 2:.2f}" y="{y + side / 2 + 4:.2f}" fill="{colour}">{n}</text>')
     return Heatmap(
-        size=HEATMAP_PX, cell=side, labels=[labels[i] for i in index], cells=Markup("".join(parts)),
-        count=len(index) ** 2, classes=len(labels), shown_all=len(index) == len(labels),
+        size=HEATMAP_PX,
+        cell=side,
+        labels=[labels[i] for i in index],
+        cells=Markup("".join(parts)),
+        count=len(index) ** 2,
+        classes=len(labels),
+        shown_all=len(index) == len(labels),
     )
 
 
@@ -126,8 +131,17 @@ def reliability(bins: list[dict[str, float | int]], size: float = 320) -> Reliab
         top, expected = size * (1 - accuracy), size * (1 - confidence)
         bars.append(
             Bar(
-                x=x, width=width, y=top, height=size - top, gap_y=min(top, expected), gap_height=abs(top - expected),
-                count=int(b["count"]), accuracy=accuracy, confidence=confidence, low=float(b["low"]), high=float(b["high"]),
+                x=x,
+                width=width,
+                y=top,
+                height=size - top,
+                gap_y=min(top, expected),
+                gap_height=abs(top - expected),
+                count=int(b["count"]),
+                accuracy=accuracy,
+                confidence=confidence,
+                low=float(b["low"]),
+                high=float(b["high"]),
             )
         )
     return Reliability(size=size, bars=[b for b in bars])

@@ -84,7 +84,11 @@ def _results(call: Call, evaluation: Any) -> dict[str, Any]:
     expires = int(time.time()) + svc.settings.console_image_url_s
     images = {
         instance_id: flask.url_for(
-            "console.image", evaluation_id=evaluation.id, instance=instance_id, part=part, expires=expires,
+            "console.image",
+            evaluation_id=evaluation.id,
+            instance=instance_id,
+            part=part,
+            expires=expires,
             signature=session.image_signature(
                 secret(), account=call.account, evaluation_id=evaluation.id, instance_id=instance_id, part=part, expires=expires
             ),
@@ -120,10 +124,19 @@ def image(call: Call, evaluation_id: str) -> flask.Response:
     args = flask.request.args
     instance_id, part, signature = args.get("instance", ""), args.get("part", ""), args.get("signature", "")
     expires = args.get("expires", "")
-    if not (expires.isdigit() and PART.fullmatch(part) and session.image_signature_valid(
-        secret(), signature, account=call.account, evaluation_id=evaluation_id, instance_id=instance_id, part=part,
-        expires=int(expires),
-    )):
+    if not (
+        expires.isdigit()
+        and PART.fullmatch(part)
+        and session.image_signature_valid(
+            secret(),
+            signature,
+            account=call.account,
+            evaluation_id=evaluation_id,
+            instance_id=instance_id,
+            part=part,
+            expires=int(expires),
+        )
+    ):
         raise NotFound("no such image")
     found = call.store.get(Evaluation, evaluation_id, account=call.account)
     data, kind = _shards(call.services).image(found.dataset_id, found.split, part, instance_id)

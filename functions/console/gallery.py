@@ -73,7 +73,8 @@ class ShardCache:
         """The image bytes and media type; NotFound when the shard lacks the instance or
         holds no image a browser can safely show."""
         table = pq.read_table(
-            self.path(dataset_id, split, part), columns=["instance_id", "image"],
+            self.path(dataset_id, split, part),
+            columns=["instance_id", "image"],
             filters=pc.field("instance_id") == instance_id,
         )
         if table.num_rows == 0:

@@ -128,7 +128,6 @@ def leaderboard(call: Call, dataset_id: str) -> werkzeug.Response:
     return render("leaderboard.html", dataset=found, board=board, query=query, splits=splits, metrics=LEADERBOARD_METRICS)
 
 
-
 # --- evaluations --------------------------------------------------------------------------
 
 
@@ -195,10 +194,14 @@ def order(call: Call) -> werkzeug.Response:
 # What a confirmed action on one evaluation does: the route handler it calls and what the
 # confirmation page says before it runs.
 _ACTIONS = {
-    "delete": (evaluation_routes.delete_evaluation,
-               "Deleting stops it if it runs and removes its results; this cannot be undone."),
-    "cancel": (evaluation_routes.cancel_evaluation,
-               "Cancelling stops its job; the shards already written are kept, so ordering it again resumes from them."),
+    "delete": (
+        evaluation_routes.delete_evaluation,
+        "Deleting stops it if it runs and removes its results; this cannot be undone.",
+    ),
+    "cancel": (
+        evaluation_routes.cancel_evaluation,
+        "Cancelling stops its job; the shards already written are kept, so ordering it again resumes from them.",
+    ),
 }
 
 
@@ -227,8 +230,12 @@ def act(call: Call, evaluation_id: str, action: str) -> werkzeug.Response:
             raise
         found = evaluation_routes.get_evaluation(call, evaluation_id=evaluation_id)
         return render("confirm.html", 409, evaluation=found, action=action, explanation=explanation, error=e.message)
-    return flask.redirect(flask.url_for("console.evaluation", evaluation_id=evaluation_id) if action == "cancel"
-                          else flask.url_for("console.evaluations"), code=303)
+    return flask.redirect(
+        flask.url_for("console.evaluation", evaluation_id=evaluation_id)
+        if action == "cancel"
+        else flask.url_for("console.evaluations"),
+        code=303,
+    )
 
 
 # --- the API document, and everything else ------------------------------------------------

@@ -118,7 +118,14 @@ def image_signature(secret: bytes, *, account: str, evaluation_id: str, instance
 
 
 def image_signature_valid(
-    secret: bytes, sent: str, *, account: str, evaluation_id: str, instance_id: str, part: str, expires: int,
+    secret: bytes,
+    sent: str,
+    *,
+    account: str,
+    evaluation_id: str,
+    instance_id: str,
+    part: str,
+    expires: int,
     now: float | None = None,
 ) -> bool:
     """True when ``sent`` signs exactly this image for this account and has not expired."""

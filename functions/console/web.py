@@ -31,6 +31,7 @@ log = logging.getLogger("functions.console")
 
 bp = flask.Blueprint("console", __name__, url_prefix="/ui", template_folder="templates", static_folder="static")
 
+
 def services() -> Services:
     return flask.current_app.extensions["assay"]
 
@@ -44,9 +45,7 @@ def secure() -> bool:
 
 
 def set_cookie(response: werkzeug.Response, name: str, value: str, *, max_age: int) -> None:
-    response.set_cookie(
-        name, value, max_age=max_age, path="/ui", httponly=True, samesite="Strict", secure=secure()
-    )
+    response.set_cookie(name, value, max_age=max_age, path="/ui", httponly=True, samesite="Strict", secure=secure())
 
 
 # --- sessions and forms -------------------------------------------------------------------
@@ -108,9 +107,7 @@ def _signed_in_or_none() -> session.Session | None:
 
 def render(template: str, status: int = 200, **context: Any) -> flask.Response:
     signed_in = _signed_in_or_none()
-    html = flask.render_template(
-        template, signed_in=signed_in, csrf=csrf() if signed_in is not None else "", **context
-    )
+    html = flask.render_template(template, signed_in=signed_in, csrf=csrf() if signed_in is not None else "", **context)
     return flask.Response(html, status=status, mimetype="text/html")
 
 
@@ -144,7 +141,6 @@ def number(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
-
 
 
 def check_id(prefix: str, value: str) -> None:
@@ -182,7 +178,12 @@ def _error(exc: BaseException) -> flask.Response:
     if isinstance(exc, NotFound) or (isinstance(exc, HTTPException) and exc.code == 404):
         return render("error.html", 404, title="Not found", message="There is nothing here, or it is not yours to see.")
     if isinstance(exc, AssayError) and exc.http_status < 500:
-        log.info("console page refused: %s %s", exc.http_status, exc.code, extra={"request_id": request_id(), "path": flask.request.path})
+        log.info(
+            "console page refused: %s %s",
+            exc.http_status,
+            exc.code,
+            extra={"request_id": request_id(), "path": flask.request.path},
+        )
         return render("error.html", exc.http_status, title=_TITLES.get(exc.http_status, "Not possible"), message=exc.message)
     if isinstance(exc, HTTPException):
         return render("error.html", exc.code or 500, title=exc.name, message=exc.description or "")

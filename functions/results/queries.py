@@ -173,9 +173,7 @@ def _row(result_set: ResultSet, row: tuple) -> InstanceRow:
         correct=correct,
         confidence=confidence,
         label_score=label_score,
-        top_k=[
-            TopKEntry(class_index=c, label=result_set.name_of(c), score=s) for c, s in zip(topk_ids, topk_scores)
-        ],
+        top_k=[TopKEntry(class_index=c, label=result_set.name_of(c), score=s) for c, s in zip(topk_ids, topk_scores)],
     )
 
 
@@ -184,9 +182,7 @@ def _row(result_set: ResultSet, row: tuple) -> InstanceRow:
 
 def confusion_counts(result_set: ResultSet) -> np.ndarray:
     """The ``C x C`` count matrix (rows: true class, columns: predicted), C = label names."""
-    cells = result_set.execute(
-        "SELECT label, prediction, count(*) AS n FROM {view} GROUP BY label, prediction"
-    ).fetchnumpy()
+    cells = result_set.execute("SELECT label, prediction, count(*) AS n FROM {view} GROUP BY label, prediction").fetchnumpy()
     labels, predictions = cells["label"], cells["prediction"]
     result_set.check_indices(labels, predictions)
     size = len(result_set.label_names)
@@ -238,8 +234,13 @@ def calibration(result_set: ResultSet, bins: int = 10) -> list[dict[str, float |
     ).fetchall()
     found = {int(b): (int(n), float(c), float(a)) for b, n, c, a in rows}
     return [
-        {"low": i / bins, "high": (i + 1) / bins, "count": found.get(i, (0, 0.0, 0.0))[0],
-         "confidence": found.get(i, (0, 0.0, 0.0))[1], "accuracy": found.get(i, (0, 0.0, 0.0))[2]}
+        {
+            "low": i / bins,
+            "high": (i + 1) / bins,
+            "count": found.get(i, (0, 0.0, 0.0))[0],
+            "confidence": found.get(i, (0, 0.0, 0.0))[1],
+            "accuracy": found.get(i, (0, 0.0, 0.0))[2],
+        }
         for i in range(bins)
     ]
 

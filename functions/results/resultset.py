@@ -176,9 +176,7 @@ def _check_schema(con: duckdb.DuckDBPyConnection, view: str) -> frozenset[str]:
     """The view's columns; raises ``ResultSetCorrupt`` unless the required ones are there."""
     found = {row[0]: _duckdb_kind(row[1]) for row in con.execute(f"DESCRIBE {view}").fetchall()}
     problems = {
-        name: {"expected": kind, "found": found.get(name)}
-        for name, kind in REQUIRED_COLUMNS.items()
-        if found.get(name) != kind
+        name: {"expected": kind, "found": found.get(name)} for name, kind in REQUIRED_COLUMNS.items() if found.get(name) != kind
     }
     if problems:
         raise ResultSetCorrupt(

@@ -75,7 +75,13 @@ def compare_evaluations(call: Call, *, query: CompareQuery) -> CompareResult:
     return service.compare(call.store, _cache(call), query, account=call.account)
 
 
-@router.get("/v1/datasets/{dataset_id}/leaderboard", scope=Scope.read, query=LeaderboardQuery, response=LeaderboardPage, params={"dataset_id": "dst"})
+@router.get(
+    "/v1/datasets/{dataset_id}/leaderboard",
+    scope=Scope.read,
+    query=LeaderboardQuery,
+    response=LeaderboardPage,
+    params={"dataset_id": "dst"},
+)
 def get_leaderboard(call: Call, *, dataset_id: str, query: LeaderboardQuery) -> LeaderboardPage:
     """The dataset's complete evaluations ranked by a summary metric."""
     return service.leaderboard(call.store, dataset_id, query, account=call.account)

@@ -218,11 +218,7 @@ def download(store: Store, storage: Storage, evaluation_id: str, *, account: str
     """Signed GET URLs for the result set's Parquet files and its summary.json."""
     evaluation = complete_evaluation(store, evaluation_id, account=account)
     prefix = evaluation_prefix(evaluation.id)
-    objects = [
-        (name, size)
-        for name, size in storage.list(prefix + "predictions/")
-        if name.endswith(".parquet")
-    ]
+    objects = [(name, size) for name, size in storage.list(prefix + "predictions/") if name.endswith(".parquet")]
     if not objects:
         raise ResultSetMissing(f"evaluation {evaluation_id} is complete but its result set is missing")
     summary_size = storage.size(evaluation_summary(evaluation.id))

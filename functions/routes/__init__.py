@@ -10,4 +10,13 @@ from __future__ import annotations
 from functions.results.routes import router as results_router
 from functions.routes import api_keys, datasets, evaluations, meta, models, tasks, webhooks
 
-ROUTERS = [meta.router, tasks.router, api_keys.router, models.router, datasets.router, evaluations.router, results_router, webhooks.router]
+ROUTERS = [
+    meta.router,
+    tasks.router,
+    api_keys.router,
+    models.router,
+    datasets.router,
+    evaluations.router,
+    results_router,
+    webhooks.router,
+]

@@ -25,8 +25,12 @@ def create_api_key(call: Call, *, body: CreateApiKey) -> ApiKeyCreated:
 def list_api_keys(call: Call, *, query: ApiKeyListQuery) -> ApiKeyPage:
     """The account's keys, newest first."""
     page = call.store.list(
-        ApiKey, account=call.account, filters={"status": query.status, "name": query.name},
-        labels=labels_filter(query.labels), limit=query.limit, page_token=query.page_token,
+        ApiKey,
+        account=call.account,
+        filters={"status": query.status, "name": query.name},
+        labels=labels_filter(query.labels),
+        limit=query.limit,
+        page_token=query.page_token,
     )
     return ApiKeyPage(items=[view(ApiKeyView, k) for k in page.items], next_page_token=page.next_page_token)
 

@@ -25,14 +25,18 @@ ID = {"dataset_id": "dst"}
 @router.post("/v1/datasets", scope=Scope.write, body=CreateDataset, response=DatasetCreated, status=201)
 def create_dataset(call: Call, *, body: CreateDataset) -> DatasetCreated:
     """Register a dataset; PUT its file with the returned upload ticket."""
-    dataset, ticket = artifacts.create(artifacts.DATASETS, body, account=call.account, store=call.store, storage=call.services.storage)
+    dataset, ticket = artifacts.create(
+        artifacts.DATASETS, body, account=call.account, store=call.store, storage=call.services.storage
+    )
     return DatasetCreated(dataset=view(DatasetView, dataset), upload=ticket)
 
 
 @router.post("/v1/datasets/{dataset_id}/upload-ticket", scope=Scope.write, response=UploadTicket, params=ID)
 def dataset_upload_ticket(call: Call, *, dataset_id: str) -> UploadTicket:
     """A new upload ticket, while the dataset awaits its upload."""
-    return artifacts.new_ticket(artifacts.DATASETS, dataset_id, account=call.account, store=call.store, storage=call.services.storage)
+    return artifacts.new_ticket(
+        artifacts.DATASETS, dataset_id, account=call.account, store=call.store, storage=call.services.storage
+    )
 
 
 @router.get("/v1/datasets/{dataset_id}", scope=Scope.read, response=DatasetView, params=ID)
@@ -45,8 +49,14 @@ def get_dataset(call: Call, *, dataset_id: str) -> DatasetView:
 def list_datasets(call: Call, *, query: DatasetListQuery) -> DatasetPage:
     """The account's datasets, newest first."""
     page = artifacts.listing(
-        artifacts.DATASETS, account=call.account, store=call.store, status=query.status, name=query.name,
-        labels=labels_filter(query.labels), limit=query.limit, page_token=query.page_token,
+        artifacts.DATASETS,
+        account=call.account,
+        store=call.store,
+        status=query.status,
+        name=query.name,
+        labels=labels_filter(query.labels),
+        limit=query.limit,
+        page_token=query.page_token,
     )
     return DatasetPage(items=[view(DatasetView, d) for d in page.items], next_page_token=page.next_page_token)
 

@@ -23,14 +23,14 @@ router = Router("evaluations", "Evaluations of a model on a dataset split, reuse
 ID = {"evaluation_id": "evl"}
 
 
-@router.post("/v1/evaluations", scope=Scope.write, body=CreateEvaluations, response=EvaluationsOrdered, status=201, statuses=(200,))
+@router.post(
+    "/v1/evaluations", scope=Scope.write, body=CreateEvaluations, response=EvaluationsOrdered, status=201, statuses=(200,)
+)
 def create_evaluations(call: Call, *, body: CreateEvaluations) -> tuple[EvaluationsOrdered, int]:
     """Order evaluations: 201 when any was created or restarted, 200 when all were reused."""
     results, hints = evaluations.order(call.store, body, account=call.account)
     call.services.hint(hints)
-    reply = EvaluationsOrdered(
-        evaluations=[OrderedEvaluation(outcome=o, evaluation=view(EvaluationView, e)) for o, e in results]
-    )
+    reply = EvaluationsOrdered(evaluations=[OrderedEvaluation(outcome=o, evaluation=view(EvaluationView, e)) for o, e in results])
     fresh = any(o != EvaluationOutcome.reused for o, _ in results)
     return reply, 201 if fresh else 200
 
@@ -45,9 +45,12 @@ def get_evaluation(call: Call, *, evaluation_id: str) -> EvaluationView:
 def list_evaluations(call: Call, *, query: EvaluationListQuery) -> EvaluationPage:
     """The account's evaluations, newest first."""
     page = call.store.list(
-        Evaluation, account=call.account,
+        Evaluation,
+        account=call.account,
         filters={"status": query.status, "name": query.name, "model_id": query.model_id, "dataset_id": query.dataset_id},
-        labels=labels_filter(query.labels), limit=query.limit, page_token=query.page_token,
+        labels=labels_filter(query.labels),
+        limit=query.limit,
+        page_token=query.page_token,
     )
     return EvaluationPage(items=[view(EvaluationView, e) for e in page.items], next_page_token=page.next_page_token)
 

@@ -16,7 +16,9 @@ ID = {"model_id": "mdl"}
 @router.post("/v1/models", scope=Scope.write, body=CreateModel, response=ModelCreated, status=201)
 def create_model(call: Call, *, body: CreateModel) -> ModelCreated:
     """Register a model; PUT its archive with the returned upload ticket."""
-    model, ticket = artifacts.create(artifacts.MODELS, body, account=call.account, store=call.store, storage=call.services.storage)
+    model, ticket = artifacts.create(
+        artifacts.MODELS, body, account=call.account, store=call.store, storage=call.services.storage
+    )
     return ModelCreated(model=view(ModelView, model), upload=ticket)
 
 
@@ -36,8 +38,14 @@ def get_model(call: Call, *, model_id: str) -> ModelView:
 def list_models(call: Call, *, query: ModelListQuery) -> ModelPage:
     """The account's models, newest first."""
     page = artifacts.listing(
-        artifacts.MODELS, account=call.account, store=call.store, status=query.status, name=query.name,
-        labels=labels_filter(query.labels), limit=query.limit, page_token=query.page_token,
+        artifacts.MODELS,
+        account=call.account,
+        store=call.store,
+        status=query.status,
+        name=query.name,
+        labels=labels_filter(query.labels),
+        limit=query.limit,
+        page_token=query.page_token,
     )
     return ModelPage(items=[view(ModelView, m) for m in page.items], next_page_token=page.next_page_token)
 

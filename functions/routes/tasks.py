@@ -10,7 +10,9 @@ from shared.modeltasks import SPECS
 
 router = Router("tasks", "The model tasks Assay evaluates: accepted models and datasets, config schema, metrics.")
 # Built once: the table is fixed for the life of the process.
-TASKS = TaskList(tasks=[TaskInfo.model_validate({**spec.describe(), "metrics": describe(spec.metrics)}) for spec in SPECS.values()])
+TASKS = TaskList(
+    tasks=[TaskInfo.model_validate({**spec.describe(), "metrics": describe(spec.metrics)}) for spec in SPECS.values()]
+)
 
 
 @router.get("/v1/tasks", scope=None, response=TaskList)

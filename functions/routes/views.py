@@ -25,8 +25,12 @@ def history(call: Call, cls: type[Entity], entity_id: str, query: PageQuery) -> 
     """One page of an entity's events, oldest first; NotFound as for the entity itself."""
     call.store.get(cls, entity_id, account=call.account)
     page = call.store.list(
-        Event, account=call.account, filters={"entity_id": entity_id}, order="created_at",
-        limit=query.limit, page_token=query.page_token,
+        Event,
+        account=call.account,
+        filters={"entity_id": entity_id},
+        order="created_at",
+        limit=query.limit,
+        page_token=query.page_token,
     )
     return EventPage(items=[view(EventView, e) for e in page.items], next_page_token=page.next_page_token)
 

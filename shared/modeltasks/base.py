@@ -104,8 +104,12 @@ class ModelTaskSpec:
         return {
             "name": self.name,
             "description": self.description,
-            "model": {"framework": "transformers", "auto_class": self.auto_class, "architectures": f"*{self.architecture_suffix}",
-                      "files": sorted(self.model_files | {"config.json", "model.safetensors"})},
+            "model": {
+                "framework": "transformers",
+                "auto_class": self.auto_class,
+                "architectures": f"*{self.architecture_suffix}",
+                "files": sorted(self.model_files | {"config.json", "model.safetensors"}),
+            },
             "dataset": {"formats": list(self.dataset_formats), "columns": [c.describe() for c in self.dataset_columns]},
             "config_schema": self.config.model_json_schema(),
             "prediction_columns": [c.describe() for c in self.prediction_columns],

@@ -16,7 +16,9 @@ class TextClassificationConfig(ClassificationConfig):
     """How to run a text classifier: its tokenizer's truncation, and the classification options."""
 
     max_length: int | None = Field(
-        default=None, ge=1, le=65536,
+        default=None,
+        ge=1,
+        le=65536,
         description="Tokens per input after truncation; by default the model's own limit "
         "(the tokenizer's model_max_length, capped by the model's position embeddings).",
     )

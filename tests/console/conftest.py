@@ -76,7 +76,9 @@ def form_csrf(html: str) -> str:
 
 def sign_in(client, api_key: str):
     page = client.get("/ui/sign-in")
-    return client.post("/ui/sign-in", data={"api_key": api_key, "csrf": form_csrf(page.get_data(as_text=True)), "next": "/ui/evaluations"})
+    return client.post(
+        "/ui/sign-in", data={"api_key": api_key, "csrf": form_csrf(page.get_data(as_text=True)), "next": "/ui/evaluations"}
+    )
 
 
 def png(value: int) -> bytes:
@@ -102,25 +104,50 @@ def world(services, storage, tmp_path, alice) -> World:
     names[3] = HOSTILE
     (generated.directory / "summary.json").write_text(__import__("json").dumps({"label_names": names, "instances": 300}))
     store = services.store
-    model = Model(id=Model.new_id(), account=alice.account, name="digits-vit", status="ready", declared_size=10,
-                  content_type="application/zip", upload_object="uploads/models/x/model.zip", label_names=names)
-    dataset = Dataset(id=Dataset.new_id(), account=alice.account, name="digits", status="ready", declared_size=10,
-                      content_type="application/zip", upload_object="uploads/datasets/x/dataset.zip",
-                      splits={"test": 300}, label_names=names)
+    model = Model(
+        id=Model.new_id(),
+        account=alice.account,
+        name="digits-vit",
+        status="ready",
+        declared_size=10,
+        content_type="application/zip",
+        upload_object="uploads/models/x/model.zip",
+        label_names=names,
+    )
+    dataset = Dataset(
+        id=Dataset.new_id(),
+        account=alice.account,
+        name="digits",
+        status="ready",
+        declared_size=10,
+        content_type="application/zip",
+        upload_object="uploads/datasets/x/dataset.zip",
+        splits={"test": 300},
+        label_names=names,
+    )
     store.put(model)
     store.put(dataset)
-    summary = {"label_names": names, "instances": 300, "accuracy": 0.5, "f1_macro": 0.4, "ece_bins": 10,
-               "efficiency": {"instances_per_second": 1234.5, "device": "cpu"}}
-    evaluation = stored_evaluation(store, account=alice.account, model_id=model.id, dataset_id=dataset.id, summary=summary,
-                                   name="digits-vit-digits-test")
+    summary = {
+        "label_names": names,
+        "instances": 300,
+        "accuracy": 0.5,
+        "f1_macro": 0.4,
+        "ece_bins": 10,
+        "efficiency": {"instances_per_second": 1234.5, "device": "cpu"},
+    }
+    evaluation = stored_evaluation(
+        store, account=alice.account, model_id=model.id, dataset_id=dataset.id, summary=summary, name="digits-vit-digits-test"
+    )
     upload_result_set(storage, evaluation.id, generated.directory)
     for i, path in enumerate(sorted(generated.directory.glob("part-*.parquet"))):
         ids = pq.read_table(path, columns=["instance_id", "label"])
-        shard = pa.table({
-            "instance_id": ids.column("instance_id"),
-            "image": pa.array([png(k % 256) for k in range(ids.num_rows)], pa.binary()),
-            "label": ids.column("label").cast(pa.int64()),
-        })
+        shard = pa.table(
+            {
+                "instance_id": ids.column("instance_id"),
+                "image": pa.array([png(k % 256) for k in range(ids.num_rows)], pa.binary()),
+                "label": ids.column("label").cast(pa.int64()),
+            }
+        )
         local = tmp_path / f"shard-{i}.parquet"
         pq.write_table(shard, local)
         storage.upload_file(dataset_shard(dataset.id, "test", i), local)

@@ -24,14 +24,16 @@ def test_large_matrices_show_the_classes_most_involved_in_errors():
     matrix[7, 42] = 5
     matrix[99, 0] = 2
     heat = charts.heatmap([f"c{i}" for i in range(n)], matrix)
-    assert not heat.shown_all and heat.count == charts.MAX_HEATMAP_CLASSES ** 2
+    assert not heat.shown_all and heat.count == charts.MAX_HEATMAP_CLASSES**2
     assert {"c7", "c42", "c99", "c0"} <= set(heat.labels)
     pairs = charts.top_confused([f"c{i}" for i in range(n)], matrix)
     assert [(p.true_label, p.predicted_label, p.count) for p in pairs] == [("c7", "c42", 5), ("c99", "c0", 2)]
 
 
 def test_reliability_bars_follow_accuracy():
-    bins = [{"low": i / 10, "high": (i + 1) / 10, "count": 10 * i, "confidence": i / 10 + 0.05, "accuracy": 0.5} for i in range(10)]
+    bins = [
+        {"low": i / 10, "high": (i + 1) / 10, "count": 10 * i, "confidence": i / 10 + 0.05, "accuracy": 0.5} for i in range(10)
+    ]
     diagram = charts.reliability(bins, size=100)
     assert all(abs(b.height - 50) < 1e-9 for b in diagram.bars)
     assert abs(diagram.bars[0].gap_height - 45) < 1e-9
@@ -68,7 +70,13 @@ def test_revoked_expired_or_disabled_keys_are_unusable():
 
 
 def test_image_signatures_expire_and_bind_every_field():
-    fields = {"account": "acc", "evaluation_id": "evl", "instance_id": "i", "part": "part-00000.parquet", "expires": 2_000_000_000}
+    fields = {
+        "account": "acc",
+        "evaluation_id": "evl",
+        "instance_id": "i",
+        "part": "part-00000.parquet",
+        "expires": 2_000_000_000,
+    }
     sig = session.image_signature(b"s", **fields)
     assert session.image_signature_valid(b"s", sig, **fields, now=1_000_000_000)
     assert not session.image_signature_valid(b"s", sig, **fields, now=2_000_000_001)

@@ -19,9 +19,17 @@ MISSING = {"mdl": "mdl_00000000000000000000", "dst": "dst_00000000000000000000",
 def pages(world) -> list[str]:
     e, m, d = world.evaluation.id, world.model.id, world.dataset.id
     return [
-        "/ui/evaluations", "/ui/evaluations/new", f"/ui/evaluations/{e}", f"/ui/evaluations/{e}/delete",
+        "/ui/evaluations",
+        "/ui/evaluations/new",
+        f"/ui/evaluations/{e}",
+        f"/ui/evaluations/{e}/delete",
         f"/ui/evaluations/{e}/cancel",
-        "/ui/models", f"/ui/models/{m}", "/ui/datasets", f"/ui/datasets/{d}", f"/ui/datasets/{d}/leaderboard", "/ui/api",
+        "/ui/models",
+        f"/ui/models/{m}",
+        "/ui/datasets",
+        f"/ui/datasets/{d}",
+        f"/ui/datasets/{d}/leaderboard",
+        "/ui/api",
     ]
 
 
@@ -54,7 +62,8 @@ def test_sign_in_sets_a_strict_httponly_cookie_that_names_the_key_not_holds_it(c
 def test_cookie_is_secure_over_https(client, alice):
     page = client.get("/ui/sign-in", headers={"X-Forwarded-Proto": "https"})
     response = client.post(
-        "/ui/sign-in", data={"api_key": alice.keys["read"], "csrf": form_csrf(text(page))},
+        "/ui/sign-in",
+        data={"api_key": alice.keys["read"], "csrf": form_csrf(text(page))},
         headers={"X-Forwarded-Proto": "https"},
     )
     cookie = next(c for c in response.headers.getlist("Set-Cookie") if c.startswith(session.COOKIE + "="))
@@ -107,7 +116,12 @@ def test_every_page_renders_with_a_strict_csp(client, world, alice):
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
         assert response.headers["Cache-Control"] == "no-store"
         assert "<script>" not in text(response)  # no inline script anywhere
-    for asset in ("/ui/static/console.css", "/ui/static/console.js", "/ui/swagger/swagger-ui-bundle.js", "/ui/swagger/swagger-ui.css"):
+    for asset in (
+        "/ui/static/console.css",
+        "/ui/static/console.js",
+        "/ui/swagger/swagger-ui-bundle.js",
+        "/ui/swagger/swagger-ui.css",
+    ):
         assert client.get(asset).status_code == 200, asset
 
 
@@ -123,8 +137,12 @@ def test_the_evaluation_page_shows_every_part(client, world, alice):
 
 def test_escaping_hostile_names(client, world, alice):
     sign_in(client, alice.keys["read"])
-    for path in (f"/ui/evaluations/{world.evaluation.id}", f"/ui/evaluations/{world.evaluation.id}?errors=1&label=0",
-                 f"/ui/models/{world.model.id}", f"/ui/datasets/{world.dataset.id}"):
+    for path in (
+        f"/ui/evaluations/{world.evaluation.id}",
+        f"/ui/evaluations/{world.evaluation.id}?errors=1&label=0",
+        f"/ui/models/{world.model.id}",
+        f"/ui/datasets/{world.dataset.id}",
+    ):
         html = text(client.get(path))
         assert HOSTILE not in html, path
         assert "&lt;img src=x onerror=alert(1)&gt;" in html, path
@@ -139,7 +157,10 @@ def test_per_class_table_sorts_by_any_column(client, world, alice):
         for sort in (column, "-" + column):
             html = text(client.get(f"/ui/evaluations/{world.evaluation.id}?sort={sort}"))
             table = html.split('id="class-table"')[1].split("</table>")[0]
-            rows = re.findall(r"<tr><td>(.*?)</td><td class=\"num\">([\d.]+)</td><td class=\"num\">([\d.]+)</td><td class=\"num\">([\d.]+)</td><td class=\"num\">([\d,]+)</td><td class=\"num\">([\d,]+)</td>", table)
+            rows = re.findall(
+                r"<tr><td>(.*?)</td><td class=\"num\">([\d.]+)</td><td class=\"num\">([\d.]+)</td><td class=\"num\">([\d.]+)</td><td class=\"num\">([\d,]+)</td><td class=\"num\">([\d,]+)</td>",
+                table,
+            )
             assert len(rows) == 10
             if column != "label":
                 index = ("precision", "recall", "f1", "support", "predicted").index(column) + 1
@@ -166,14 +187,18 @@ def test_gallery_filters_pages_and_images(client, world, alice):
 
     svc = client.application.extensions["assay"]
     cache = service.cache_for(svc.settings, svc.storage)
-    everything = service.instances(svc.store, cache, world.evaluation.id, InstancesQuery(correct=False, limit=1000), account=alice.account)
+    everything = service.instances(
+        svc.store, cache, world.evaluation.id, InstancesQuery(correct=False, limit=1000), account=alice.account
+    )
     assert shown == {i.instance_id for i in everything.items}
     image = client.get(images[0].replace("&amp;", "&"))
     assert image.status_code == 200 and image.mimetype == "image/png" and image.data.startswith(b"\x89PNG")
     tampered = images[0].replace("&amp;", "&").replace("part-0000", "part-0001")
     assert client.get(tampered).status_code == 404
     label_page = text(client.get(base + "?label=class-1&prediction=class-2"))
-    assert all("label <strong>class-1</strong>" in li for li in re.findall(r'<li class="(?:right|wrong)">.*?</li>', label_page, re.S))
+    assert all(
+        "label <strong>class-1</strong>" in li for li in re.findall(r'<li class="(?:right|wrong)">.*?</li>', label_page, re.S)
+    )
 
 
 def test_other_accounts_ids_give_the_same_404_as_missing_ones(client, services, world, bob):
@@ -186,8 +211,10 @@ def test_other_accounts_ids_give_the_same_404_as_missing_ones(client, services, 
         (f"/ui/models/{m}", f"/ui/models/{MISSING['mdl']}"),
         (f"/ui/datasets/{d}", f"/ui/datasets/{MISSING['dst']}"),
         (f"/ui/datasets/{d}/leaderboard", f"/ui/datasets/{MISSING['dst']}/leaderboard"),
-        (f"/ui/evaluations/{e}/image?instance=x&part=part-00000.parquet&expires=9999999999&signature=x",
-         f"/ui/evaluations/{MISSING['evl']}/image?instance=x&part=part-00000.parquet&expires=9999999999&signature=x"),
+        (
+            f"/ui/evaluations/{e}/image?instance=x&part=part-00000.parquet&expires=9999999999&signature=x",
+            f"/ui/evaluations/{MISSING['evl']}/image?instance=x&part=part-00000.parquet&expires=9999999999&signature=x",
+        ),
         ("/ui/models/not-an-id", "/ui/no/such/page"),
     ]
     for theirs, missing in pairs:
@@ -217,7 +244,10 @@ def test_state_changes_need_the_csrf_token(client, services, world, alice):
     e = world.evaluation.id
     for data in ({}, {"csrf": "forged"}):
         assert client.post(f"/ui/evaluations/{e}/delete", data=data).status_code == 403
-        assert client.post("/ui/evaluations", data={**data, "model_id": world.model.id, "dataset_id": world.dataset.id}).status_code == 403
+        assert (
+            client.post("/ui/evaluations", data={**data, "model_id": world.model.id, "dataset_id": world.dataset.id}).status_code
+            == 403
+        )
         assert client.post("/ui/sign-out", data=data).status_code == 403
     assert services.store.get(Evaluation, e, account=alice.account).status == EvaluationStatus.complete
     assert client.get("/ui/evaluations").status_code == 200  # still signed in
@@ -227,17 +257,32 @@ def test_order_delete_and_sign_out_through_the_forms(client, services, world, al
     sign_in(client, alice.keys["write"])
     form = text(client.get(f"/ui/evaluations/new?model_id={world.model.id}"))
     assert f'value="{world.model.id}" selected' in form
-    response = client.post("/ui/evaluations", data={
-        "csrf": form_csrf(form), "model_id": world.model.id, "dataset_id": world.dataset.id, "splits": "test", "top_k": "3",
-    })
+    response = client.post(
+        "/ui/evaluations",
+        data={
+            "csrf": form_csrf(form),
+            "model_id": world.model.id,
+            "dataset_id": world.dataset.id,
+            "splits": "test",
+            "top_k": "3",
+        },
+    )
     assert response.status_code == 303
     ordered = services.store.list(Evaluation, account=alice.account, filters={"model_id": world.model.id}).items
     fresh = [x for x in ordered if x.config["top_k"] == 3]
     assert len(fresh) == 1 and fresh[0].status == EvaluationStatus.pending
     listing = text(client.get("/ui/evaluations"))
     assert fresh[0].id in listing and '<meta http-equiv="refresh"' in listing  # refreshes while one runs
-    bad = client.post("/ui/evaluations", data={"csrf": form_csrf(form), "model_id": world.model.id, "dataset_id": world.dataset.id,
-                                                "splits": "nope", "top_k": "3"})
+    bad = client.post(
+        "/ui/evaluations",
+        data={
+            "csrf": form_csrf(form),
+            "model_id": world.model.id,
+            "dataset_id": world.dataset.id,
+            "splits": "nope",
+            "top_k": "3",
+        },
+    )
     assert bad.status_code == 422 and "has no split nope" in text(bad)
     confirm = text(client.get(f"/ui/evaluations/{fresh[0].id}/delete"))
     assert "cannot be undone" in confirm
@@ -283,8 +328,14 @@ def test_lists_filter_and_page(client, services, world, alice):
 
 
 def test_leaderboard_and_compare(client, services, storage, world, alice, tmp_path):
-    other = stored_evaluation(services.store, account=alice.account, model_id=world.model.id, dataset_id=world.dataset.id,
-                              summary={"label_names": world.label_names, "instances": 300, "accuracy": 0.7}, name="second")
+    other = stored_evaluation(
+        services.store,
+        account=alice.account,
+        model_id=world.model.id,
+        dataset_id=world.dataset.id,
+        summary={"label_names": world.label_names, "instances": 300, "accuracy": 0.7},
+        name="second",
+    )
     generated = generate(tmp_path / "second", n=300, classes=10, shards=2, seed=1, skill=3.0)
     (generated.directory / "summary.json").write_text(__import__("json").dumps({"label_names": world.label_names}))
     upload_result_set(storage, other.id, generated.directory)
@@ -310,4 +361,6 @@ def test_the_key_never_reaches_a_log(client, alice, caplog):
     sign_in(client.application.test_client(), alice.keys["write"][:-3] + "xyz")
     client.get("/ui/evaluations")
     secret = alice.keys["write"].rsplit("_", 1)[1]
-    assert caplog.records and all(secret[:20] not in r.getMessage() and secret[:20] not in str(r.__dict__) for r in caplog.records)
+    assert caplog.records and all(
+        secret[:20] not in r.getMessage() and secret[:20] not in str(r.__dict__) for r in caplog.records
+    )

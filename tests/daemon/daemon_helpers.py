@@ -33,8 +33,14 @@ STAND_IN = Path(__file__).with_name("stand_in_worker.py")
 def make_model(account: str = "acc_a", status=ArtifactStatus.ready, **kw) -> Model:
     mid = kw.pop("id", None) or Model.new_id()
     return Model(
-        id=mid, account=account, name=kw.pop("name", "m"), status=status, declared_size=10,
-        content_type="application/zip", upload_object=f"uploads/models/{mid}/model.zip", **kw,
+        id=mid,
+        account=account,
+        name=kw.pop("name", "m"),
+        status=status,
+        declared_size=10,
+        content_type="application/zip",
+        upload_object=f"uploads/models/{mid}/model.zip",
+        **kw,
     )
 
 
@@ -42,22 +48,42 @@ def make_dataset(account: str = "acc_a", status=ArtifactStatus.ready, **kw) -> D
     did = kw.pop("id", None) or Dataset.new_id()
     kw.setdefault("splits", {"test": 10} if status == ArtifactStatus.ready else None)
     return Dataset(
-        id=did, account=account, name=kw.pop("name", "d"), status=status, declared_size=10,
-        content_type="application/zip", upload_object=f"uploads/datasets/{did}/data.zip", **kw,
+        id=did,
+        account=account,
+        name=kw.pop("name", "d"),
+        status=status,
+        declared_size=10,
+        content_type="application/zip",
+        upload_object=f"uploads/datasets/{did}/data.zip",
+        **kw,
     )
 
 
 def make_evaluation(
-    model: Model, dataset: Dataset, *, status=EvaluationStatus.pending, split: str = "test",
-    created_at: dt.datetime | None = None, top_k: int = 5, **kw,
+    model: Model,
+    dataset: Dataset,
+    *,
+    status=EvaluationStatus.pending,
+    split: str = "test",
+    created_at: dt.datetime | None = None,
+    top_k: int = 5,
+    **kw,
 ) -> Evaluation:
     config = InferenceConfig(top_k=top_k)
     fp = evaluation_fingerprint(model_id=model.id, dataset_id=dataset.id, split=split, config=config)
     extra = {"created_at": created_at} if created_at else {}
     return Evaluation(
-        id=evaluation_id(account=model.account, fingerprint=fp), account=model.account, name=kw.pop("name", "e"),
-        status=status, model_id=model.id, dataset_id=dataset.id, split=split, config=config, fingerprint=fp,
-        **extra, **kw,
+        id=evaluation_id(account=model.account, fingerprint=fp),
+        account=model.account,
+        name=kw.pop("name", "e"),
+        status=status,
+        model_id=model.id,
+        dataset_id=dataset.id,
+        split=split,
+        config=config,
+        fingerprint=fp,
+        **extra,
+        **kw,
     )
 
 

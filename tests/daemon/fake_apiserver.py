@@ -98,8 +98,7 @@ class FakeApiServer:
             status = {
                 "failed": 1,
                 "conditions": [
-                    {"type": "Failed", "status": "True", "reason": reason, "message": "Job has failed",
-                     "lastTransitionTime": now}
+                    {"type": "Failed", "status": "True", "reason": reason, "message": "Job has failed", "lastTransitionTime": now}
                 ],
             }
         self.set_status(name, namespace, startTime=now, completionTime=now if succeeded else None, **status)
@@ -165,7 +164,8 @@ class FakeApiServer:
     def _list(self, handler, ns: str, query: dict[str, str]) -> None:
         wanted = dict(part.split("=", 1) for part in query.get("labelSelector", "").split(",") if part)
         items = [
-            job for (job_ns, _), job in sorted(self.jobs.items())
+            job
+            for (job_ns, _), job in sorted(self.jobs.items())
             if job_ns == ns and all(job["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())
         ]
         start = int(query.get("continue") or 0)
@@ -173,9 +173,14 @@ class FakeApiServer:
         page = items[start : start + limit]
         more = start + limit < len(items)
         _reply(
-            handler, 200,
-            {"apiVersion": "batch/v1", "kind": "JobList", "metadata": {"continue": str(start + limit) if more else None},
-             "items": page},
+            handler,
+            200,
+            {
+                "apiVersion": "batch/v1",
+                "kind": "JobList",
+                "metadata": {"continue": str(start + limit) if more else None},
+                "items": page,
+            },
         )
 
     def _delete(self, handler, ns: str, name: str) -> None:

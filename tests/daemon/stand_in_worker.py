@@ -52,8 +52,15 @@ def main(argv: list[str]) -> int:
     active = "verifying"
     if cls is Evaluation:
         store.transition(
-            cls, entity_id, account=ANY_ACCOUNT, expected="admitted", to="running", check=mine,
-            started_at=utcnow(), heartbeat_at=utcnow(), lease_expires_at=lease(),
+            cls,
+            entity_id,
+            account=ANY_ACCOUNT,
+            expected="admitted",
+            to="running",
+            check=mine,
+            started_at=utcnow(),
+            heartbeat_at=utcnow(),
+            lease_expires_at=lease(),
         )
         active = "running"
     if behaviour == "die" or (behaviour == "die-once" and attempt == 1):
@@ -65,14 +72,24 @@ def main(argv: list[str]) -> int:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         time.sleep(min(settings.heartbeat_seconds, max(0.0, deadline - time.monotonic())))
-        store.update(cls, entity_id, account=ANY_ACCOUNT, expected=active, check=mine,
-                     heartbeat_at=utcnow(), lease_expires_at=lease())
+        store.update(
+            cls, entity_id, account=ANY_ACCOUNT, expected=active, check=mine, heartbeat_at=utcnow(), lease_expires_at=lease()
+        )
     final = {"summary": {"accuracy": 1.0}} if cls is Evaluation else {"digest": "sha256:stand-in"}
     if cls is Dataset:
         final["splits"] = {"test": 10}
     done = "complete" if cls is Evaluation else "ready"
-    store.transition(cls, entity_id, account=ANY_ACCOUNT, expected=active, to=done, check=mine,
-                     finished_at=utcnow(), lease_expires_at=None, **final)
+    store.transition(
+        cls,
+        entity_id,
+        account=ANY_ACCOUNT,
+        expected=active,
+        to=done,
+        check=mine,
+        finished_at=utcnow(),
+        lease_expires_at=None,
+        **final,
+    )
     return 0
 
 

@@ -24,8 +24,14 @@ def test_check_health_passes_on_a_fresh_file_and_fails_on_a_stale_or_missing_one
 
 def test_a_worker_rebuilds_the_daemons_settings_from_the_environment_it_is_given(monkeypatch):
     daemon_side = Settings(
-        project="p", bucket="b", namespace="ns", lease_seconds=7.5, heartbeat_seconds=1.5,
-        datastore_emulator_host="127.0.0.1:1", pubsub_emulator_host="127.0.0.1:2", storage_emulator_host="http://127.0.0.1:3",
+        project="p",
+        bucket="b",
+        namespace="ns",
+        lease_seconds=7.5,
+        heartbeat_seconds=1.5,
+        datastore_emulator_host="127.0.0.1:1",
+        pubsub_emulator_host="127.0.0.1:2",
+        storage_emulator_host="http://127.0.0.1:3",
     )
     for name in list(os.environ):
         if name.startswith("ASSAY_") or name.endswith("_EMULATOR_HOST"):

@@ -71,7 +71,9 @@ def patient_daemon(fast_settings, fast_store, storage, daemon_settings, runs_dir
 # --- cancel ------------------------------------------------------------------------------
 
 
-def test_cancelling_a_running_local_job_stops_its_processes_and_keeps_its_shards(patient_daemon, fast_store, storage, runs_dir, daemon_settings):
+def test_cancelling_a_running_local_job_stops_its_processes_and_keeps_its_shards(
+    patient_daemon, fast_store, storage, runs_dir, daemon_settings
+):
     model, dataset = make_model(), make_dataset()
     labels = {"standin": "ok", "standin-seconds": "120", "standin-once": "1"}
     evaluation = make_evaluation(model, dataset, labels=labels)
@@ -175,8 +177,14 @@ def test_cancel_racing_completion_has_exactly_one_winner_and_the_events_say_whic
         def complete():
             start.wait()
             try:
-                fast_store.transition(Evaluation, evaluation.id, account=ANY_ACCOUNT, expected="running", to="complete",
-                                      check=lambda current: current.attempts == 1)
+                fast_store.transition(
+                    Evaluation,
+                    evaluation.id,
+                    account=ANY_ACCOUNT,
+                    expected="running",
+                    to="complete",
+                    check=lambda current: current.attempts == 1,
+                )
                 won.append("complete")
             except TransitionConflict:
                 pass
@@ -296,12 +304,19 @@ def _deliveries(store, webhook_id: str) -> list[WebhookDelivery]:
     )
 
 
-def test_deliveries_are_signed_retried_through_failures_in_order_and_recorded(webhook_daemon, fast_store, local_settings, receiver):
+def test_deliveries_are_signed_retried_through_failures_in_order_and_recorded(
+    webhook_daemon, fast_store, local_settings, receiver
+):
     receiver.codes = [500, 503]  # the receiver fails twice, then recovers
     model, dataset = make_model(), make_dataset()
     _put(fast_store, model, dataset)
-    webhook, secret = _subscribe(fast_store, local_settings, model.account, receiver.url,
-                                 ["evaluation.running", "evaluation.complete", "evaluation.failed"])
+    webhook, secret = _subscribe(
+        fast_store,
+        local_settings,
+        model.account,
+        receiver.url,
+        ["evaluation.running", "evaluation.complete", "evaluation.failed"],
+    )
     evaluation = make_evaluation(model, dataset, status=EvaluationStatus.admitted, attempts=1)
     fast_store.put(evaluation)
     fast_store.transition(Evaluation, evaluation.id, account=ANY_ACCOUNT, expected="admitted", to="running")
@@ -343,14 +358,22 @@ def test_deliveries_never_cross_accounts(webhook_daemon, fast_store, local_setti
         other.close()
 
 
-def test_deliveries_to_private_addresses_are_refused_after_dns(webhook_daemon, fast_store, fast_settings, receiver, storage, daemon_settings):
+def test_deliveries_to_private_addresses_are_refused_after_dns(
+    webhook_daemon, fast_store, fast_settings, receiver, storage, daemon_settings
+):
     # A name that resolves to loopback, on a server that is not local: the check happens at
     # delivery time, after DNS, so a name registered as public and rebound is still caught.
     model, dataset = make_model(), make_dataset()
     _put(fast_store, model, dataset)
     port = receiver.server.server_address[1]
-    webhook = Webhook(id=Webhook.new_id(), account=model.account, name="rebound", url=f"https://localhost:{port}/hook",
-                      events=["evaluation.failed"], secret_salt="s")
+    webhook = Webhook(
+        id=Webhook.new_id(),
+        account=model.account,
+        name="rebound",
+        url=f"https://localhost:{port}/hook",
+        events=["evaluation.failed"],
+        secret_salt="s",
+    )
     fast_store.put(webhook)
     fast_store.put(WebhookSubscriptions(id=model.account, account=model.account, routes={webhook.id: webhook.events}))
     evaluation = make_evaluation(model, dataset)

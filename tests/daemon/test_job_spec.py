@@ -90,14 +90,30 @@ def test_the_task_table_decides_who_gets_a_gpu(model_task):
     """An evaluation goes to the GPU pool when its model task says so; verifying and
     ingesting never do, whatever the task."""
     evaluation = Evaluation(
-        id="evl_0123456789abcdefghij", account="acc_0123456789abcdefghij", name="e", model_id="mdl_0123456789abcdefghij",
-        dataset_id="dst_0123456789abcdefghij", split="test", fingerprint="f", task=model_task, attempts=1,
+        id="evl_0123456789abcdefghij",
+        account="acc_0123456789abcdefghij",
+        name="e",
+        model_id="mdl_0123456789abcdefghij",
+        dataset_id="dst_0123456789abcdefghij",
+        split="test",
+        fingerprint="f",
+        task=model_task,
+        attempts=1,
     )
-    model = Model(id="mdl_0123456789abcdefghij", account="acc_0123456789abcdefghij", name="m", task=model_task,
-                  declared_size=1, content_type="application/zip", upload_object="uploads/models/x/model.zip")
+    model = Model(
+        id="mdl_0123456789abcdefghij",
+        account="acc_0123456789abcdefghij",
+        name="m",
+        task=model_task,
+        declared_size=1,
+        content_type="application/zip",
+        upload_object="uploads/models/x/model.zip",
+    )
     assert task_of(evaluation).gpu is SPECS[model_task].gpu
     assert task_of(model).gpu is False
-    assert ("nodeSelector" in as_manifest(build_job(task_of(evaluation), GPU_POOL))["spec"]["template"]["spec"]) is SPECS[model_task].gpu
+    assert ("nodeSelector" in as_manifest(build_job(task_of(evaluation), GPU_POOL))["spec"]["template"]["spec"]) is SPECS[
+        model_task
+    ].gpu
 
 
 def test_the_pod_meets_the_restricted_security_profile():
@@ -125,8 +141,6 @@ def test_the_command_line_validator_accepts_the_jobs_too(tmp_path):
     path = tmp_path / "jobs.yaml"
     path.write_text(yaml.safe_dump_all(manifests))
     validator = Path(sys.executable).with_name("kubernetes-validate")
-    done = subprocess.run(
-        [str(validator), "--strict", "-k", "1.33.0", str(path)], capture_output=True, text=True, timeout=120
-    )
+    done = subprocess.run([str(validator), "--strict", "-k", "1.33.0", str(path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (done.stdout + done.stderr).count("passed for resource job/") == 2

@@ -32,9 +32,7 @@ def apiserver():
 def backend_for(server: FakeApiServer, settings: DaemonSettings | None = None) -> KubernetesBackend:
     configuration = k8s.Configuration(host=server.url)
     configuration.retries = 0  # the daemon's loop is the retry
-    return KubernetesBackend(
-        settings or DaemonSettings(), api_client=k8s.ApiClient(configuration), env={"ASSAY_BUCKET": "b"}
-    )
+    return KubernetesBackend(settings or DaemonSettings(), api_client=k8s.ApiClient(configuration), env={"ASSAY_BUCKET": "b"})
 
 
 def test_submit_creates_one_valid_job_and_a_second_submit_adopts_it(apiserver):

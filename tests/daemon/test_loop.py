@@ -130,9 +130,7 @@ def test_a_worker_that_dies_once_succeeds_on_its_second_attempt(make_daemon, fas
     assert runs(runs_dir, evaluation.id) == ["evaluate 1", "evaluate 2"]
 
 
-def test_a_hung_worker_loses_its_lease_its_job_is_cancelled_and_the_task_failed(
-    make_daemon, fast_store, daemon_settings
-):
+def test_a_hung_worker_loses_its_lease_its_job_is_cancelled_and_the_task_failed(make_daemon, fast_store, daemon_settings):
     model, dataset = put_inputs(fast_store)
     evaluation = make_evaluation(model, dataset, labels={"standin": "hang"})
     fast_store.put(evaluation)
@@ -146,9 +144,7 @@ def test_a_hung_worker_loses_its_lease_its_job_is_cancelled_and_the_task_failed(
     assert daemon.ctx.backend.status(failed.job_name).state == JobState.failed  # cancelled, not left running
 
 
-def test_deleting_a_running_evaluation_cancels_its_job_and_removes_objects_and_entity(
-    make_daemon, fast_store, storage
-):
+def test_deleting_a_running_evaluation_cancels_its_job_and_removes_objects_and_entity(make_daemon, fast_store, storage):
     model, dataset = put_inputs(fast_store)
     evaluation = make_evaluation(model, dataset, labels={"standin-seconds": "60"})
     fast_store.put(evaluation)
@@ -211,7 +207,9 @@ def test_waiting_work_is_explained_with_a_reason_and_a_queue_position(make_daemo
     assert len(backend.submits) == 3
     waiting = [get(e) for e in evaluations_a[2:]]
     assert [(w.reason, w.queue_position) for w in waiting] == [
-        (QueueReason.account_limit, 1), (QueueReason.account_limit, 2), (QueueReason.account_limit, 3)
+        (QueueReason.account_limit, 1),
+        (QueueReason.account_limit, 2),
+        (QueueReason.account_limit, 3),
     ]
     assert "position 1" in waiting[0].message
     before = get(evaluations_a[4]).updated_at

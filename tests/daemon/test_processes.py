@@ -92,9 +92,7 @@ def statuses(store, evaluations) -> list[str]:
 
 
 @pytest.mark.parametrize("crash_at", ["before_submit", "after_submit"])
-def test_a_daemon_killed_around_a_submit_loses_nothing_and_runs_nothing_twice(
-    crash_at, start_daemon, fast_store, runs_dir
-):
+def test_a_daemon_killed_around_a_submit_loses_nothing_and_runs_nothing_twice(crash_at, start_daemon, fast_store, runs_dir):
     evaluations = put_evaluations(fast_store, 4)
     # A lease long enough for a worker to start on a loaded machine (an expired one would
     # rightly retry, and then a task runs twice); one claim at a time, so the kill never
@@ -123,15 +121,21 @@ def test_sigterm_stops_the_daemon_cleanly_and_hands_over_admission(start_daemon,
 
 # A job that records its run and then stays up, so nothing is retried while we count.
 RECORD_AND_STAY = [
-    "/bin/sh", "-c", 'mkdir -p "$STANDIN_RUNS" && echo "$3 $6" >> "$STANDIN_RUNS/$4" && exec sleep 120', "job",
+    "/bin/sh",
+    "-c",
+    'mkdir -p "$STANDIN_RUNS" && echo "$3 $6" >> "$STANDIN_RUNS/$4" && exec sleep 120',
+    "job",
 ]
 
 
 def test_two_replicas_submit_each_of_200_pending_evaluations_exactly_once(start_daemon, fast_store, runs_dir, tmp_path):
     evaluations = put_evaluations(fast_store, 200, accounts=4)
     caps = dict(
-        ASSAY_DAEMON_GLOBAL_CONCURRENCY=1000, ASSAY_DAEMON_ACCOUNT_CONCURRENCY=1000, ASSAY_DAEMON_LOCAL_MAX_PROCESSES=1000,
-        ASSAY_LEASE_SECONDS=600, ASSAY_DAEMON_ADMISSION_LEASE_S=1,
+        ASSAY_DAEMON_GLOBAL_CONCURRENCY=1000,
+        ASSAY_DAEMON_ACCOUNT_CONCURRENCY=1000,
+        ASSAY_DAEMON_LOCAL_MAX_PROCESSES=1000,
+        ASSAY_LEASE_SECONDS=600,
+        ASSAY_DAEMON_ADMISSION_LEASE_S=1,
     )
     first = start_daemon("replica-1", local_command=RECORD_AND_STAY, **caps)
     second = start_daemon("replica-2", local_command=RECORD_AND_STAY, **caps)

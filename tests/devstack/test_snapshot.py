@@ -14,8 +14,13 @@ from shared.store import ANY_ACCOUNT, Store
 def make_model(account: str, name: str, labels: dict[str, str]) -> Model:
     mid = Model.new_id()
     return Model(
-        id=mid, account=account, name=name, labels=labels, declared_size=10,
-        content_type="application/zip", upload_object=f"uploads/models/{mid}/model.zip",
+        id=mid,
+        account=account,
+        name=name,
+        labels=labels,
+        declared_size=10,
+        content_type="application/zip",
+        upload_object=f"uploads/models/{mid}/model.zip",
     )
 
 

@@ -52,7 +52,9 @@ def uploaded(stack):
 
     client = Client(stack["ASSAY_URL"], stack["ASSAY_API_KEY"], progress=False)
     model_dir = digits.cached_digits_vit(ROOT / ".cache" / "fixtures")
-    archive = digits.write_imagefolder_archive(Path(stack["STATE"]) / "console-digits.zip", {"test": digits.digits_images("test")})
+    archive = digits.write_imagefolder_archive(
+        Path(stack["STATE"]) / "console-digits.zip", {"test": digits.digits_images("test")}
+    )
     model = client.models.upload(model_dir, name="console-vit", labels={"suite": "browser"}, wait=True)
     dataset = client.datasets.upload(archive, name="console-digits", wait=True)
     assert model.status == dataset.status == "ready", (model.reason, dataset.reason)

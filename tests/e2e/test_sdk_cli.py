@@ -42,8 +42,12 @@ def client(stack) -> Client:
 
 
 def cli(stack, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ASSAY_URL": stack["ASSAY_URL"], "ASSAY_API_KEY": stack["ASSAY_API_KEY"],
-           "ASSAY_CONFIG": str(Path(stack["STATE"]) / "cli-config.json")}
+    env = {
+        **os.environ,
+        "ASSAY_URL": stack["ASSAY_URL"],
+        "ASSAY_API_KEY": stack["ASSAY_API_KEY"],
+        "ASSAY_CONFIG": str(Path(stack["STATE"]) / "cli-config.json"),
+    }
     return subprocess.run([sys.executable, "-m", "assay.cli", *args], env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -115,9 +119,15 @@ def test_the_cli_lists_shows_and_reports_with_meaningful_exit_codes(stack, evalu
     assert missing.returncode == 4 and "not found" in missing.stderr.lower()
     unauthenticated = subprocess.run(
         [sys.executable, "-m", "assay.cli", "ls", "models"],
-        env={**os.environ, "ASSAY_URL": stack["ASSAY_URL"], "ASSAY_API_KEY": "assay_key_" + "0" * 20 + "_" + "A" * 43,
-             "ASSAY_CONFIG": "/nonexistent"},
-        capture_output=True, text=True, timeout=120,
+        env={
+            **os.environ,
+            "ASSAY_URL": stack["ASSAY_URL"],
+            "ASSAY_API_KEY": "assay_key_" + "0" * 20 + "_" + "A" * 43,
+            "ASSAY_CONFIG": "/nonexistent",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert unauthenticated.returncode == 3
 
@@ -129,11 +139,16 @@ def test_login_writes_a_config_only_the_user_can_read(stack, tmp_path):
     env.pop("ASSAY_API_KEY", None)
     out = subprocess.run(
         [sys.executable, "-m", "assay.cli", "login", "--url", stack["ASSAY_URL"], "--api-key", stack["ASSAY_API_KEY"]],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert config.stat().st_mode & 0o777 == 0o600
-    listed = subprocess.run([sys.executable, "-m", "assay.cli", "ls", "models"], env=env, capture_output=True, text=True, timeout=120)
+    listed = subprocess.run(
+        [sys.executable, "-m", "assay.cli", "ls", "models"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert listed.returncode == 0, listed.stderr
 
 

@@ -27,7 +27,11 @@ def start(state: Path, api_port: int) -> tuple[subprocess.Popen, dict[str, str]]
     env = {**os.environ, "ASSAY_STACK_API_PORT": str(api_port), "HF_HOME": str(ROOT / ".cache" / "huggingface")}
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "devstack.localstack", "serve", "--state", str(state)],
-        cwd=ROOT, env=env, stdout=open(state / "supervisor.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT,
+        env=env,
+        stdout=open(state / "supervisor.log", "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     env_file = state / "local.env"
     deadline = time.monotonic() + 240

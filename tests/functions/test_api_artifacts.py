@@ -57,7 +57,9 @@ def test_model_framework_and_dataset_format_are_checked(client, alice):
     assert r.status_code == 201 and r.json["upload"]["headers"]["Content-Type"] == "application/vnd.apache.parquet"
     # Any content type of a dataset format is taken (the schema's enum); the one sent is signed in.
     r = client.post(
-        "/v1/datasets", json={**DATASET, "format": "imagefolder-tar.gz", "content_type": "application/x-gzip"}, headers=alice.write
+        "/v1/datasets",
+        json={**DATASET, "format": "imagefolder-tar.gz", "content_type": "application/x-gzip"},
+        headers=alice.write,
     )
     assert r.status_code == 201 and r.json["upload"]["headers"]["Content-Type"] == "application/x-gzip"
     for wrong in ("APPLICATION/ZIP", "", "application/zip ", "text/html"):

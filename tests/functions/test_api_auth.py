@@ -66,9 +66,7 @@ def test_scopes_are_enforced_with_403(client, alice):
 
 def test_api_keys_are_made_listed_and_revoked_and_the_secret_is_shown_once(client, services, alice):
     expires = (utcnow() + dt.timedelta(days=1)).isoformat()
-    r = client.post(
-        "/v1/api-keys", json={"name": "notebook", "scopes": ["write"], "expires_at": expires}, headers=alice.admin
-    )
+    r = client.post("/v1/api-keys", json={"name": "notebook", "scopes": ["write"], "expires_at": expires}, headers=alice.admin)
     assert r.status_code == 201
     created = r.json
     key_id = created["api_key"]["id"]
@@ -194,7 +192,8 @@ def test_assay_admin_issues_a_key_for_an_existing_account_and_lists_accounts_wit
 
 def test_a_key_made_with_an_expiry_in_the_past_is_expired_from_the_start(client, alice):
     """No schema can say "after now", so the request is taken; the key never authenticates."""
-    r = client.post("/v1/api-keys", json={"name": "late", "scopes": ["read"], "expires_at": "2001-01-01T00:00:00Z"},
-                    headers=alice.admin)
+    r = client.post(
+        "/v1/api-keys", json={"name": "late", "scopes": ["read"], "expires_at": "2001-01-01T00:00:00Z"}, headers=alice.admin
+    )
     assert r.status_code == 201
     assert client.get("/v1/whoami", headers=bearer(r.json["secret"])).status_code == 401

@@ -26,9 +26,7 @@ def test_malformed_json_is_400(client, alice):
 
 
 def test_unknown_and_mistyped_fields_are_422_with_their_paths(client, alice):
-    r = client.post(
-        "/v1/models", json={**MODEL, "size": "10", "sise": 10, "labels": {"a": 1}}, headers=alice.write
-    )
+    r = client.post("/v1/models", json={**MODEL, "size": "10", "sise": 10, "labels": {"a": 1}}, headers=alice.write)
     assert_error(r, 422, "invalid")
     paths = {f["path"] for f in r.json["error"]["details"]["fields"]}
     assert {"size", "sise", "labels.a"} <= paths
@@ -99,4 +97,3 @@ def test_routes_cannot_declare_unchecked_path_parameters():
     router = Router("x")
     with pytest.raises(ValueError):
         router.get("/v1/things/{thing_id}", scope=Scope.read, response=None)(lambda call, thing_id: None)
-

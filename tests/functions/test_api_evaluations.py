@@ -83,7 +83,9 @@ def test_failed_and_cancelled_evaluations_are_restarted(client, services, alice)
     assert restarted.reason == "queued" and restarted.retry_base == restarted.attempts
 
 
-@pytest.mark.parametrize("which,status", [("model", "failed"), ("dataset", "failed"), ("model", "deleting"), ("dataset", "deleting")])
+@pytest.mark.parametrize(
+    "which,status", [("model", "failed"), ("dataset", "failed"), ("model", "deleting"), ("dataset", "deleting")]
+)
 def test_an_unusable_input_is_409(client, services, alice, which, status):
     kwargs = {f"{which}_status": status}
     model_id, dataset_id = make_inputs(client, services, alice, **kwargs)
@@ -178,8 +180,12 @@ class RecordingHints:
 
 def test_hints_go_at_once_and_those_within_the_interval_go_together(services, settings):
     recorder = RecordingHints()
-    paced = Services(settings=settings.model_copy(update={"api_hint_interval_s": 0.3}), store=services.store,
-                     storage=services.storage, hints=recorder)  # type: ignore[arg-type]
+    paced = Services(
+        settings=settings.model_copy(update={"api_hint_interval_s": 0.3}),
+        store=services.store,
+        storage=services.storage,
+        hints=recorder,
+    )  # type: ignore[arg-type]
     hint = lambda i: [Hint(kind="Evaluation", id=f"evl_{i}", account="acc_a")]  # noqa: E731
     started = time.monotonic()
     paced.hint(hint(1))

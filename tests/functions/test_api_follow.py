@@ -63,7 +63,10 @@ def test_events_are_oldest_first_paged_signed_by_component_and_key_and_private(c
     rest = client.get(f"/v1/models/{model_id}/events?limit=2&page_token={first.json['next_page_token']}", headers=alice.read)
     events = first.json["items"] + rest.json["items"]
     assert [(e["from_status"], e["to_status"]) for e in events] == [
-        (None, "awaiting_upload"), ("awaiting_upload", "uploaded"), ("uploaded", "verifying"), ("verifying", "failed"),
+        (None, "awaiting_upload"),
+        ("awaiting_upload", "uploaded"),
+        ("uploaded", "verifying"),
+        ("verifying", "failed"),
     ]
     created = events[0]
     whoami = client.get("/v1/whoami", headers=alice.write).json
@@ -155,7 +158,11 @@ def test_a_signature_verifies_only_with_the_right_secret_body_and_time():
     body = b'{"id":"dlv_x"}'
     header = sign("whsec_a", body, timestamp=1_000_000)
     assert verify_signature(body, header, "whsec_a", now=1_000_100) == 1_000_000
-    for bad_body, secret, now in ((body + b" ", "whsec_a", 1_000_000), (body, "whsec_b", 1_000_000), (body, "whsec_a", 1_000_301)):
+    for bad_body, secret, now in (
+        (body + b" ", "whsec_a", 1_000_000),
+        (body, "whsec_b", 1_000_000),
+        (body, "whsec_a", 1_000_301),
+    ):
         with pytest.raises(InvalidSignature):
             verify_signature(bad_body, header, secret, now=now)
     for bad_header in (None, "", "v1=abc", "t=1000000", "t=x,v1=" + header.partition("v1=")[2]):

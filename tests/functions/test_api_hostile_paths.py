@@ -59,20 +59,43 @@ def api(entry_point_env, monkeypatch):
 def live_ids(services, storage, alice, tmp_path) -> dict[str, str]:
     """Alice's entities, one per id prefix: a complete evaluation with a result set (its
     dataset ready), so every route gets past its existence checks to the part under test."""
-    dataset = Dataset(id=Dataset.new_id(), account=alice.account, name="digits", declared_size=1,
-                      content_type="application/zip", upload_object="u", status="ready", splits={"test": 20})
+    dataset = Dataset(
+        id=Dataset.new_id(),
+        account=alice.account,
+        name="digits",
+        declared_size=1,
+        content_type="application/zip",
+        upload_object="u",
+        status="ready",
+        splits={"test": 20},
+    )
     services.store.put(dataset)
-    model = Model(id=Model.new_id(), account=alice.account, name="vit", declared_size=1,
-                  content_type="application/zip", upload_object="u", status="ready")
+    model = Model(
+        id=Model.new_id(),
+        account=alice.account,
+        name="vit",
+        declared_size=1,
+        content_type="application/zip",
+        upload_object="u",
+        status="ready",
+    )
     services.store.put(model)
     g = generate(tmp_path / "r", n=20, classes=3, labels=np.arange(20) % 3, seed=0)
-    evaluation = stored_evaluation(services.store, account=alice.account, dataset_id=dataset.id,
-                                   model_id=model.id,
-                                   summary={"label_names": g.label_names, "accuracy": 0.5, "instances": 20})
+    evaluation = stored_evaluation(
+        services.store,
+        account=alice.account,
+        dataset_id=dataset.id,
+        model_id=model.id,
+        summary={"label_names": g.label_names, "accuracy": 0.5, "instances": 20},
+    )
     upload_result_set(storage, evaluation.id, g.directory)
     key = services.store.list(ApiKey, account=alice.account).items[0]
-    webhook, _ = webhooks.create(services.store, CreateWebhook(url="https://example.com/hook", events=["evaluation.complete"]),
-                                 account=alice.account, settings=services.settings)
+    webhook, _ = webhooks.create(
+        services.store,
+        CreateWebhook(url="https://example.com/hook", events=["evaluation.complete"]),
+        account=alice.account,
+        settings=services.settings,
+    )
     return {"mdl": evaluation.model_id, "dst": dataset.id, "evl": evaluation.id, "key": key.id, "whk": webhook.id}
 
 
@@ -109,8 +132,16 @@ def test_every_route_answers_a_path_that_is_not_exactly_its_own_with_a_json_404(
         path = route.path
         for param in route.params:
             path = path.replace("{" + param.name + "}", live_ids[param.prefix])
-        for variant in (path + "/", path + "%0a", path + "%20", path + "/x", path.replace("/v1/", "/v1//"),
-                        "/" + path, path.upper(), path + ".json"):
+        for variant in (
+            path + "/",
+            path + "%0a",
+            path + "%20",
+            path + "/x",
+            path.replace("/v1/", "/v1//"),
+            "/" + path,
+            path.upper(),
+            path + ".json",
+        ):
             r = send(api, route.method, variant, alice.admin)
             if r.status_code == 405:  # e.g. /v1/models/x matches GET /v1/models/{model_id}
                 assert_json_error(r, 405, "method_not_allowed")

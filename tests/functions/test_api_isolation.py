@@ -45,7 +45,9 @@ def test_another_accounts_id_is_404_on_every_route(client, alice, bob, bobs, rou
 
 
 def test_orders_naming_another_accounts_inputs_are_404(client, alice, bobs):
-    r = client.post("/v1/evaluations", json={"model_id": bobs["mdl"], "dataset_id": bobs["dst"], "splits": ["test"]}, headers=alice.write)
+    r = client.post(
+        "/v1/evaluations", json={"model_id": bobs["mdl"], "dataset_id": bobs["dst"], "splits": ["test"]}, headers=alice.write
+    )
     assert r.status_code == 404
 
 
@@ -65,8 +67,14 @@ def test_lists_never_leak(client, alice, bob, bobs, path):
 
 def test_the_isolation_matrix_covers_every_id_route():
     assert {f"{r.method} {r.path}" for r in ID_ROUTES} >= {
-        "GET /v1/models/{model_id}", "DELETE /v1/models/{model_id}", "POST /v1/models/{model_id}/upload-ticket",
-        "GET /v1/datasets/{dataset_id}", "DELETE /v1/datasets/{dataset_id}", "POST /v1/datasets/{dataset_id}/upload-ticket",
-        "GET /v1/evaluations/{evaluation_id}", "DELETE /v1/evaluations/{evaluation_id}",
-        "GET /v1/api-keys/{key_id}", "DELETE /v1/api-keys/{key_id}",
+        "GET /v1/models/{model_id}",
+        "DELETE /v1/models/{model_id}",
+        "POST /v1/models/{model_id}/upload-ticket",
+        "GET /v1/datasets/{dataset_id}",
+        "DELETE /v1/datasets/{dataset_id}",
+        "POST /v1/datasets/{dataset_id}/upload-ticket",
+        "GET /v1/evaluations/{evaluation_id}",
+        "DELETE /v1/evaluations/{evaluation_id}",
+        "GET /v1/api-keys/{key_id}",
+        "DELETE /v1/api-keys/{key_id}",
     }

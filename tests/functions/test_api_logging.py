@@ -19,8 +19,15 @@ assert api.get("/v1/no-such-route").status_code == 404
 
 
 def test_the_api_logs_json_lines_with_the_requests_fields(entry_point_env):
-    done = subprocess.run([sys.executable, "-c", SERVE_ONE_REQUEST], cwd=ROOT, env={**os.environ, **entry_point_env},
-                          capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE_ONE_REQUEST],
+        cwd=ROOT,
+        env={**os.environ, **entry_point_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     refused = [line for line in lines if line["message"].startswith("request refused")]
     assert len(refused) == 1, done.stderr

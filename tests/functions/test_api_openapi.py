@@ -123,10 +123,23 @@ def test_a_webhook_url_is_taken_exactly_when_the_served_schema_allows_it(setting
     from shared.webhooks import check_url
 
     deployment = settings.model_copy(update={"webhook_allow_http_loopback": allow_loopback})
-    pattern = openapi_document(ROUTERS, settings=deployment)["components"]["schemas"]["CreateWebhook"]["properties"]["url"]["pattern"]
-    urls = ["https://hooks.example.com/assay?x=1", "https://a.b:8443", "http://127.0.0.1:8080/hook", "http://localhost/x",
-            "https://10.0.0.1/", "https://169.254.169.254/", "https://u:p@example.com/", "https://example.com/#f",
-            "http://example.com/", "https://localhost/", "https://example.com:0/", "https://example.com\n"]
+    pattern = openapi_document(ROUTERS, settings=deployment)["components"]["schemas"]["CreateWebhook"]["properties"]["url"][
+        "pattern"
+    ]
+    urls = [
+        "https://hooks.example.com/assay?x=1",
+        "https://a.b:8443",
+        "http://127.0.0.1:8080/hook",
+        "http://localhost/x",
+        "https://10.0.0.1/",
+        "https://169.254.169.254/",
+        "https://u:p@example.com/",
+        "https://example.com/#f",
+        "http://example.com/",
+        "https://localhost/",
+        "https://example.com:0/",
+        "https://example.com\n",
+    ]
     for url in urls:
         try:
             check_url(url, allow_http_loopback=allow_loopback)

@@ -50,10 +50,13 @@ def assert_unavailable(r, what) -> None:
 
 def test_refused_connections_answer_every_route_503_within_the_shorter_budget(settings, indexes, alice):
     budget_s, refused_s = 20.0, 0.3
-    down = settings.model_copy(update={
-        "datastore_emulator_host": f"127.0.0.1:{free_port()}",  # nothing listens there
-        "api_datastore_deadline_s": budget_s, "api_datastore_refused_s": refused_s,
-    })
+    down = settings.model_copy(
+        update={
+            "datastore_emulator_host": f"127.0.0.1:{free_port()}",  # nothing listens there
+            "api_datastore_deadline_s": budget_s,
+            "api_datastore_refused_s": refused_s,
+        }
+    )
     client = create_app(services=Services.from_settings(down, indexes=indexes)).test_client()
     for route in ROUTES:
         r, elapsed = call(client, route, alice.admin)
@@ -93,9 +96,14 @@ def test_a_hanging_datastore_answers_503_within_the_budget_while_health_answers(
     model = "mdl_" + "0" * 20
     # With the admin key cached, these reach their handlers' own Datastore calls; with the
     # read key (not cached) every route waits on authentication.
-    handled = [("GET", "/v1/models", None), ("GET", f"/v1/models/{model}", None), ("DELETE", f"/v1/models/{model}", None),
-               ("POST", "/v1/evaluations", {"model_id": model, "dataset_id": "dst_" + "0" * 20, "splits": ["test"]}),
-               ("GET", "/v1/whoami", None), ("POST", "/v1/api-keys", {"name": "ci", "scopes": ["read"]})]
+    handled = [
+        ("GET", "/v1/models", None),
+        ("GET", f"/v1/models/{model}", None),
+        ("DELETE", f"/v1/models/{model}", None),
+        ("POST", "/v1/evaluations", {"model_id": model, "dataset_id": "dst_" + "0" * 20, "splits": ["test"]}),
+        ("GET", "/v1/whoami", None),
+        ("POST", "/v1/api-keys", {"name": "ci", "scopes": ["read"]}),
+    ]
 
     def send(method, path, body, headers):
         started = time.monotonic()
@@ -108,7 +116,9 @@ def test_a_hanging_datastore_answers_503_within_the_budget_while_health_answers(
         for route in ROUTES:
             if route.path not in PUBLIC_WITHOUT_DATASTORE:
                 body = {} if route.method == "POST" else None
-                pending.append((f"{route.method} {route.path}", pool.submit(send, route.method, concrete(route), body, alice.read)))
+                pending.append(
+                    (f"{route.method} {route.path}", pool.submit(send, route.method, concrete(route), body, alice.read))
+                )
         health = [client.get("/v1/health") for _ in range(20)]  # while those wait on Datastore
         replies = [(what, *f.result()) for what, f in pending]
     assert all(h.status_code == 200 and h.json == {"status": "ok"} for h in health)
@@ -120,8 +130,9 @@ def test_a_hanging_datastore_answers_503_within_the_budget_while_health_answers(
 
 def test_the_api_recovers_when_datastore_comes_back(settings, indexes, alice, emulators):
     group = emulators.processes[0].popen.pid
-    client = create_app(services=Services.from_settings(settings.model_copy(update={"api_datastore_deadline_s": 1.0}),
-                                                        indexes=indexes)).test_client()
+    client = create_app(
+        services=Services.from_settings(settings.model_copy(update={"api_datastore_deadline_s": 1.0}), indexes=indexes)
+    ).test_client()
     os.killpg(group, signal.SIGSTOP)
     try:
         r = client.get("/v1/ready")

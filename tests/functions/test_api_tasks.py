@@ -44,7 +44,9 @@ def test_a_dataset_format_must_be_one_of_its_tasks(client, alice):
     jsonl = client.post("/v1/datasets", json={**DATASET, "task": "text-classification", "format": "jsonl"}, headers=alice.write)
     assert jsonl.status_code == 201 and jsonl.json["dataset"]["task"] == "text-classification"
     assert jsonl.json["dataset"]["format"] == "jsonl" and "application/jsonl" in jsonl.json["upload"]["headers"].values()
-    wrong = client.post("/v1/datasets", json={**DATASET, "task": "text-classification", "format": "imagefolder-zip"}, headers=alice.write)
+    wrong = client.post(
+        "/v1/datasets", json={**DATASET, "task": "text-classification", "format": "imagefolder-zip"}, headers=alice.write
+    )
     assert wrong.status_code == 422 and "text-classification formats" in wrong.json["error"]["details"]["fields"][0]["message"]
     csv_for_images = client.post("/v1/datasets", json={**DATASET, "format": "csv"}, headers=alice.write)
     assert csv_for_images.status_code == 422
@@ -53,42 +55,73 @@ def test_a_dataset_format_must_be_one_of_its_tasks(client, alice):
 
 
 def test_a_config_is_checked_against_the_models_task(client, services, alice):
-    text_model, text_dataset = make_ready(client, services, alice, model_task="text-classification", dataset_task="text-classification")
-    r = client.post("/v1/evaluations", json={"model_id": text_model, "dataset_id": text_dataset,
-                                             "config": {"max_length": 128, "truncation_side": "left"}}, headers=alice.write)
+    text_model, text_dataset = make_ready(
+        client, services, alice, model_task="text-classification", dataset_task="text-classification"
+    )
+    r = client.post(
+        "/v1/evaluations",
+        json={"model_id": text_model, "dataset_id": text_dataset, "config": {"max_length": 128, "truncation_side": "left"}},
+        headers=alice.write,
+    )
     assert r.status_code == 201, r.json
     [ordered] = r.json["evaluations"]
     evaluation = ordered["evaluation"]
     assert evaluation["task"] == "text-classification"
-    assert evaluation["config"] == {"top_k": 5, "label_mapping": None, "batch_size": 64, "max_length": 128, "truncation_side": "left"}
+    assert evaluation["config"] == {
+        "top_k": 5,
+        "label_mapping": None,
+        "batch_size": 64,
+        "max_length": 128,
+        "truncation_side": "left",
+    }
     stored = services.store.get(Evaluation, evaluation["id"], account=ANY_ACCOUNT)
     config = stored.inference_config()
     assert isinstance(config, TextClassificationConfig) and config.max_length == 128
     assert stored.fingerprint == evaluation_fingerprint(model_id=text_model, dataset_id=text_dataset, split="test", config=config)
 
     # Truncation changes results, the batch size does not.
-    same = client.post("/v1/evaluations", json={"model_id": text_model, "dataset_id": text_dataset,
-                                                "config": {"max_length": 128, "truncation_side": "left", "batch_size": 7}}, headers=alice.write)
+    same = client.post(
+        "/v1/evaluations",
+        json={
+            "model_id": text_model,
+            "dataset_id": text_dataset,
+            "config": {"max_length": 128, "truncation_side": "left", "batch_size": 7},
+        },
+        headers=alice.write,
+    )
     assert same.status_code == 200 and same.json["evaluations"][0]["evaluation"]["id"] == evaluation["id"]
-    other = client.post("/v1/evaluations", json={"model_id": text_model, "dataset_id": text_dataset,
-                                                 "config": {"max_length": 64}}, headers=alice.write)
+    other = client.post(
+        "/v1/evaluations",
+        json={"model_id": text_model, "dataset_id": text_dataset, "config": {"max_length": 64}},
+        headers=alice.write,
+    )
     assert other.status_code == 201 and other.json["evaluations"][0]["evaluation"]["id"] != evaluation["id"]
 
-    image_model, image_dataset = make_ready(client, services, alice, model_task="image-classification", dataset_task="image-classification")
-    r = client.post("/v1/evaluations", json={"model_id": image_model, "dataset_id": image_dataset, "config": {"max_length": 128}},
-                    headers=alice.write)
+    image_model, image_dataset = make_ready(
+        client, services, alice, model_task="image-classification", dataset_task="image-classification"
+    )
+    r = client.post(
+        "/v1/evaluations",
+        json={"model_id": image_model, "dataset_id": image_dataset, "config": {"max_length": 128}},
+        headers=alice.write,
+    )
     assert r.status_code == 422
     assert r.json["error"]["details"]["fields"][0]["path"] == "config.max_length"
     assert r.json["error"]["details"]["task"] == "image-classification"
     assert r.json["error"]["message"].startswith("config is invalid for a image-classification model: config.max_length: ")
-    bad_value = client.post("/v1/evaluations", json={"model_id": text_model, "dataset_id": text_dataset,
-                                                     "config": {"truncation_side": "middle"}}, headers=alice.write)
+    bad_value = client.post(
+        "/v1/evaluations",
+        json={"model_id": text_model, "dataset_id": text_dataset, "config": {"truncation_side": "middle"}},
+        headers=alice.write,
+    )
     assert bad_value.status_code == 422 and bad_value.json["error"]["details"]["fields"][0]["path"] == "config.truncation_side"
     assert len(client.get("/v1/evaluations", headers=alice.read).json["items"]) == 2  # nothing half-written
 
 
 def test_a_model_and_a_dataset_of_different_tasks_are_refused(client, services, alice):
-    image_model, text_dataset = make_ready(client, services, alice, model_task="image-classification", dataset_task="text-classification")
+    image_model, text_dataset = make_ready(
+        client, services, alice, model_task="image-classification", dataset_task="text-classification"
+    )
     r = client.post("/v1/evaluations", json={"model_id": image_model, "dataset_id": text_dataset}, headers=alice.write)
     assert r.status_code == 422 and r.json["error"]["code"] == "task_mismatch"
     assert r.json["error"]["details"] == {"model_task": "image-classification", "dataset_task": "text-classification"}

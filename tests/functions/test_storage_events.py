@@ -98,7 +98,10 @@ def test_an_upload_larger_than_declared_fails_the_entity(services, settings, mod
 def test_unknown_objects_are_ignored(services, settings, model, name):
     obj = FinalizedObject(settings.bucket, name.format(id=model.id), 1)
     assert object_finalized(services.store, obj, bucket=settings.bucket)[0] == Outcome.ignored
-    assert object_finalized(services.store, FinalizedObject("elsewhere", model.upload_object, 1), bucket=settings.bucket)[0] == Outcome.ignored
+    assert (
+        object_finalized(services.store, FinalizedObject("elsewhere", model.upload_object, 1), bucket=settings.bucket)[0]
+        == Outcome.ignored
+    )
     assert services.store.get(Model, model.id, account=ANY_ACCOUNT).status == "awaiting_upload"
 
 

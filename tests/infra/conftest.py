@@ -68,8 +68,12 @@ class _GcloudParser:
         }
         self.process = subprocess.Popen(
             [python, str(Path(__file__).with_name("gcloud_parse.py"))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=env, cwd=ROOT, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=ROOT,
+            text=True,
         )
 
     def verdicts(self, argvs: list[list[str]]) -> list[dict]:

@@ -229,7 +229,7 @@ def test_the_daemon_gets_the_webhook_key_as_its_deployment_reads_it(build, value
     lines = [line.strip() for line in script.splitlines()]
     assert "set -o pipefail" in lines  # a failed read of the key fails the step
     access = next(line for line in lines if line.startswith("gcloud secrets versions access"))
-    assert "--secret=\"assay-webhook-signing-key\"" in access and "latest" in access
+    assert '--secret="assay-webhook-signing-key"' in access and "latest" in access
     assert "--out-file=" in access  # never echoed into the build log
     create = script[script.index("kubectl --namespace=assay create secret generic") :]
     secret_name, key = re.match(r"kubectl --namespace=assay create secret generic (\S+) --from-file=([\w-]+)=", create).groups()

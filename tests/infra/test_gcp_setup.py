@@ -234,7 +234,5 @@ def test_second_run_creates_nothing(run_setup, tmp_path):
 
 def test_every_gcloud_command_parses(fresh_calls, gcloud_refusals):
     # --data-file=- would have the in-process parser read its own stdin (its command pipe)
-    argvs = [
-        ["--data-file=/dev/null" if a == "--data-file=-" else a for a in c[1:]] for c in fresh_calls if c[0] == "gcloud"
-    ]
+    argvs = [["--data-file=/dev/null" if a == "--data-file=-" else a for a in c[1:]] for c in fresh_calls if c[0] == "gcloud"]
     assert gcloud_refusals(argvs) == []

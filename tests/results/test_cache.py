@@ -33,7 +33,10 @@ def test_fetches_once_and_serves_from_disk(storage, settings, tmp_path, monkeypa
     cache = ResultCache(storage, settings.cache_dir)
     with cache.open("evl_a", version="v1") as folder:
         assert sorted(p.name for p in folder.iterdir()) == [
-            "part-00000.parquet", "part-00001.parquet", "part-00002.parquet", "summary.json"
+            "part-00000.parquet",
+            "part-00001.parquet",
+            "part-00002.parquet",
+            "summary.json",
         ]
         first = folder
     assert len(downloads) == 4

@@ -89,7 +89,12 @@ def test_rank_orders_by_metric_and_skips_missing():
     def ev(i, summary):
         return SimpleNamespace(id=f"e{i}", created_at=t0 + dt.timedelta(minutes=i), summary=summary)
 
-    evs = [ev(0, {"accuracy": 0.5, "log_loss": 0.9}), ev(1, {"accuracy": 0.9, "log_loss": 0.3}),
-           ev(2, {"accuracy": 0.9, "log_loss": float("nan")}), ev(3, None), ev(4, {"accuracy": True})]
+    evs = [
+        ev(0, {"accuracy": 0.5, "log_loss": 0.9}),
+        ev(1, {"accuracy": 0.9, "log_loss": 0.3}),
+        ev(2, {"accuracy": 0.9, "log_loss": float("nan")}),
+        ev(3, None),
+        ev(4, {"accuracy": True}),
+    ]
     assert [e.id for e, _ in compare.rank(evs, "accuracy")] == ["e1", "e2", "e0"]
     assert [e.id for e, _ in compare.rank(evs, "log_loss")] == ["e1", "e0"]

@@ -141,6 +141,8 @@ def test_a_text_result_set_shows_each_instances_excerpt(tmp_path):
     pq.write_table(table.append_column("text_excerpt", pa.array(excerpts, pa.string())), path)
     with opened(g.directory, g.label_names) as rs:
         page = queries.instances(rs, InstancesQuery(limit=50))
-    assert {row.instance_id: row.text_excerpt for row in page.items} == dict(zip(table.column("instance_id").to_pylist(), excerpts))
+    assert {row.instance_id: row.text_excerpt for row in page.items} == dict(
+        zip(table.column("instance_id").to_pylist(), excerpts)
+    )
     with opened(generate(tmp_path / "images", n=10, classes=3).directory, g.label_names) as rs:
         assert {row.text_excerpt for row in queries.instances(rs, InstancesQuery(limit=10)).items} == {None}

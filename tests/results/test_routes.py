@@ -43,20 +43,40 @@ def _headers(services, name):
 def world(services, storage, tmp_path):
     """Alice's dataset, two models, two complete evaluations with result sets."""
     alice, headers = _headers(services, "alice")
-    dataset = Dataset(id=Dataset.new_id(), account=alice, name="digits", declared_size=1, content_type="application/zip",
-                      upload_object="u", status="ready")
+    dataset = Dataset(
+        id=Dataset.new_id(),
+        account=alice,
+        name="digits",
+        declared_size=1,
+        content_type="application/zip",
+        upload_object="u",
+        status="ready",
+    )
     services.store.put(dataset)
     labels = np.random.default_rng(0).integers(0, 5, 400)
     ids = np.array([f"i{i:04d}" for i in range(400)])
     evaluations, generated = [], []
     for i, skill in enumerate((2.0, 0.8)):
-        model = Model(id=Model.new_id(), account=alice, name=f"model-{i}", declared_size=1,
-                      content_type="application/zip", upload_object="u", status="ready")
+        model = Model(
+            id=Model.new_id(),
+            account=alice,
+            name=f"model-{i}",
+            declared_size=1,
+            content_type="application/zip",
+            upload_object="u",
+            status="ready",
+        )
         services.store.put(model)
         g = generate(tmp_path / f"r{i}", n=400, classes=5, labels=labels, instance_ids=ids, seed=i, skill=skill)
         accuracy = float(np.mean(g.labels == g.predictions))
-        e = stored_evaluation(services.store, account=alice, model_id=model.id, dataset_id=dataset.id, name=f"e{i}",
-                              summary={"label_names": g.label_names, "accuracy": accuracy, "instances": 400})
+        e = stored_evaluation(
+            services.store,
+            account=alice,
+            model_id=model.id,
+            dataset_id=dataset.id,
+            name=f"e{i}",
+            summary={"label_names": g.label_names, "accuracy": accuracy, "instances": 400},
+        )
         upload_result_set(storage, e.id, g.directory)
         evaluations.append(e)
         generated.append(g)
@@ -109,14 +129,20 @@ def test_metrics_compare_leaderboard_download(client, world):
     r = client.get(f"/v1/datasets/{world['dataset'].id}/leaderboard", headers=h, query_string={"split": "test", "limit": "1"})
     assert r.status_code == 200, r.json
     assert [i["evaluation_id"] for i in r.json["items"]] == [a.id] and r.json["items"][0]["model_name"] == "model-0"
-    r = client.get(f"/v1/datasets/{world['dataset'].id}/leaderboard", headers=h,
-                   query_string={"split": "test", "limit": "1", "page_token": r.json["next_page_token"]})
+    r = client.get(
+        f"/v1/datasets/{world['dataset'].id}/leaderboard",
+        headers=h,
+        query_string={"split": "test", "limit": "1", "page_token": r.json["next_page_token"]},
+    )
     assert [(i["rank"], i["evaluation_id"]) for i in r.json["items"]] == [(2, b.id)] and r.json["next_page_token"] is None
 
     r = client.get(f"/v1/evaluations/{a.id}/results/download", headers=h)
     assert r.status_code == 200
     assert [f["name"] for f in r.json["files"]] == [
-        "predictions/part-00000.parquet", "predictions/part-00001.parquet", "predictions/part-00002.parquet", "summary.json"
+        "predictions/part-00000.parquet",
+        "predictions/part-00001.parquet",
+        "predictions/part-00002.parquet",
+        "summary.json",
     ]
     assert all(f["method"] == "GET" and "X-Goog-Signature" in f["url"] for f in r.json["files"])
 

@@ -34,10 +34,19 @@ def official_client(settings: Settings) -> datastore.Client:
 def an_evaluation(**changes) -> Evaluation:
     config = InferenceConfig(top_k=3, label_mapping={"cat": "feline"})
     fields = dict(
-        id=Evaluation.new_id(), account="acc_a", name="e", labels={"team": "vision", "stage": "dev"},
-        status=EvaluationStatus.running, model_id="mdl_x", dataset_id="dst_y", split="test", config=config,
+        id=Evaluation.new_id(),
+        account="acc_a",
+        name="e",
+        labels={"team": "vision", "stage": "dev"},
+        status=EvaluationStatus.running,
+        model_id="mdl_x",
+        dataset_id="dst_y",
+        split="test",
+        config=config,
         fingerprint=evaluation_fingerprint(model_id="mdl_x", dataset_id="dst_y", split="test", config=config),
-        attempts=2, progress=0.25, lease_expires_at=dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC),
+        attempts=2,
+        progress=0.25,
+        lease_expires_at=dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC),
         summary={"accuracy": 0.5},
     )
     return Evaluation(**{**fields, **changes})
@@ -61,7 +70,11 @@ def test_what_google_cloud_datastore_wrote_reads_back_through_the_store(store: S
     written = datastore.Entity(client.key("Evaluation", evaluation.id))
     written.update(evaluation.model_dump(exclude={"status", "labels", "config", "timings", "summary"}))
     written.update(
-        status="running", labels="{}", label_pairs=[], timings="{}", summary='{"accuracy": 0.5}',
+        status="running",
+        labels="{}",
+        label_pairs=[],
+        timings="{}",
+        summary='{"accuracy": 0.5}',
         config='{"batch_size": 64, "label_mapping": {"cat": "feline"}, "top_k": 3}',
     )
     client.put(written)
@@ -82,8 +95,9 @@ def test_a_namespace_is_a_separate_store(settings: Settings):
 def test_a_failed_transaction_releases_its_locks_at_once(store: Store):
     """Datastore locks what a transaction reads; a plain write to it waits for the lock
     (~2 s on the emulator) unless the failed transaction was rolled back."""
-    model = Model(id=Model.new_id(), account="acc_a", name="m", declared_size=1, content_type="application/zip",
-                  upload_object="u")
+    model = Model(
+        id=Model.new_id(), account="acc_a", name="m", declared_size=1, content_type="application/zip", upload_object="u"
+    )
     store.put(model)
     with pytest.raises(KeyError):
         with store.transaction() as txn:
@@ -98,8 +112,15 @@ def test_a_failed_transaction_releases_its_locks_at_once(store: Store):
 def test_contention_is_retried_by_the_store_until_the_lock_is_free(store: Store, caplog):
     """A write blocked by another transaction's lock is aborted (~2 s on the emulator); the
     RPC layer does not retry that, the store's transaction loop does."""
-    model = Model(id=Model.new_id(), account="acc_a", name="m", status=ArtifactStatus.uploaded, declared_size=1,
-                  content_type="application/zip", upload_object="u")
+    model = Model(
+        id=Model.new_id(),
+        account="acc_a",
+        name="m",
+        status=ArtifactStatus.uploaded,
+        declared_size=1,
+        content_type="application/zip",
+        upload_object="u",
+    )
     store.put(model)
     holding, release = threading.Event(), threading.Event()
 
@@ -192,7 +213,9 @@ def test_the_production_channels_are_made_with_the_default_credentials_once(monk
     monkeypatch.setattr(google.auth, "default", default)
     rpc = DatastoreRpc.from_settings(Settings(project="assay-prod", datastore_emulator_host=None))
     assert len(rpc._channel_stubs) == CHANNELS
-    assert [set(scopes) for scopes in found] == [{"https://www.googleapis.com/auth/datastore", "https://www.googleapis.com/auth/cloud-platform"}]
+    assert [set(scopes) for scopes in found] == [
+        {"https://www.googleapis.com/auth/datastore", "https://www.googleapis.com/auth/cloud-platform"}
+    ]
 
 
 def test_once_refused_a_call_retries_for_refused_s_not_its_whole_deadline():

@@ -23,7 +23,9 @@ SKIP_DIRS = {".git", ".venv", ".cache", ".assay", "node_modules", "build", "dist
 
 def _source_files() -> list[Path]:
     return sorted(
-        p for p in ROOT.rglob("*.py") if not any(part in SKIP_DIRS or part.startswith(".") for part in p.relative_to(ROOT).parts[:-1])
+        p
+        for p in ROOT.rglob("*.py")
+        if not any(part in SKIP_DIRS or part.startswith(".") for part in p.relative_to(ROOT).parts[:-1])
     )
 
 
@@ -108,7 +110,7 @@ def test_the_reserved_set_is_what_logging_refuses():
 
 
 def test_the_scanner_follows_the_ways_extra_is_built():
-    source = '''
+    source = """
 import logging
 log = logging.getLogger(__name__)
 def fields(entity):
@@ -122,10 +124,13 @@ class Runner:
         log.info("c", extra=dict(msg=1, **fields(e)))
         base = {"levelname": 1}
         log.info("d", extra=base | {"fine": 2})
-'''
+"""
     found = dict(extra_keys(source))
     assert [sorted(k & RESERVED_ATTRIBUTES) for _, k in sorted(found.items())] == [
-        ["message"], ["args"], ["msg", "name"], ["levelname"],
+        ["message"],
+        ["args"],
+        ["msg", "name"],
+        ["levelname"],
     ]
 
 

@@ -31,7 +31,12 @@ def _match_calls(path: Path) -> list[int]:
 
 
 def test_no_validation_uses_a_prefix_match():
-    found = [f"{p.relative_to(ROOT)}:{line}" for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py")) for line in _match_calls(p)]
+    found = [
+        f"{p.relative_to(ROOT)}:{line}"
+        for pkg in PACKAGES
+        for p in sorted((ROOT / pkg).rglob("*.py"))
+        for line in _match_calls(p)
+    ]
     assert found == [], "use fullmatch (a pattern's $ matches before a trailing newline): " + ", ".join(found)
 
 

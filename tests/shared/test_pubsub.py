@@ -35,13 +35,19 @@ def test_hints_go_as_one_message_per_publish_and_older_single_hint_messages_stil
     assert old_style.message_ids
     pulled = []
     for _ in range(10):
-        pulled += hints._sub().pull(request={"subscription": hints.subscription_path, "max_messages": 100}, timeout=5).received_messages
+        pulled += (
+            hints._sub().pull(request={"subscription": hints.subscription_path, "max_messages": 100}, timeout=5).received_messages
+        )
         if len(pulled) >= 2:
             break
     assert len(pulled) == 2  # five hints in one message, and the old-style one
-    hints._sub().modify_ack_deadline(request={  # hand them back, to be read through wait()
-        "subscription": hints.subscription_path, "ack_ids": [m.ack_id for m in pulled], "ack_deadline_seconds": 0,
-    })
+    hints._sub().modify_ack_deadline(
+        request={  # hand them back, to be read through wait()
+            "subscription": hints.subscription_path,
+            "ack_ids": [m.ack_id for m in pulled],
+            "ack_deadline_seconds": 0,
+        }
+    )
     received: list[Hint] = []
     for _ in range(10):
         received += hints.wait(timeout_s=5)

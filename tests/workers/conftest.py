@@ -54,9 +54,7 @@ def digits_imagefolder_zip(digits_test, tmp_path_factory) -> Path:
 def ingested_digits(digits_parquet, tmp_path_factory) -> tuple[Path, dict]:
     """Canonical shards of the test digits: 5 shards of at most 100 rows, split ``train``."""
     out = tmp_path_factory.mktemp("canonical")
-    manifest = ingest_dataset(
-        digits_parquet, out / "dataset", work_dir=out / "work", limits=IngestLimits(shard_rows=100)
-    )
+    manifest = ingest_dataset(digits_parquet, out / "dataset", work_dir=out / "work", limits=IngestLimits(shard_rows=100))
     return out / "dataset", manifest
 
 

@@ -91,8 +91,14 @@ def test_every_format_ingests_to_the_same_canonical_shards(columns, tmp_path, wr
 
 
 def test_a_split_column_and_string_labels(tmp_path):
-    columns = {"text": ["good film", "bad film", "fine film"], "label": ["positive", "negative", "neutral"], "split": ["test", "test", "validation"]}
-    manifest, _ = _ingest(tmp_path, tf.write_csv(tmp_path / "d.csv", {**columns, "label": [0, 1, 2]}, label_names=columns["label"]))
+    columns = {
+        "text": ["good film", "bad film", "fine film"],
+        "label": ["positive", "negative", "neutral"],
+        "split": ["test", "test", "validation"],
+    }
+    manifest, _ = _ingest(
+        tmp_path, tf.write_csv(tmp_path / "d.csv", {**columns, "label": [0, 1, 2]}, label_names=columns["label"])
+    )
     assert {s: v["instances"] for s, v in manifest["splits"].items()} == {"test": 2, "validation": 1}
     assert manifest["label_names"] == ["negative", "neutral", "positive"]
 
@@ -102,7 +108,9 @@ def test_top_1_equals_the_pipeline_on_every_instance_and_metrics_equal_sklearn(v
     root, _ = verified
     manifest, shards = _ingest(tmp_path, writer(tmp_path / "upload", columns))
     out = tmp_path / "predictions"
-    summary = text.evaluate(root, shards, out, dataset_label_names=manifest["label_names"], config=config(), on_shard=None, on_batch=None)
+    summary = text.evaluate(
+        root, shards, out, dataset_label_names=manifest["label_names"], config=config(), on_shard=None, on_batch=None
+    )
     table = _predictions(out, shards)
     reference = _reference(pipe, columns)
     names = tf.LABEL_NAMES
@@ -118,7 +126,9 @@ def test_top_1_equals_the_pipeline_on_every_instance_and_metrics_equal_sklearn(v
     assert summary["accuracy"] == pytest.approx(skm.accuracy_score(y, p), abs=1e-12)
     for average in ("macro", "weighted"):
         precision, recall, f1, _ = skm.precision_recall_fscore_support(y, p, average=average, zero_division=0)
-        assert (summary[f"precision_{average}"], summary[f"recall_{average}"], summary[f"f1_{average}"]) == pytest.approx((precision, recall, f1), abs=1e-12)
+        assert (summary[f"precision_{average}"], summary[f"recall_{average}"], summary[f"f1_{average}"]) == pytest.approx(
+            (precision, recall, f1), abs=1e-12
+        )
     assert summary["confusion_matrix"]["matrix"] == skm.confusion_matrix(y, p, labels=[0, 1, 2]).tolist()
     probs = np.array([[{r["label"]: r["score"] for r in ranked}[n] for n in names] for ranked in reference])
     probs /= probs.sum(axis=1, keepdims=True)  # float32 softmax: off from 1 by ~1e-7
@@ -132,7 +142,15 @@ def test_max_length_and_truncation_side_cut_as_the_tokenizer_does(verified, colu
     root, _ = verified
     manifest, shards = _ingest(tmp_path, tf.write_jsonl(tmp_path / "d.jsonl", columns))
     out = tmp_path / "predictions"
-    text.evaluate(root, shards, out, dataset_label_names=manifest["label_names"], config=config(max_length=8, truncation_side=side), on_shard=None, on_batch=None)
+    text.evaluate(
+        root,
+        shards,
+        out,
+        dataset_label_names=manifest["label_names"],
+        config=config(max_length=8, truncation_side=side),
+        on_shard=None,
+        on_batch=None,
+    )
     pipe.tokenizer.truncation_side = side
     try:
         reference = _reference(pipe, columns, truncation=True, max_length=8)
@@ -151,7 +169,9 @@ def test_a_run_resumes_at_the_shards_without_predictions_byte_for_byte(verified,
     before = {s.name: (out / s.name).read_bytes() for s in shards}
     (out / shards[2].name).unlink()
     written, progressed = [], []
-    second = text.evaluate(root, shards, out, on_shard=lambda i, path, stats: written.append(i), on_batch=progressed.append, **run)
+    second = text.evaluate(
+        root, shards, out, on_shard=lambda i, path, stats: written.append(i), on_batch=progressed.append, **run
+    )
     assert written == [2] and sum(progressed) == 40
     assert {s.name: (out / s.name).read_bytes() for s in shards} == before
     assert second["efficiency"]["shards_resumed"] == len(shards) - 1
@@ -163,11 +183,25 @@ def test_dataset_labels_the_model_lacks_need_a_mapping(verified, tmp_path):
     columns = {"text": ["good film", "bad film"], "label": [0, 1]}
     manifest, shards = _ingest(tmp_path, tf.write_jsonl(tmp_path / "d.jsonl", columns, label_names=["pos", "neg"]))
     with pytest.raises(WorkerFailure) as info:
-        text.evaluate(root, shards, tmp_path / "p", dataset_label_names=manifest["label_names"], config=config(), on_shard=None, on_batch=None)
+        text.evaluate(
+            root,
+            shards,
+            tmp_path / "p",
+            dataset_label_names=manifest["label_names"],
+            config=config(),
+            on_shard=None,
+            on_batch=None,
+        )
     assert info.value.reason == FailureReason.label_mismatch and "label_mapping" in info.value.message
     mapping = {"pos": "positive", "neg": "negative"}
     summary = text.evaluate(
-        root, shards, tmp_path / "p", dataset_label_names=manifest["label_names"], config=config(label_mapping=mapping), on_shard=None, on_batch=None
+        root,
+        shards,
+        tmp_path / "p",
+        dataset_label_names=manifest["label_names"],
+        config=config(label_mapping=mapping),
+        on_shard=None,
+        on_batch=None,
     )
     assert summary["instances"] == 2
 
@@ -176,7 +210,15 @@ def test_a_max_length_beyond_the_position_table_is_refused(verified, columns, tm
     root, _ = verified
     manifest, shards = _ingest(tmp_path, tf.write_jsonl(tmp_path / "d.jsonl", columns))
     with pytest.raises(WorkerFailure) as info:
-        text.evaluate(root, shards, tmp_path / "p", dataset_label_names=manifest["label_names"], config=config(max_length=4096), on_shard=None, on_batch=None)
+        text.evaluate(
+            root,
+            shards,
+            tmp_path / "p",
+            dataset_label_names=manifest["label_names"],
+            config=config(max_length=4096),
+            on_shard=None,
+            on_batch=None,
+        )
     assert info.value.reason == FailureReason.invalid_config and "128 positions" in info.value.message
 
 
@@ -187,8 +229,12 @@ def test_how_rows_are_batched_and_where_they_run_does_not_change_predictions(ver
     root, _ = verified
     manifest, shards = _ingest(tmp_path, tf.write_jsonl(tmp_path / "d.jsonl", columns))
     tables = []
-    for i, options in enumerate([TextOptions(top_k=2, batch_size=16, replicas=2), TextOptions(top_k=2, batch_size=7, replicas=1, cpu_batch_tokens=50)]):
-        text.evaluate(root, shards, tmp_path / f"p{i}", dataset_label_names=manifest["label_names"], config=config(), options=options)
+    for i, options in enumerate(
+        [TextOptions(top_k=2, batch_size=16, replicas=2), TextOptions(top_k=2, batch_size=7, replicas=1, cpu_batch_tokens=50)]
+    ):
+        text.evaluate(
+            root, shards, tmp_path / f"p{i}", dataset_label_names=manifest["label_names"], config=config(), options=options
+        )
         tables.append(_predictions(tmp_path / f"p{i}", shards))
     assert tables[0]["topk_ids"].to_pylist() == tables[1]["topk_ids"].to_pylist()
     np.testing.assert_allclose(tables[0]["label_score"].to_numpy(), tables[1]["label_score"].to_numpy(), atol=1e-5)

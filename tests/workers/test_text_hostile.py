@@ -124,7 +124,15 @@ def test_a_label_the_model_does_not_know_fails_the_evaluation(text_model_dir, tm
     shards = [tmp_path / "out" / "train" / s["name"] for s in manifest["splits"]["train"]["shards"]]
     config = SimpleNamespace(top_k=5, label_mapping=None, batch_size=8, max_length=None, truncation_side="right")
     with pytest.raises(WorkerFailure) as info:
-        text.evaluate(text_model_dir, shards, tmp_path / "p", dataset_label_names=manifest["label_names"], config=config, on_shard=None, on_batch=None)
+        text.evaluate(
+            text_model_dir,
+            shards,
+            tmp_path / "p",
+            dataset_label_names=manifest["label_names"],
+            config=config,
+            on_shard=None,
+            on_batch=None,
+        )
     assert info.value.reason == FailureReason.label_mismatch
     assert "['angry']" in info.value.message and "label_mapping" in info.value.message
 
@@ -166,20 +174,42 @@ def _padded_tokenizer_json(d: Path) -> None:
     [
         (_padded_tokenizer_json, FailureReason.file_too_large, "tokenizer.json is"),
         (_more_tokens_than_the_embedding, FailureReason.tokenizer_mismatch, "embedding"),
-        (_edit_json("tokenizer_config.json", auto_map={"AutoTokenizer": ["evil.EvilTokenizer", None]}), FailureReason.remote_code_refused, "tokenizer_config.json"),
+        (
+            _edit_json("tokenizer_config.json", auto_map={"AutoTokenizer": ["evil.EvilTokenizer", None]}),
+            FailureReason.remote_code_refused,
+            "tokenizer_config.json",
+        ),
         (_edit_json("tokenizer_config.json", trust_remote_code=True), FailureReason.remote_code_refused, "remote code"),
-        (_edit_json("config.json", auto_map={"AutoModelForSequenceClassification": "evil.Model"}), FailureReason.remote_code_refused, "config.json"),
+        (
+            _edit_json("config.json", auto_map={"AutoModelForSequenceClassification": "evil.Model"}),
+            FailureReason.remote_code_refused,
+            "config.json",
+        ),
         (lambda d: (d / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01."), FailureReason.pickle_weights_refused, "pickle"),
         (lambda d: (d / "tokenization_evil.py").write_text("import os"), FailureReason.remote_code_refused, "never run"),
         (lambda d: (d / "tokenizer.json").unlink(), FailureReason.load_error, "vocabulary"),
         (lambda d: (d / "tokenizer_config.json").unlink(), FailureReason.load_error, "tokenizer_config.json is missing"),
-        (_edit_json("config.json", architectures=["BertForMaskedLM"]), FailureReason.unsupported_architecture, "a text classifier"),
+        (
+            _edit_json("config.json", architectures=["BertForMaskedLM"]),
+            FailureReason.unsupported_architecture,
+            "a text classifier",
+        ),
         (_edit_json("config.json", model_type="vit"), FailureReason.unsupported_architecture, "not a text classifier"),
         (_edit_json("config.json", problem_type="regression"), FailureReason.unsupported_architecture, "regression"),
     ],
     ids=[
-        "huge-tokenizer", "tokenizer-ids-beyond-embedding", "auto_map-tokenizer", "trust-remote-code", "auto_map-config",
-        "pickle", "code", "no-vocabulary", "no-tokenizer-config", "not-a-classifier", "image-model-type", "regression",
+        "huge-tokenizer",
+        "tokenizer-ids-beyond-embedding",
+        "auto_map-tokenizer",
+        "trust-remote-code",
+        "auto_map-config",
+        "pickle",
+        "code",
+        "no-vocabulary",
+        "no-tokenizer-config",
+        "not-a-classifier",
+        "image-model-type",
+        "regression",
     ],
 )
 def test_hostile_text_models_are_refused(text_model_dir, tmp_path, change, reason, words):

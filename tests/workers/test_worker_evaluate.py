@@ -85,7 +85,9 @@ def test_metrics_equal_scikit_learn(evaluated, loaded, digits_test):
     names = label_names(model)
     for i, c in enumerate(classes):
         got = summary["per_class"][names[c]]
-        assert (got["precision"], got["recall"], got["f1"], got["support"]) == pytest.approx((precision[i], recall[i], f1[i], support[i]))
+        assert (got["precision"], got["recall"], got["f1"], got["support"]) == pytest.approx(
+            (precision[i], recall[i], f1[i], support[i])
+        )
     assert summary["confusion_matrix"]["matrix"] == skm.confusion_matrix(y, p, labels=classes).tolist()
 
     # Log loss and top-5 accuracy need every class's probability: recompute them in full.
@@ -130,7 +132,9 @@ def test_resumed_run_after_a_kill_is_byte_identical(evaluated, ingested_digits, 
     model, processor = load_model(digits_model_dir)
     names = label_names(model)
     shards = sorted((dataset / "train").glob("part-*.parquet"))
-    stats = evaluate_shards(model, processor, shards, out, label_map=align_labels(names, names), options=EvalOptions(batch_size=32))
+    stats = evaluate_shards(
+        model, processor, shards, out, label_map=align_labels(names, names), options=EvalOptions(batch_size=32)
+    )
     assert (stats.shards_skipped, stats.shards_done) == (len(written), 5 - len(written))
     reference, _, _ = evaluated
     assert sorted(p.name for p in out.glob("*.parquet")) == [p.name for p in reference]
@@ -302,8 +306,13 @@ def test_every_layout_writes_the_same_predictions(options, evaluated, loaded, in
     shards = sorted((dataset / "train").glob("part-*.parquet"))
     batches: list[int] = []
     stats = evaluate_shards(
-        model, processor, shards, tmp_path, label_map=align_labels(manifest["label_names"], label_names(model)),
-        options=dataclasses.replace(options, batch_size=32), on_batch=batches.append,
+        model,
+        processor,
+        shards,
+        tmp_path,
+        label_map=align_labels(manifest["label_names"], label_names(model)),
+        options=dataclasses.replace(options, batch_size=32),
+        on_batch=batches.append,
     )
     assert (stats.instances, sum(batches), stats.shards_done) == (449, 449, 5)
     reference, _, _ = evaluated
@@ -338,8 +347,6 @@ def test_progress_is_reported_batch_by_batch(loaded, ingested_digits, tmp_path):
     shards = sorted((dataset / "train").glob("part-*.parquet"))
     batches: list[int] = []
     label_map = align_labels(manifest["label_names"], label_names(model))
-    stats = evaluate_shards(
-        model, processor, shards, tmp_path, label_map=label_map, options=REPLICATED, on_batch=batches.append
-    )
+    stats = evaluate_shards(model, processor, shards, tmp_path, label_map=label_map, options=REPLICATED, on_batch=batches.append)
     assert sum(batches) == stats.instances == 449
     assert len(batches) == sum(-(-s["rows"] // 32) for s in manifest["splits"]["train"]["shards"])

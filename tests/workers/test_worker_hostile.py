@@ -177,9 +177,7 @@ def test_pickle_weights_are_refused_without_being_read(digits_model_dir, tmp_pat
 
 
 def test_pickle_disguised_as_safetensors_is_refused(digits_model_dir, tmp_path):
-    archive = _model_variant(
-        digits_model_dir, tmp_path, lambda d: (d / "model.safetensors").write_bytes(pickle.dumps(_Evil()))
-    )
+    archive = _model_variant(digits_model_dir, tmp_path, lambda d: (d / "model.safetensors").write_bytes(pickle.dumps(_Evil())))
     with pytest.raises(WorkerFailure) as info:
         verify_model_archive(archive, tmp_path / "work")
     assert info.value.reason == FailureReason.pickle_weights_refused

@@ -27,8 +27,12 @@ def _case(seed: int, n: int = 500, classes: int = 7) -> Case:
 
 def _statistics(case: Case, k: int = 5) -> ClassificationStatistics:
     return ClassificationStatistics.of_rows(
-        labels=case.labels, predictions=case.predictions, classes=case.scores.shape[1], top_k_ids=case.order[:, :k],
-        confidence=case.confidence, label_score=case.label_score,
+        labels=case.labels,
+        predictions=case.predictions,
+        classes=case.scores.shape[1],
+        top_k_ids=case.order[:, :k],
+        confidence=case.confidence,
+        label_score=case.label_score,
     )
 
 
@@ -65,8 +69,12 @@ def test_the_summary_reports_every_key_as_its_metric_and_the_per_class_table():
     case = _case(0)
     names = [f"class-{i}" for i in range(case.scores.shape[1])]
     summary = classification_summary(
-        labels=case.labels, predictions=case.predictions, top_k_ids=case.order[:, :5], confidence=case.confidence,
-        label_score=case.label_score, label_names=names,
+        labels=case.labels,
+        predictions=case.predictions,
+        top_k_ids=case.order[:, :5],
+        confidence=case.confidence,
+        label_score=case.label_score,
+        label_names=names,
     ).model_dump()
     for reported in SUMMARIES[metrics.CLASSIFICATION]:
         parameters = {k: 5 if v == STORED_K else v for k, v in reported.parameters.items()}
@@ -91,8 +99,12 @@ def test_top_k_beyond_the_stored_ids_and_undefined_values_are_null():
     names = [f"c{i}" for i in range(case.scores.shape[1])]
     one_class = Case(labels=np.zeros(20, dtype=int), scores=np.tile([0.9, 0.1], (20, 1)))
     summary = classification_summary(
-        labels=case.labels, predictions=case.predictions, top_k_ids=case.order[:, :3], confidence=case.confidence,
-        label_score=case.label_score, label_names=names,
+        labels=case.labels,
+        predictions=case.predictions,
+        top_k_ids=case.order[:, :3],
+        confidence=case.confidence,
+        label_score=case.label_score,
+        label_names=names,
     )
     assert summary.top_k == 3 and summary.top_5_accuracy is None
     assert summary.top_k_accuracy == pytest.approx(skm.top_k_accuracy_score(case.labels, case.scores, k=3, labels=case.classes))
@@ -103,8 +115,12 @@ def test_top_k_beyond_the_stored_ids_and_undefined_values_are_null():
 
 def test_an_empty_summary_and_indices_outside_the_classes():
     empty = classification_summary(
-        labels=np.zeros(0, int), predictions=np.zeros(0, int), top_k_ids=np.zeros((0, 5), int), confidence=np.zeros(0),
-        label_score=np.zeros(0), label_names=["a", "b"],
+        labels=np.zeros(0, int),
+        predictions=np.zeros(0, int),
+        top_k_ids=np.zeros((0, 5), int),
+        confidence=np.zeros(0),
+        label_score=np.zeros(0),
+        label_names=["a", "b"],
     )
     assert empty.instances == 0 and empty.accuracy is None
     with pytest.raises(ValueError, match="outside the 2 classes"):
@@ -139,7 +155,10 @@ def test_the_summary_model_has_a_field_per_reported_key_and_loads_old_summaries(
 def test_describe_says_what_tasks_show():
     [f_beta] = metrics.describe(["f_beta"])
     assert f_beta == {
-        "name": "f_beta", "description": METRICS["f_beta"].description, "direction": "higher", "per_class": True,
+        "name": "f_beta",
+        "description": METRICS["f_beta"].description,
+        "direction": "higher",
+        "per_class": True,
         "parameters": ["beta", "average"],
     }
     assert metrics.describe(["log_loss"])[0]["direction"] == "lower"

@@ -36,8 +36,15 @@ def _upload(store, storage, cls, source: Path, **fields):
     obj = paths.upload_object("models" if cls is Model else "datasets", entity_id, source.name)
     storage.upload_file(obj, source)
     entity = cls(
-        id=entity_id, account=ACCOUNT, name="hostile", status="verifying", attempts=1,
-        declared_size=source.stat().st_size, content_type="application/octet-stream", upload_object=obj, **fields,
+        id=entity_id,
+        account=ACCOUNT,
+        name="hostile",
+        status="verifying",
+        attempts=1,
+        declared_size=source.stat().st_size,
+        content_type="application/octet-stream",
+        upload_object=obj,
+        **fields,
     )
     store.put(entity)
     return entity
@@ -109,8 +116,19 @@ def _imagefolder_zip(path: Path, members: list[str]) -> Path:
 
 
 def test_parquet_split_values_that_are_not_split_names_are_refused(settings, store, storage, inputs, outside):
-    for bad in (f"../../../../../../tmp/{outside}", f"/tmp/{outside}", "..", ".", f"a/../../{outside}",
-                "train\n", ".hidden", "x" * 64, "a b", "tr\\ain", "ünïcode"):
+    for bad in (
+        f"../../../../../../tmp/{outside}",
+        f"/tmp/{outside}",
+        "..",
+        ".",
+        f"a/../../{outside}",
+        "train\n",
+        ".hidden",
+        "x" * 64,
+        "a b",
+        "tr\\ain",
+        "ünïcode",
+    ):
         source = _parquet(inputs / "split.parquet", {"label": ["cat", "dog"], "split": ["train", bad]})
         failed = _refused_dataset(settings, store, storage, source, "invalid_dataset")
         assert "split name" in failed.message, (bad, failed.message)
@@ -160,14 +178,29 @@ def test_an_evaluation_of_a_split_that_is_not_a_split_name_writes_nothing(
     model = store.get(Model, model.id, account=ACCOUNT)
     split = f"../../../../../../tmp/{outside}"
     dataset = Dataset(
-        id=Dataset.new_id(), account=ACCOUNT, name="legacy", status="ready", declared_size=1, content_type="x",
-        upload_object="uploads/datasets/x/y", digest="0" * 64, splits={split: 1}, label_names=digits.LABEL_NAMES,
+        id=Dataset.new_id(),
+        account=ACCOUNT,
+        name="legacy",
+        status="ready",
+        declared_size=1,
+        content_type="x",
+        upload_object="uploads/datasets/x/y",
+        digest="0" * 64,
+        splits={split: 1},
+        label_names=digits.LABEL_NAMES,
     )
     store.put(dataset)
     fingerprint = evaluation_fingerprint(model_id=model.id, dataset_id=dataset.id, split=split, config=InferenceConfig())
     evaluation = Evaluation(
-        id=Evaluation.new_id(), account=ACCOUNT, name="e", status="admitted", attempts=1,
-        model_id=model.id, dataset_id=dataset.id, split=split, fingerprint=fingerprint,
+        id=Evaluation.new_id(),
+        account=ACCOUNT,
+        name="e",
+        status="admitted",
+        attempts=1,
+        model_id=model.id,
+        dataset_id=dataset.id,
+        split=split,
+        fingerprint=fingerprint,
     )
     store.put(evaluation)
     assert _run(settings, store, storage, TaskName.evaluate, evaluation.id) == EXIT_OK
@@ -204,11 +237,13 @@ def _slip_zip(path: Path) -> Path:
     "build, reason, words",
     [
         (lambda d, t: _slip_zip(t / "slip.zip"), "unsafe_archive", "'..' in archive path"),
-        (lambda d, t: _model_zip(d, t, lambda s: (s / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")),
-         "pickle_weights_refused", "pytorch_model.bin"),
+        (
+            lambda d, t: _model_zip(d, t, lambda s: (s / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")),
+            "pickle_weights_refused",
+            "pytorch_model.bin",
+        ),
         (lambda d, t: _model_zip(d, t, _remote_code), "remote_code_refused", "auto_map"),
-        (lambda d, t: _model_zip(d, t, lambda s: save_file({}, str(s / "model.safetensors"))),
-         "weights_mismatch", "missing"),
+        (lambda d, t: _model_zip(d, t, lambda s: save_file({}, str(s / "model.safetensors"))), "weights_mismatch", "missing"),
     ],
     ids=["unsafe-archive", "pickle-weights", "remote-code", "empty-safetensors"],
 )
@@ -325,8 +360,15 @@ def test_a_message_built_from_user_data_is_bounded(settings, store, storage, dig
     assert store.get(Dataset, dataset.id, account=ACCOUNT).status == "ready"
     fingerprint = evaluation_fingerprint(model_id=model.id, dataset_id=dataset.id, split="train", config=InferenceConfig())
     evaluation = Evaluation(
-        id=Evaluation.new_id(), account=ACCOUNT, name="e", status="admitted", attempts=1,
-        model_id=model.id, dataset_id=dataset.id, split="train", fingerprint=fingerprint,
+        id=Evaluation.new_id(),
+        account=ACCOUNT,
+        name="e",
+        status="admitted",
+        attempts=1,
+        model_id=model.id,
+        dataset_id=dataset.id,
+        split="train",
+        fingerprint=fingerprint,
     )
     store.put(evaluation)
     assert _run(settings, store, storage, TaskName.evaluate, evaluation.id) == EXIT_OK
@@ -372,8 +414,16 @@ def test_the_same_model_evaluated_twice_gives_identical_predictions(settings, st
         config = InferenceConfig(top_k=top_k)
         fingerprint = evaluation_fingerprint(model_id=model.id, dataset_id=dataset.id, split="train", config=config)
         evaluation = Evaluation(
-            id=Evaluation.new_id(), account=ACCOUNT, name="e", status="admitted", attempts=1,
-            model_id=model.id, dataset_id=dataset.id, split="train", config=config, fingerprint=fingerprint,
+            id=Evaluation.new_id(),
+            account=ACCOUNT,
+            name="e",
+            status="admitted",
+            attempts=1,
+            model_id=model.id,
+            dataset_id=dataset.id,
+            split="train",
+            config=config,
+            fingerprint=fingerprint,
         )
         store.put(evaluation)
         assert _run(settings, store, storage, TaskName.evaluate, evaluation.id) == EXIT_OK

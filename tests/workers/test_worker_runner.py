@@ -29,8 +29,15 @@ def _upload(store, storage, cls, name: str, source: Path, **fields):
     obj = paths.upload_object(kind, entity_id, source.name)
     storage.upload_file(obj, source)
     entity = cls(
-        id=entity_id, account=ACCOUNT, name=name, status="verifying", attempts=1,
-        declared_size=source.stat().st_size, content_type="application/octet-stream", upload_object=obj, **fields,
+        id=entity_id,
+        account=ACCOUNT,
+        name=name,
+        status="verifying",
+        attempts=1,
+        declared_size=source.stat().st_size,
+        content_type="application/octet-stream",
+        upload_object=obj,
+        **fields,
     )
     store.put(entity)
     return entity
@@ -52,8 +59,16 @@ def ready_inputs(settings, store, storage, digits_model_zip, digits_parquet):
 def _evaluation(store, model, dataset, *, split="train", config=InferenceConfig(), attempts=1, status="admitted"):
     fingerprint = evaluation_fingerprint(model_id=model.id, dataset_id=dataset.id, split=split, config=config)
     evaluation = Evaluation(
-        id=Evaluation.new_id(), account=ACCOUNT, name="eval", status=status, attempts=attempts,
-        model_id=model.id, dataset_id=dataset.id, split=split, config=config, fingerprint=fingerprint,
+        id=Evaluation.new_id(),
+        account=ACCOUNT,
+        name="eval",
+        status=status,
+        attempts=attempts,
+        model_id=model.id,
+        dataset_id=dataset.id,
+        split=split,
+        config=config,
+        fingerprint=fingerprint,
     )
     store.put(evaluation)
     return evaluation
@@ -65,7 +80,8 @@ def test_verify_ingest_and_evaluate_end_to_end(settings, store, storage, ready_i
     assert model.label_names == digits.LABEL_NAMES and model.architecture == "ViTForImageClassification"
     assert model.parameter_count > 100_000 and len(model.digest) == 64 and model.finished_at is not None
     assert {n for n, _ in storage.list(paths.model_prefix(model.id))} == {
-        paths.model_prefix(model.id) + f for f in ("config.json", "model.safetensors", "preprocessor_config.json", "manifest.json")
+        paths.model_prefix(model.id) + f
+        for f in ("config.json", "model.safetensors", "preprocessor_config.json", "manifest.json")
     }
     assert dataset.status == "ready" and dataset.splits == {"train": 449} and dataset.invalid_instances == 0
     assert storage.exists(paths.dataset_shard(dataset.id, "train", 0))
@@ -165,7 +181,9 @@ def test_heartbeat_renews_the_lease_writes_progress_and_notices_a_cancel(setting
 
     model, dataset = ready_inputs
     evaluation = _evaluation(store, model, dataset)
-    runner = TaskRunner(settings=settings, store=store, storage=storage, task=TaskName.evaluate, entity_id=evaluation.id, attempt=1)
+    runner = TaskRunner(
+        settings=settings, store=store, storage=storage, task=TaskName.evaluate, entity_id=evaluation.id, attempt=1
+    )
     started = runner.begin()
     assert started.status == "running" and started.lease_expires_at is not None
     heartbeat = Heartbeat(runner, interval=3600)

@@ -54,12 +54,25 @@ def _edit_config(**fields):
         (lambda d: (d / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!"), FailureReason.load_error),
         (lambda d: (d / "preprocessor_config.json").unlink(), FailureReason.load_error),
         (lambda d: (d / "config.json").write_text("{not json"), FailureReason.load_error),
-        (_edit_config(model_type="bert", architectures=["BertForSequenceClassification"]), FailureReason.unsupported_architecture),
+        (
+            _edit_config(model_type="bert", architectures=["BertForSequenceClassification"]),
+            FailureReason.unsupported_architecture,
+        ),
         (_edit_config(model_type="no-such-model"), FailureReason.unsupported_architecture),
         (_edit_config(architectures=["ViTForMaskedImageModeling"]), FailureReason.unsupported_architecture),
         (_edit_config(hidden_size=32), FailureReason.weights_mismatch),  # every tensor of another shape
     ],
-    ids=["extra-file", "no-weights", "bad-safetensors", "no-processor", "bad-json", "text-model", "unknown-type", "not-a-classifier", "wrong-shapes"],
+    ids=[
+        "extra-file",
+        "no-weights",
+        "bad-safetensors",
+        "no-processor",
+        "bad-json",
+        "text-model",
+        "unknown-type",
+        "not-a-classifier",
+        "wrong-shapes",
+    ],
 )
 def test_bad_models_fail_with_a_specific_reason(digits_model_dir, tmp_path, change, reason):
     with pytest.raises(WorkerFailure) as info:

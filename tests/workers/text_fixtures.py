@@ -18,7 +18,61 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 LABEL_NAMES = ["negative", "neutral", "positive"]
-WORDS = ["the", "a", "film", "movie", "plot", "actor", "scene", "story", "was", "is", "very", "quite", "not", "really", "good", "great", "bad", "awful", "fine", "dull", "brilliant", "boring", "funny", "sad", "long", "short", "music", "score", "camera", "light", "dark", "end", "start", "moment", "I", "we", "they", "loved", "hated", "liked", "watched", "saw", "again", "never", "always", "best", "worst", "ever", "and", "but", "or", "so", "because"]
+WORDS = [
+    "the",
+    "a",
+    "film",
+    "movie",
+    "plot",
+    "actor",
+    "scene",
+    "story",
+    "was",
+    "is",
+    "very",
+    "quite",
+    "not",
+    "really",
+    "good",
+    "great",
+    "bad",
+    "awful",
+    "fine",
+    "dull",
+    "brilliant",
+    "boring",
+    "funny",
+    "sad",
+    "long",
+    "short",
+    "music",
+    "score",
+    "camera",
+    "light",
+    "dark",
+    "end",
+    "start",
+    "moment",
+    "I",
+    "we",
+    "they",
+    "loved",
+    "hated",
+    "liked",
+    "watched",
+    "saw",
+    "again",
+    "never",
+    "always",
+    "best",
+    "worst",
+    "ever",
+    "and",
+    "but",
+    "or",
+    "so",
+    "because",
+]
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -29,7 +83,9 @@ def sentences(n: int, *, seed: int = 0, min_words: int = 3, max_words: int = 20)
     out = []
     for _ in range(n):
         words = [
-            rng.choice(WORDS) if rng.random() < 0.85 else "".join(rng.choice("bcdfgklmnprstvz") + rng.choice("aeiou") for _ in range(rng.randint(2, 4)))
+            rng.choice(WORDS)
+            if rng.random() < 0.85
+            else "".join(rng.choice("bcdfgklmnprstvz") + rng.choice("aeiou") for _ in range(rng.randint(2, 4)))
             for _ in range(rng.randint(min_words, max_words))
         ]
         out.append(" ".join(words).capitalize() + rng.choice([".", "!", "?", ""]))
@@ -52,7 +108,9 @@ def train_tokenizer(vocab_size: int = 500):
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.train_from_iterator(sentences(2000, seed=1), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS))
+    tokenizer.train_from_iterator(
+        sentences(2000, seed=1), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
+    )
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
@@ -81,9 +139,15 @@ def build_text_classifier(
         return target
     tokenizer = train_tokenizer()
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=intermediate_size, max_position_embeddings=max_positions,
-        num_labels=len(label_names), id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_positions,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={n: i for i, n in enumerate(label_names)},
         initializer_range=0.3,  # wide weights: logits far apart, so top-1 has no near-ties
     )
     torch.manual_seed(seed)

@@ -20,9 +20,7 @@ from workers.verify import ModelReport, verify_model_archive as _verify_archive
 __all__ = ["evaluate", "ingest_dataset", "verify_model_archive"]
 
 
-def verify_model_archive(
-    archive: Path, work_dir: Path, *, limits: ArchiveLimits | None = None
-) -> tuple[Path, ModelReport]:
+def verify_model_archive(archive: Path, work_dir: Path, *, limits: ArchiveLimits | None = None) -> tuple[Path, ModelReport]:
     """Extract ``archive`` safely under ``work_dir`` and verify it as a text classifier.
 
     Returns the directory of verified files and the report. Raises ``WorkerFailure``.

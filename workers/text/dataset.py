@@ -46,9 +46,7 @@ from workers.canonical import (
 )
 from workers.failures import FailureReason, WorkerFailure
 
-SHARD_SCHEMA = pa.schema(
-    [("instance_id", pa.string()), ("text", pa.string()), ("text_pair", pa.string()), ("label", pa.int64())]
-)
+SHARD_SCHEMA = pa.schema([("instance_id", pa.string()), ("text", pa.string()), ("text_pair", pa.string()), ("label", pa.int64())])
 _CSV_FIELD_BYTES = 64 * 1024**2
 _CHUNK = 1 << 20
 
@@ -129,7 +127,9 @@ def _as_text(value: object) -> object:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
-def _row(names: Names, split: object, text: object, pair: object, label: object, declared: list[str] | None, limits: IngestLimits) -> None:
+def _row(
+    names: Names, split: object, text: object, pair: object, label: object, declared: list[str] | None, limits: IngestLimits
+) -> None:
     """Append one row to its split, its problem (if any) recorded."""
     split = DEFAULT_SPLIT if split is None or split == "" else split
     rows = names.split(split)
@@ -171,7 +171,9 @@ def _read_parquet(path: Path, names: Names, limits: IngestLimits) -> list[str] |
         raise WorkerFailure(FailureReason.invalid_dataset, f"Parquet file lacks column(s) {sorted(missing)}")
     for column in ("text", "text_pair"):
         if column in schema.names and not _is_texty(schema.field(column).type):
-            raise WorkerFailure(FailureReason.invalid_dataset, f"{column!r} must be a string column, not {schema.field(column).type}")
+            raise WorkerFailure(
+                FailureReason.invalid_dataset, f"{column!r} must be a string column, not {schema.field(column).type}"
+            )
     declared = hf_label_names(schema, limits)
     check_column_types(schema)
     columns = [c for c in ("text", "text_pair", "label", "split") if c in schema.names]
@@ -183,7 +185,9 @@ def _read_parquet(path: Path, names: Names, limits: IngestLimits) -> list[str] |
                 for name, column in zip(batch.schema.names, batch.columns)
             }
             nones = [None] * batch.num_rows
-            for text, pair, label, split in zip(data["text"], data.get("text_pair", nones), data["label"], data.get("split", nones)):
+            for text, pair, label, split in zip(
+                data["text"], data.get("text_pair", nones), data["label"], data.get("split", nones)
+            ):
                 _row(names, split, text, pair, label, declared, limits)
     except (pa.ArrowException, OSError) as e:
         raise WorkerFailure(FailureReason.invalid_dataset, f"unreadable Parquet file: {e}") from e
@@ -191,7 +195,9 @@ def _read_parquet(path: Path, names: Names, limits: IngestLimits) -> list[str] |
 
 
 def _is_texty(type_: pa.DataType) -> bool:
-    return any(check(type_) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary))
+    return any(
+        check(type_) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
+    )
 
 
 # --- JSON Lines ------------------------------------------------------------------------------

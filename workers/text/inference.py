@@ -105,8 +105,14 @@ def evaluate(
     names = label_names(model)
     label_map = align_labels(dataset_label_names, names, getattr(config, "label_mapping", None))
     stats = evaluate_text_shards(
-        model, tokenizer, shards, out_dir, label_map=label_map, options=options or TextOptions.from_config(config),
-        on_shard=on_shard, on_batch=on_batch,
+        model,
+        tokenizer,
+        shards,
+        out_dir,
+        label_map=label_map,
+        options=options or TextOptions.from_config(config),
+        on_shard=on_shard,
+        on_batch=on_batch,
     )
     return summarize([prediction_shard_path(Path(out_dir), s) for s in shards], names, stats)
 
@@ -233,7 +239,9 @@ class _Runner:
             encoded = self.tokenizer(
                 [texts[i] for i in rows],
                 [pairs[i] for i in rows] if with_pairs else None,
-                truncation=True, max_length=self.max_length, padding=False,
+                truncation=True,
+                max_length=self.max_length,
+                padding=False,
             )
             for name, values in encoded.items():
                 column = features.setdefault(name, [None] * len(texts))
@@ -259,7 +267,9 @@ class _Runner:
             batch[name] = array
         return batch
 
-    def shard(self, index: int, table: pa.Table, pool: ReplicaPool | None, on_batch, stats: RunStats, started: float) -> Predictions:
+    def shard(
+        self, index: int, table: pa.Table, pool: ReplicaPool | None, on_batch, stats: RunStats, started: float
+    ) -> Predictions:
         """Predictions for one shard, its rows sorted by length and batched in that order.
 
         Raises:
@@ -281,7 +291,9 @@ class _Runner:
             device = self.scorer.device
             for rows in batches:
                 mark = self.scorer.timer.start()
-                inputs = {name: torch.from_numpy(a).to(device, non_blocking=True) for name, a in self._padded(features, rows).items()}
+                inputs = {
+                    name: torch.from_numpy(a).to(device, non_blocking=True) for name, a in self._padded(features, rows).items()
+                }
                 try:
                     done.append((rows, *self.scorer.scores(inputs, torch.from_numpy(labels[rows]).to(device))))
                 except (RuntimeError, IndexError) as e:  # torch's own errors on this model and input

@@ -97,9 +97,7 @@ def resolve_max_length(model, tokenizer, requested: int | None) -> int:
     if requested is None:
         return default
     if limit is not None and requested > limit:
-        raise WorkerFailure(
-            FailureReason.invalid_config, f"max_length {requested} is more than the model's {limit} positions"
-        )
+        raise WorkerFailure(FailureReason.invalid_config, f"max_length {requested} is more than the model's {limit} positions")
     return requested
 
 
