@@ -92,8 +92,8 @@ def multiple_choice(
         if all(p[0] == pairs[0][0] for p in pairs):
             plans.append(encoder.rows_for(pairs[0][0], [p[1] for p in pairs]))
         else:  # only an empty context gives choices different contexts: score them apart
-            rows = [encoder.rows_for(ctx, [cont]) for ctx, cont in pairs]
-            plans.append(([r for rs, _ in rows for r in rs], any(t for _, t in rows)))
+            apart = [encoder.rows_for(ctx, [cont]) for ctx, cont in pairs]
+            plans.append(([r for rs, _ in apart for r in rs], any(t for _, t in apart)))
     score_rows(model, [row for rows, _ in plans for row in rows], batch_size=config.batch_size, device=device)
     records, hits, hits_norm = [], [], []
     for doc, (rows, truncated) in zip(docs, plans, strict=True):

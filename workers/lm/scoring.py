@@ -140,7 +140,9 @@ def _score_batch(model, batch: Sequence[Row], device) -> None:
     allowed = torch.eye(width, dtype=torch.bool).repeat(len(batch), 1, 1) if packed else None
     # For each scored token: its row in the batch, the position whose logits predict it, its id;
     # for each branch, the span of its tokens in those lists.
-    where_row, where_pos, targets = [], [], []
+    where_row: list[int] = []
+    where_pos: list[int] = []
+    targets: list[int] = []
     spans: list[list[tuple[int, int]]] = []
     for b, row in enumerate(batch):
         n = len(row.prefix)
