@@ -76,16 +76,21 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def choice_rows(n: int, seed: int) -> list[dict]:
+def choice_rows(n: int, seed: int, *, phrases: float = 0.5) -> list[dict]:
+    """Four-choice questions; a share ``phrases`` of them with answers of several tokens
+    ("a small bird"), the rest of one word, so both ways of scoring choices are exercised."""
     rnd = random.Random(seed)
     rows = []
     for _ in range(n):
         animal = rnd.choice(ANIMALS)
         choices = rnd.sample(CATEGORIES, 4)
+        answer = choices.index(KINDS[animal])
+        if rnd.random() < phrases:
+            choices = [f"a {rnd.choice(['small', 'big', 'red'])} {c}" for c in choices]
         # Some questions are long enough that a few-shot prompt overflows the window.
         padding = " ".join(_sentence(rnd) for _ in range(rnd.choice([0, 0, 0, 8])))
         rows.append({"question": f"{padding} Question: What is a {animal}? Answer:".strip(), "choices": choices,
-                     "answer": choices.index(KINDS[animal])})
+                     "answer": answer})
     return rows
 
 

@@ -84,11 +84,12 @@ def multiple_choice(
     sampler = FewshotSampler(pool, seed=config.seed, same_split=same_split)
     encoder = Encoder(tokenizer, window_of(model, tokenizer))
     delimiter = continuation_delimiter(style)
-    plans: list[tuple[list[Row], bool]] = []
+    groups = []
     for doc in docs:
-        examples = sampler.sample(config.num_fewshot, doc)
-        context = build_context(doc, examples, style, lambda d: d["choices"][d["answer"]])
-        pairs = [encoder.encode_pair(context, delimiter + choice) for choice in doc["choices"]]
+        context = build_context(doc, sampler.sample(config.num_fewshot, doc), style, lambda d: d["choices"][d["answer"]])
+        groups.append((context, [delimiter + choice for choice in doc["choices"]]))
+    plans: list[tuple[list[Row], bool]] = []
+    for pairs in encoder.encode_groups(groups):
         if all(p[0] == pairs[0][0] for p in pairs):
             plans.append(encoder.rows_for(pairs[0][0], [p[1] for p in pairs]))
         else:  # only an empty context gives choices different contexts: score them apart

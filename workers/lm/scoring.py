@@ -53,22 +53,54 @@ class Encoder:
         self._prefix_text = tokenizer.decode(self.prefix_token_id)
 
     def encode(self, text: str) -> list[int]:
-        # A text that already starts with the BOS text (a chat template's) gets no second one.
-        if self._prefix_text and text.startswith(self._prefix_text):
-            return self.tokenizer.encode(text, add_special_tokens=False)
-        return self.tokenizer.encode(text)
+        return self.encode_many([text])[0]
+
+    def encode_many(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, in one call to the tokenizer (its Rust side batches).
+        A text that already starts with the BOS text (a chat template's) gets no second one."""
+        starts = [bool(self._prefix_text) and t.startswith(self._prefix_text) for t in texts]
+        plain = [i for i, s in enumerate(starts) if not s]
+        prefixed = [i for i, s in enumerate(starts) if s]
+        out: list[list[int]] = [[] for _ in texts]
+        for indices, special in ((plain, {}), (prefixed, {"add_special_tokens": False})):
+            if indices:
+                for i, ids in zip(indices, self.tokenizer([texts[i] for i in indices], **special)["input_ids"], strict=True):
+                    out[i] = list(ids)
+        return out
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """``(context tokens, continuation tokens)`` as lm-eval's ``loglikelihood`` makes them."""
-        if context == "":
-            cont = self.tokenizer.encode(continuation, add_special_tokens=False)
-            return ([self.prefix_token_id], cont) if not cont or cont[0] != self.prefix_token_id else (cont[:1], cont[1:])
-        spaces = len(context) - len(context.rstrip())
-        if spaces:
-            context, continuation = context[:-spaces], context[-spaces:] + continuation
-        whole = self.encode(context + continuation)
-        context_tokens = self.encode(context)
-        return context_tokens, whole[len(context_tokens):]
+        return self.encode_pairs(context, [continuation])[0]
+
+    def encode_pairs(self, context: str, continuations: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+        """``encode_pair`` for several continuations of one context."""
+        return self.encode_groups([(context, continuations)])[0]
+
+    def encode_groups(
+        self, groups: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[list[tuple[list[int], list[int]]]]:
+        """``encode_pair`` for each context and its continuations, every text of every group
+        in one tokenizer call, each context encoded once."""
+        texts: list[str] = []
+        for context, continuations in groups:
+            if context:
+                spaces = len(context) - len(context.rstrip())
+                kept, moved = (context[:-spaces], context[-spaces:]) if spaces else (context, "")
+                texts += [kept, *(kept + moved + c for c in continuations)]
+        encoded = iter(self.encode_many(texts)) if texts else iter([])
+        out = []
+        for context, continuations in groups:
+            if context == "":  # lm-eval's BOS (or EOS) stands for the empty context
+                pairs = []
+                for ids in self.tokenizer(list(continuations), add_special_tokens=False)["input_ids"]:
+                    cont = list(ids)
+                    first = cont[:1] == [self.prefix_token_id]
+                    pairs.append((cont[:1], cont[1:]) if first else ([self.prefix_token_id], cont))
+                out.append(pairs)
+                continue
+            context_tokens = next(encoded)
+            out.append([(context_tokens, next(encoded)[len(context_tokens):]) for _ in continuations])
+        return out
 
     def rows_for(self, context: list[int], continuations: Sequence[list[int]]) -> tuple[list[Row], bool]:
         """The rows scoring ``continuations`` after ``context``, and whether the context was
@@ -130,14 +162,20 @@ def score_rows(model, rows: Sequence[Row], *, batch_size: int, device) -> None:
                 raise WorkerFailure(FailureReason.inference_error, f"the forward pass failed: {type(e).__name__}: {e}") from e
 
 
+def _needs_mask(row: Row) -> bool:
+    """Whether the row holds the tokens of two branches, which must not see each other."""
+    return sum(len(b) > 1 for b in row.branches) > 1
+
+
 def _score_batch(model, batch: Sequence[Row], device) -> None:
     import torch
 
     width = max(row.length for row in batch)
     ids = torch.zeros((len(batch), width), dtype=torch.long)
-    packed = any(len(row.branches) > 1 for row in batch)
-    positions = torch.zeros((len(batch), width), dtype=torch.long) if packed else None
-    allowed = torch.eye(width, dtype=torch.bool).repeat(len(batch), 1, 1) if packed else None
+    packed = any(_needs_mask(row) for row in batch)
+    # Per position: 0 in the context, k + 1 in branch k, -1 in the padding; and its position id.
+    segment = torch.full((len(batch), width), -1, dtype=torch.long)
+    positions = torch.zeros((len(batch), width), dtype=torch.long)
     # For each scored token: its row in the batch, the position whose logits predict it, its id;
     # for each branch, the span of its tokens in those lists.
     where_row: list[int] = []
@@ -148,26 +186,25 @@ def _score_batch(model, batch: Sequence[Row], device) -> None:
         n = len(row.prefix)
         spans.append([])
         ids[b, :n] = torch.tensor(row.prefix)
-        if positions is not None and allowed is not None:
-            positions[b, :n] = torch.arange(n)
-            allowed[b, :n, :n] = torch.ones((n, n), dtype=torch.bool).tril()
+        segment[b, :n] = 0
+        positions[b, :n] = torch.arange(n)
         at = n
-        for branch in row.branches:
+        for k, branch in enumerate(row.branches):
             extra = len(branch) - 1
             if extra:
                 ids[b, at: at + extra] = torch.tensor(branch[:-1])
-                if positions is not None and allowed is not None:
-                    positions[b, at: at + extra] = torch.arange(n, n + extra)
-                    allowed[b, at: at + extra, :n] = True
-                    allowed[b, at: at + extra, at: at + extra] = torch.ones((extra, extra), dtype=torch.bool).tril()
-            scored_at = [n - 1] + list(range(at, at + extra))
+                segment[b, at: at + extra] = k + 1
+                positions[b, at: at + extra] = torch.arange(n, n + extra)
             spans[b].append((len(targets), len(targets) + len(branch)))
             where_row += [b] * len(branch)
-            where_pos += scored_at
+            where_pos += [n - 1, *range(at, at + extra)]
             targets += branch
             at += extra
     kwargs = {}
-    if positions is not None and allowed is not None:
+    if packed:
+        # A token sees the earlier tokens of the context and of its own branch.
+        causal = torch.ones((width, width), dtype=torch.bool).tril()
+        allowed = causal & ((segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None]))
         dtype = next(model.parameters()).dtype
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
         kwargs = {"attention_mask": mask[:, None].to(device), "position_ids": positions.to(device)}
