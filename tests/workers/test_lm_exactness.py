@@ -107,11 +107,14 @@ def test_multiple_choice_equals_lm_eval(lm_env, shots):
     from shared.modeltasks.text_generation import TextGenerationConfig
     from workers.lm.engine import multiple_choice
 
+    docs = read_jsonl(lm_env["data"]["mc_test"])
+    # Both ways of scoring choices run: answers of one token, and of several (one packed row).
+    widths = {len(lm_env["tokenizer"].encode(" " + c)) > 1 for d in docs for c in d["choices"]}
+    assert widths == {True, False}
     expected, samples = run_lm_eval(lm_env, "assay_mc", shots)
     config = TextGenerationConfig(kind="multiple_choice", template="Q: {question}", num_fewshot=shots,
                                   fewshot_split="train" if shots else None, batch_size=8)
-    result = multiple_choice(lm_env["model"], lm_env["tokenizer"], read_jsonl(lm_env["data"]["mc_test"]),
-                             read_jsonl(lm_env["data"]["mc_train"]), config, same_split=False)
+    result = multiple_choice(lm_env["model"], lm_env["tokenizer"], docs, read_jsonl(lm_env["data"]["mc_train"]), config, same_split=False)
     assert close(result.metrics["acc"], expected["acc,none"])
     assert close(result.metrics["acc_norm"], expected["acc_norm,none"])
     for record, sample in zip(result.records, samples, strict=True):
