@@ -162,6 +162,16 @@ def score_rows(model, rows: Sequence[Row], *, batch_size: int, device) -> None:
                 raise WorkerFailure(FailureReason.inference_error, f"the forward pass failed: {type(e).__name__}: {e}") from e
 
 
+# Config fields of models whose logits are more than the output projection of the last
+# hidden state (soft-capped, scaled): those run their own head on every position.
+_HEAD_EXTRAS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale", "mup_width_multiplier")
+
+
+def _plain_head(model) -> bool:
+    config = getattr(model.config, "text_config", None) or model.config
+    return all(getattr(config, name, None) in (None, 1, 1.0) for name in _HEAD_EXTRAS)
+
+
 def _needs_mask(row: Row) -> bool:
     """Whether the row holds the tokens of two branches, which must not see each other."""
     return sum(len(b) > 1 for b in row.branches) > 1
@@ -208,8 +218,15 @@ def _score_batch(model, batch: Sequence[Row], device) -> None:
         dtype = next(model.parameters()).dtype
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
         kwargs = {"attention_mask": mask[:, None].to(device), "position_ids": positions.to(device)}
-    logits = model(ids.to(device), **kwargs).logits
-    picked = logits[torch.tensor(where_row, device=device), torch.tensor(where_pos, device=device)]
+    rows_at, positions_at = torch.tensor(where_row, device=device), torch.tensor(where_pos, device=device)
+    base, head = getattr(model, "base_model", None), model.get_output_embeddings()
+    if base is not None and base is not model and head is not None and _plain_head(model):
+        # The output projection only where a token is scored: the context's other positions
+        # would cost a vocabulary-wide product each.
+        hidden = base(ids.to(device), use_cache=False, **kwargs).last_hidden_state
+        picked = head(hidden[rows_at, positions_at])
+    else:
+        picked = model(ids.to(device), use_cache=False, **kwargs).logits[rows_at, positions_at]
     logprobs = torch.log_softmax(picked.float(), dim=-1)
     target = torch.tensor(targets, device=device)
     # Summed in float32 per continuation, as lm-eval sums them.
