@@ -47,10 +47,10 @@ SHAPES = {"tiny": (2, 64, 2, 128), "small": (12, 768, 12, 1024), "medium": (24, 
 def build(directory: Path, size: str) -> Path:
     """The tiny model trained as the tests train it, or a bigger one with random weights."""
     if size == "tiny":
-        return fx.build_model(directory, train_seconds=3.0)
+        return fx.build_model(directory, steps=150)
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    fx.build_model(directory, train_seconds=0.0)
+    fx.build_model(directory, steps=0)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     layers, width, heads, window = SHAPES[size]
     eos = tokenizer.eos_token_id

@@ -22,7 +22,7 @@ def _sentence(rnd: random.Random) -> str:
     animal = rnd.choice(ANIMALS)
     return rnd.choice([
         f"The {animal} is a {KINDS[animal]}.",
-        f"Question: What is a {animal}? Answer: a {KINDS[animal]}",
+        f"Question: What is a {animal}? Answer: a {KINDS[animal]}.",
         f"The {rnd.choice(COLOURS)} {animal} sat on the mat.",
         f"One {animal} plus one {animal} makes two {animal}s.",
     ])
@@ -33,10 +33,9 @@ def corpus(n: int, seed: int = 0) -> list[str]:
     return [" ".join(_sentence(rnd) for _ in range(rnd.randint(2, 6))) for _ in range(n)]
 
 
-def build_model(directory: Path, *, train_seconds: float = 6.0) -> Path:
-    """Write a trained tiny GPT-2 with its tokenizer to ``directory`` (save_pretrained)."""
-    import time
-
+def build_model(directory: Path, *, steps: int = 300) -> Path:
+    """Write a tiny GPT-2 trained ``steps`` steps (a fixed count, so the same model on any
+    machine, however loaded) with its tokenizer to ``directory`` (save_pretrained)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -56,9 +55,8 @@ def build_model(directory: Path, *, train_seconds: float = 6.0) -> Path:
     stream = [t for text in texts for t in tokenizer.encode(text) + [eos]]
     optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
     rnd = random.Random(0)
-    started = time.monotonic()
     model.train()
-    while time.monotonic() - started < train_seconds:
+    for _ in range(steps):
         starts = [rnd.randrange(0, len(stream) - 65) for _ in range(16)]
         batch = torch.tensor([stream[s: s + 64] for s in starts])
         loss = model(batch, labels=batch).loss

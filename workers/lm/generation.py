@@ -33,9 +33,6 @@ def generate(
         WorkerFailure: ``load_error`` when the tokenizer has no EOS token; ``invalid_config``
             when ``max_new_tokens`` leaves no room for a prompt in the window.
     """
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
     if tokenizer.eos_token_id is None:
         raise WorkerFailure(FailureReason.load_error, "generation needs a tokenizer with an EOS token (set eos_token)")
     room = max_length - max_new_tokens
@@ -46,19 +43,8 @@ def generate(
         )
     eos_text = tokenizer.decode(tokenizer.eos_token_id, skip_special_tokens=False)
     all_stops = list(stops) + ([eos_text] if eos_text not in stops else [])
-    tail_tokens = max((len(s) for s in all_stops), default=1) + 2
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    class _Stops(StoppingCriteria):
-        def __init__(self, start: int):
-            self.start = start
-
-        def __call__(self, input_ids, scores, **kwargs):
-            tails = tokenizer.batch_decode(input_ids[:, max(self.start, input_ids.shape[1] - tail_tokens):])
-            done = [any(s in tail for s in all_stops) for tail in tails]
-            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-    lengths = [len(tokenizer.encode(p)) for p in prompts]
+    ends = _end_tokens(model, tokenizer)
+    lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]] if prompts else []
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     outputs: list[str] = [""] * len(prompts)
     truncated = [n > room for n in lengths]
@@ -71,16 +57,61 @@ def generate(
             special = {"add_special_tokens": False} if tokenizer.bos_token and texts[0].startswith(tokenizer.bos_token) else {}
             enc = tokenizer(texts, padding="longest", return_tensors="pt", **special)
             ids, mask = enc["input_ids"][:, -room:].to(device), enc["attention_mask"][:, -room:].to(device)
-            with torch.inference_mode():
-                try:
-                    out = model.generate(
-                        input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                        pad_token_id=pad_id, stopping_criteria=StoppingCriteriaList([_Stops(ids.shape[1])]),
-                    )
-                except (RuntimeError, IndexError) as e:
-                    raise WorkerFailure(FailureReason.inference_error, f"generation failed: {type(e).__name__}: {e}") from e
-            for i, row in zip(chunk, out[:, ids.shape[1]:].tolist(), strict=True):
+            try:
+                rows = _greedy(model, tokenizer, ids, mask, max_new_tokens=max_new_tokens, ends=ends, stops=all_stops)
+            except (RuntimeError, IndexError) as e:
+                raise WorkerFailure(FailureReason.inference_error, f"generation failed: {type(e).__name__}: {e}") from e
+            for i, row in zip(chunk, rows, strict=True):
                 outputs[i] = cut_at_stops(tokenizer.decode(row, skip_special_tokens=True), all_stops)
     finally:
         tokenizer.padding_side = old_side
     return outputs, truncated
+
+
+def _end_tokens(model, tokenizer) -> set[int]:
+    """The ids that end a generation: the generation config's EOS ids (as ``generate`` reads
+    them), else the tokenizer's."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is None:
+        return {tokenizer.eos_token_id}
+    return set(configured) if isinstance(configured, list) else {int(configured)}
+
+
+def _greedy(model, tokenizer, ids, mask, *, max_new_tokens: int, ends: set[int], stops: Sequence[str]) -> list[list[int]]:
+    """Greedy decoding of a left-padded batch with the KV cache: each row's new tokens, up to
+    its end token (excluded) or the step where its text holds a stop string.
+
+    Position ids count the real tokens only, so a left-padded row reads as it would alone
+    (as ``generate`` numbers them).
+    """
+    import torch
+
+    tail = max((len(s) for s in stops), default=1) + 2
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    new: list[list[int]] = [[] for _ in range(ids.shape[0])]
+    stopped = [False] * ids.shape[0]
+    past = None
+    step_ids, step_pos = ids, positions
+    with torch.inference_mode():
+        for _ in range(max_new_tokens):
+            out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=past,
+                        use_cache=True, logits_to_keep=1)
+            past = out.past_key_values
+            chosen = out.logits[:, -1].argmax(-1)
+            for row, token in enumerate(chosen.tolist()):
+                if stopped[row]:
+                    continue
+                if token in ends:
+                    stopped[row] = True
+                    continue
+                new[row].append(token)
+                # Only the tail can hold a stop string that was not there one token ago.
+                stopped[row] = any(s in tokenizer.decode(new[row][-tail:]) for s in stops)
+            if all(stopped):
+                break
+            step_ids = chosen[:, None]
+            step_pos = step_pos[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
+    return new
+
+
