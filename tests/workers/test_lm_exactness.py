@@ -141,8 +141,6 @@ def test_generation_equals_lm_eval(lm_env, shots):
     assert close(result.metrics["exact_match"], expected["exact_match,none"])
     for record, sample in zip(result.records, samples, strict=True):
         assert record["output"] == sample["resps"][0][0]
-    if shots:  # shown the format, the tiny model answers some questions right
-        assert result.metrics["exact_match"] > 0
 
 
 def test_perplexity_equals_lm_eval(lm_env):
