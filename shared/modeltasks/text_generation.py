@@ -1,0 +1,143 @@
+"""Text generation: a causal language model (``AutoModelForCausalLM``) evaluated the way
+lm-evaluation-harness evaluates one, so that its numbers mean what users expect.
+
+Three kinds of evaluation, chosen in the config:
+
+- ``multiple_choice``: each choice scored by the summed log-likelihood of
+  ``target_delimiter + choice`` after the prompt; ``acc`` and ``acc_norm`` (normalised by
+  the choice's length in characters);
+- ``generate``: greedy decoding to ``max_new_tokens`` or the first ``until`` string, scored
+  by ``exact_match``;
+- ``perplexity``: rolling log-likelihood of plain texts over windows of the model's
+  context; ``word_perplexity``, ``byte_perplexity`` and ``bits_per_byte``.
+
+Prompts are built from a template of ``{column}`` fields with ``num_fewshot`` solved
+examples drawn from the few-shot split with a fixed seed, as lm-eval draws them.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from shared.modeltasks.base import Column, ModelTaskSpec, TaskConfig
+
+EvaluationKind = Literal["multiple_choice", "generate", "perplexity"]
+MAX_CHOICES = 64
+MAX_NEW_TOKENS = 4096
+
+# The metrics each kind reports (names in shared.metrics once the task is wired in).
+KIND_METRICS: dict[str, tuple[str, ...]] = {
+    "multiple_choice": ("acc", "acc_norm"),
+    "generate": ("exact_match",),
+    "perplexity": ("word_perplexity", "byte_perplexity", "bits_per_byte"),
+}
+# The template each kind uses when the config names none: the shape's own prompt column.
+DEFAULT_TEMPLATES: dict[str, str] = {"multiple_choice": "{question}", "generate": "{prompt}", "perplexity": "{text}"}
+
+
+class TextGenerationConfig(TaskConfig):
+    """How to evaluate a language model. Every field but ``batch_size`` changes results."""
+
+    kind: EvaluationKind = Field(default="multiple_choice", description="What is measured, and so which dataset shape.")
+    template: str | None = Field(
+        default=None, max_length=20_000,
+        description="The prompt, with {column} fields filled from each instance ({{ and }} are literal braces); "
+        "by default {question} (multiple_choice) or {prompt} (generate). Perplexity reads the text as it is.",
+    )
+    num_fewshot: int = Field(default=0, ge=0, le=64, description="Solved examples put before each prompt.")
+    seed: int = Field(default=1234, description="Seeds the draw of few-shot examples (lm-eval's default).")
+    fewshot_split: str | None = Field(
+        default=None, max_length=64,
+        description="The dataset split few-shot examples are drawn from (required when num_fewshot > 0); "
+        "when it is the evaluated split, an instance is never its own example.",
+    )
+    fewshot_delimiter: str = Field(default="\n\n", max_length=256, description="Between two few-shot examples.")
+    target_delimiter: str = Field(default=" ", max_length=256, description="Between a prompt and its answer.")
+    max_new_tokens: int = Field(default=256, ge=1, le=MAX_NEW_TOKENS, description="The most tokens a generation gets.")
+    until: list[str] | None = Field(
+        default=None, max_length=16,
+        description="Generation stops at the first of these strings (and the EOS token); by default the fewshot_delimiter.",
+    )
+    ignore_case: bool = Field(default=False, description="exact_match: compare lower-cased.")
+    ignore_punctuation: bool = Field(default=False, description="exact_match: drop ASCII punctuation before comparing.")
+    regex: str | None = Field(
+        default=None, max_length=1000,
+        description="exact_match: compare the first match of this pattern in the output (its first non-empty group, "
+        "stripped) instead of the whole output; no match compares as '[invalid]'.",
+    )
+    apply_chat_template: bool = Field(default=False, description="Wrap each prompt in the tokenizer's chat template.")
+    batch_size: int = Field(default=32, ge=1, le=4096, description="Sequences per forward pass (speed only).")
+
+    RESULT_FIELDS: ClassVar[tuple[str, ...]] = (
+        "kind", "template", "num_fewshot", "seed", "fewshot_split", "fewshot_delimiter", "target_delimiter",
+        "max_new_tokens", "until", "ignore_case", "ignore_punctuation", "regex", "apply_chat_template",
+    )
+
+    @model_validator(mode="after")
+    def _fewshot_has_a_split(self) -> TextGenerationConfig:
+        if self.num_fewshot > 0 and self.fewshot_split is None:
+            raise ValueError("num_fewshot > 0 needs fewshot_split: the split the examples are drawn from")
+        if self.kind == "perplexity" and (self.num_fewshot or self.template is not None or self.apply_chat_template):
+            raise ValueError("perplexity scores each text as it is: no template, few-shot examples or chat template")
+        if self.until is not None and any(not stop for stop in self.until):
+            raise ValueError("an empty string in until would stop every generation at once")
+        return self
+
+    @property
+    def prompt_template(self) -> str:
+        return self.template if self.template is not None else DEFAULT_TEMPLATES[self.kind]
+
+    @property
+    def stop_strings(self) -> list[str]:
+        return list(self.until) if self.until is not None else [self.fewshot_delimiter]
+
+
+SPEC = ModelTaskSpec(
+    name="text-generation",
+    description="A transformers causal language model with its tokenizer (save_pretrained directory, safetensors), "
+    "evaluated as lm-evaluation-harness does: multiple choice, generation or perplexity.",
+    auto_class="AutoModelForCausalLM",
+    architecture_suffix="ForCausalLM",
+    model_files=frozenset(
+        {
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "added_tokens.json",
+            "vocab.json",
+            "merges.txt",
+            "tokenizer.model",
+            "generation_config.json",
+            "chat_template.jinja",
+            "chat_template.json",
+        }
+    ),
+    dataset_formats=("parquet", "jsonl"),
+    dataset_columns=(
+        Column("instance_id", "string", description="The row's id column if it has one, else its position."),
+        Column("question", "string", required=False, description="multiple_choice: the question."),
+        Column("context", "string", required=False, description="multiple_choice: a passage the question is about."),
+        Column("choices", "list<string>", required=False, description=f"multiple_choice: 1 to {MAX_CHOICES} answers."),
+        Column("answer", "int64", required=False, description="multiple_choice: the index of the right choice."),
+        Column("prompt", "string", required=False, description="generate: what the model continues."),
+        Column("targets", "list<string>", required=False,
+               description="generate: the right answers (a `target` string column is read as one)."),
+        Column("text", "string", required=False, description="perplexity: the text scored."),
+    ),
+    config=TextGenerationConfig,
+    prediction_columns=(
+        Column("instance_id", "string", description="The dataset instance."),
+        Column("choice_loglikelihoods", "list<float64>", required=False, description="multiple_choice: per choice."),
+        Column("choice_greedy", "list<bool>", required=False,
+               description="multiple_choice: whether each choice is the greedy continuation."),
+        Column("prediction", "int32", required=False, description="multiple_choice: the pick by log-likelihood."),
+        Column("prediction_norm", "int32", required=False, description="multiple_choice: the pick by it per character."),
+        Column("output", "string", required=False, description="generate: the generated text, cut at the stop string."),
+        Column("loglikelihood", "float64", required=False, description="perplexity: the text's log-likelihood."),
+        Column("truncated", "bool", description="The prompt lost tokens on the left to fit the model's window."),
+    ),
+    metrics=tuple(name for names in KIND_METRICS.values() for name in names),
+    gpu=True,
+)
