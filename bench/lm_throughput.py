@@ -54,8 +54,18 @@ def build(directory: Path, size: str) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(directory)
     layers, width, heads, window = SHAPES[size]
     eos = tokenizer.eos_token_id
-    model = GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=width, n_head=heads, n_positions=window,
-                                       vocab_size=len(tokenizer), bos_token_id=eos, eos_token_id=eos, pad_token_id=eos))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=layers,
+            n_embd=width,
+            n_head=heads,
+            n_positions=window,
+            vocab_size=len(tokenizer),
+            bos_token_id=eos,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )
+    )
     model.save_pretrained(directory)
     tokenizer.model_max_length = window
     tokenizer.save_pretrained(directory)
@@ -105,15 +115,18 @@ def main() -> None:
     common = "dataset_path: json\ntest_split: test\n"
     (tasks / "b_mc.yaml").write_text(
         f'task: b_mc\n{common}dataset_kwargs: {{data_files: {{test: "{data["mc"]}", train: "{data["mc_train"]}"}}}}\n'
-        f'fewshot_split: train\nnum_fewshot: {args.fewshot}\noutput_type: multiple_choice\n'
-        'doc_to_text: "{{question}}"\ndoc_to_choice: choices\ndoc_to_target: answer\nmetric_list: [{metric: acc}]\n')
+        f"fewshot_split: train\nnum_fewshot: {args.fewshot}\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\ndoc_to_choice: choices\ndoc_to_target: answer\nmetric_list: [{metric: acc}]\n'
+    )
     (tasks / "b_gen.yaml").write_text(
         f'task: b_gen\n{common}dataset_kwargs: {{data_files: {{test: "{data["gen"]}"}}}}\noutput_type: generate_until\n'
         f'doc_to_text: "{{{{prompt}}}}"\ndoc_to_target: target\ngeneration_kwargs: {{until: [".", "Question"], '
-        f'max_gen_toks: {args.new_tokens}, do_sample: false}}\nmetric_list: [{{metric: exact_match}}]\n')
+        f"max_gen_toks: {args.new_tokens}, do_sample: false}}\nmetric_list: [{{metric: exact_match}}]\n"
+    )
     (tasks / "b_ppl.yaml").write_text(
         f'task: b_ppl\n{common}dataset_kwargs: {{data_files: {{test: "{data["ppl"]}"}}}}\n'
-        'output_type: loglikelihood_rolling\ndoc_to_text: ""\ndoc_to_target: "{{text}}"\nmetric_list: [{metric: word_perplexity}]\n')
+        'output_type: loglikelihood_rolling\ndoc_to_text: ""\ndoc_to_target: "{{text}}"\nmetric_list: [{metric: word_perplexity}]\n'
+    )
 
     lm = HFLM(pretrained=str(model_dir), dtype="bfloat16" if gpu else "float32", batch_size=args.lm_eval_batch, device=device)
     task_dict = get_task_dict(["b_mc", "b_gen", "b_ppl"], TaskManager(include_path=str(tasks)))
@@ -126,21 +139,32 @@ def main() -> None:
 
     mc_requests = task_dict["b_mc"].instances
     t_lm, _ = best(lambda: lm.loglikelihood(mc_requests, disable_tqdm=True), args.repeat)
-    config = TextGenerationConfig(kind="multiple_choice", batch_size=args.batch, num_fewshot=args.fewshot,
-                                  fewshot_split="train" if args.fewshot else None)
-    t_assay, _ = best(lambda: engine.multiple_choice(model, tokenizer, rows["mc"], rows["mc_train"], config, same_split=False,
-                                                     device=device), args.repeat)
-    figures["multiple_choice"] = {"requests": len(mc_requests), "lm_eval_per_s": len(mc_requests) / t_lm,
-                                  "assay_per_s": len(mc_requests) / t_assay, "ratio": t_lm / t_assay}
+    config = TextGenerationConfig(
+        kind="multiple_choice", batch_size=args.batch, num_fewshot=args.fewshot, fewshot_split="train" if args.fewshot else None
+    )
+    t_assay, _ = best(
+        lambda: engine.multiple_choice(model, tokenizer, rows["mc"], rows["mc_train"], config, same_split=False, device=device),
+        args.repeat,
+    )
+    figures["multiple_choice"] = {
+        "requests": len(mc_requests),
+        "lm_eval_per_s": len(mc_requests) / t_lm,
+        "assay_per_s": len(mc_requests) / t_assay,
+        "ratio": t_lm / t_assay,
+    }
 
     gen_requests = task_dict["b_gen"].instances
     t_lm, _ = best(lambda: lm.generate_until(gen_requests, disable_tqdm=True), args.repeat)
-    config = TextGenerationConfig(kind="generate", batch_size=args.batch, max_new_tokens=args.new_tokens,
-                                  until=[".", "Question"])
-    t_assay, _ = best(lambda: engine.generate_answers(model, tokenizer, rows["gen"], [], config, same_split=False,
-                                                      device=device), args.repeat)
-    figures["generate"] = {"requests": len(gen_requests), "lm_eval_per_s": len(gen_requests) / t_lm,
-                           "assay_per_s": len(gen_requests) / t_assay, "ratio": t_lm / t_assay}
+    config = TextGenerationConfig(kind="generate", batch_size=args.batch, max_new_tokens=args.new_tokens, until=[".", "Question"])
+    t_assay, _ = best(
+        lambda: engine.generate_answers(model, tokenizer, rows["gen"], [], config, same_split=False, device=device), args.repeat
+    )
+    figures["generate"] = {
+        "requests": len(gen_requests),
+        "lm_eval_per_s": len(gen_requests) / t_lm,
+        "assay_per_s": len(gen_requests) / t_assay,
+        "ratio": t_lm / t_assay,
+    }
 
     ppl_requests = task_dict["b_ppl"].instances
     tokens = sum(len(tokenizer.encode(r["text"])) for r in rows["ppl"])
@@ -160,9 +184,14 @@ def main() -> None:
 
     t_forward, _ = best(forward_only, args.repeat)
     forward_tokens = batches * args.batch * window
-    figures["perplexity"] = {"tokens": tokens, "lm_eval_per_s": tokens / t_lm, "assay_per_s": tokens / t_assay,
-                             "ratio": t_lm / t_assay, "forward_only_per_s": forward_tokens / t_forward,
-                             "of_forward_only": (tokens / t_assay) / (forward_tokens / t_forward)}
+    figures["perplexity"] = {
+        "tokens": tokens,
+        "lm_eval_per_s": tokens / t_lm,
+        "assay_per_s": tokens / t_assay,
+        "ratio": t_lm / t_assay,
+        "forward_only_per_s": forward_tokens / t_forward,
+        "of_forward_only": (tokens / t_assay) / (forward_tokens / t_forward),
+    }
     print(f"model {args.model} on {device} ({dtype}), Assay batch {args.batch}, lm-eval batch {args.lm_eval_batch}")
     for kind, f in figures.items():
         print(f"{kind:16s} " + "  ".join(f"{k} {v:,.2f}" for k, v in f.items()))

@@ -42,14 +42,16 @@ class TextGenerationConfig(TaskConfig):
 
     kind: EvaluationKind = Field(default="multiple_choice", description="What is measured, and so which dataset shape.")
     template: str | None = Field(
-        default=None, max_length=20_000,
+        default=None,
+        max_length=20_000,
         description="The prompt, with {column} fields filled from each instance ({{ and }} are literal braces); "
         "by default {question} (multiple_choice) or {prompt} (generate). Perplexity reads the text as it is.",
     )
     num_fewshot: int = Field(default=0, ge=0, le=64, description="Solved examples put before each prompt.")
     seed: int = Field(default=1234, description="Seeds the draw of few-shot examples (lm-eval's default).")
     fewshot_split: str | None = Field(
-        default=None, max_length=64,
+        default=None,
+        max_length=64,
         description="The dataset split few-shot examples are drawn from (required when num_fewshot > 0); "
         "when it is the evaluated split, an instance is never its own example.",
     )
@@ -57,13 +59,15 @@ class TextGenerationConfig(TaskConfig):
     target_delimiter: str = Field(default=" ", max_length=256, description="Between a prompt and its answer.")
     max_new_tokens: int = Field(default=256, ge=1, le=MAX_NEW_TOKENS, description="The most tokens a generation gets.")
     until: list[str] | None = Field(
-        default=None, max_length=16,
+        default=None,
+        max_length=16,
         description="Generation stops at the first of these strings (and the EOS token); by default the fewshot_delimiter.",
     )
     ignore_case: bool = Field(default=False, description="exact_match: compare lower-cased.")
     ignore_punctuation: bool = Field(default=False, description="exact_match: drop ASCII punctuation before comparing.")
     regex: str | None = Field(
-        default=None, max_length=1000,
+        default=None,
+        max_length=1000,
         description="exact_match: compare the first match of this pattern in the output (its first non-empty group, "
         "stripped) instead of the whole output; no match compares as '[invalid]'.",
     )
@@ -71,8 +75,19 @@ class TextGenerationConfig(TaskConfig):
     batch_size: int = Field(default=32, ge=1, le=4096, description="Sequences per forward pass (speed only).")
 
     RESULT_FIELDS: ClassVar[tuple[str, ...]] = (
-        "kind", "template", "num_fewshot", "seed", "fewshot_split", "fewshot_delimiter", "target_delimiter",
-        "max_new_tokens", "until", "ignore_case", "ignore_punctuation", "regex", "apply_chat_template",
+        "kind",
+        "template",
+        "num_fewshot",
+        "seed",
+        "fewshot_split",
+        "fewshot_delimiter",
+        "target_delimiter",
+        "max_new_tokens",
+        "until",
+        "ignore_case",
+        "ignore_punctuation",
+        "regex",
+        "apply_chat_template",
     )
 
     @model_validator(mode="after")
@@ -122,16 +137,24 @@ SPEC = ModelTaskSpec(
         Column("choices", "list<string>", required=False, description=f"multiple_choice: 1 to {MAX_CHOICES} answers."),
         Column("answer", "int64", required=False, description="multiple_choice: the index of the right choice."),
         Column("prompt", "string", required=False, description="generate: what the model continues."),
-        Column("targets", "list<string>", required=False,
-               description="generate: the right answers (a `target` string column is read as one)."),
+        Column(
+            "targets",
+            "list<string>",
+            required=False,
+            description="generate: the right answers (a `target` string column is read as one).",
+        ),
         Column("text", "string", required=False, description="perplexity: the text scored."),
     ),
     config=TextGenerationConfig,
     prediction_columns=(
         Column("instance_id", "string", description="The dataset instance."),
         Column("choice_loglikelihoods", "list<float64>", required=False, description="multiple_choice: per choice."),
-        Column("choice_greedy", "list<bool>", required=False,
-               description="multiple_choice: whether each choice is the greedy continuation."),
+        Column(
+            "choice_greedy",
+            "list<bool>",
+            required=False,
+            description="multiple_choice: whether each choice is the greedy continuation.",
+        ),
         Column("prediction", "int32", required=False, description="multiple_choice: the pick by log-likelihood."),
         Column("prediction_norm", "int32", required=False, description="multiple_choice: the pick by it per character."),
         Column("output", "string", required=False, description="generate: the generated text, cut at the stop string."),

@@ -11,8 +11,20 @@ from pathlib import Path
 
 ANIMALS = ["cat", "dog", "cow", "owl", "fox", "bee", "ant", "eel", "yak", "hen", "pig", "rat"]
 COLOURS = ["red", "blue", "green", "black", "white", "yellow"]
-KINDS = {"cat": "mammal", "dog": "mammal", "cow": "mammal", "owl": "bird", "fox": "mammal", "bee": "insect",
-         "ant": "insect", "eel": "fish", "yak": "mammal", "hen": "bird", "pig": "mammal", "rat": "mammal"}
+KINDS = {
+    "cat": "mammal",
+    "dog": "mammal",
+    "cow": "mammal",
+    "owl": "bird",
+    "fox": "mammal",
+    "bee": "insect",
+    "ant": "insect",
+    "eel": "fish",
+    "yak": "mammal",
+    "hen": "bird",
+    "pig": "mammal",
+    "rat": "mammal",
+}
 CATEGORIES = ["mammal", "bird", "insect", "fish"]
 EOS = "<|endoftext|>"
 WINDOW = 128
@@ -20,12 +32,14 @@ WINDOW = 128
 
 def _sentence(rnd: random.Random) -> str:
     animal = rnd.choice(ANIMALS)
-    return rnd.choice([
-        f"The {animal} is a {KINDS[animal]}.",
-        f"Question: What is a {animal}? Answer: a {KINDS[animal]}.",
-        f"The {rnd.choice(COLOURS)} {animal} sat on the mat.",
-        f"One {animal} plus one {animal} makes two {animal}s.",
-    ])
+    return rnd.choice(
+        [
+            f"The {animal} is a {KINDS[animal]}.",
+            f"Question: What is a {animal}? Answer: a {KINDS[animal]}.",
+            f"The {rnd.choice(COLOURS)} {animal} sat on the mat.",
+            f"One {animal} plus one {animal} makes two {animal}s.",
+        ]
+    )
 
 
 def corpus(n: int, seed: int = 0) -> list[str]:
@@ -44,12 +58,21 @@ def build_model(directory: Path, *, steps: int = 300) -> Path:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.train_from_iterator(
+        texts, trainers.BpeTrainer(vocab_size=400, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, pad_token=EOS, model_max_length=WINDOW)
     eos = tokenizer.eos_token_id
-    config = GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=WINDOW, vocab_size=len(tokenizer),
-                        bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    config = GPT2Config(
+        n_layer=2,
+        n_embd=64,
+        n_head=2,
+        n_positions=WINDOW,
+        vocab_size=len(tokenizer),
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config)
     stream = [t for text in texts for t in tokenizer.encode(text) + [eos]]
@@ -58,7 +81,7 @@ def build_model(directory: Path, *, steps: int = 300) -> Path:
     model.train()
     for _ in range(steps):
         starts = [rnd.randrange(0, len(stream) - 65) for _ in range(16)]
-        batch = torch.tensor([stream[s: s + 64] for s in starts])
+        batch = torch.tensor([stream[s : s + 64] for s in starts])
         loss = model(batch, labels=batch).loss
         optimiser.zero_grad()
         loss.backward()
@@ -87,8 +110,9 @@ def choice_rows(n: int, seed: int, *, phrases: float = 0.5) -> list[dict]:
             choices = [f"a {rnd.choice(['small', 'big', 'red'])} {c}" for c in choices]
         # Some questions are long enough that a few-shot prompt overflows the window.
         padding = " ".join(_sentence(rnd) for _ in range(rnd.choice([0, 0, 0, 8])))
-        rows.append({"question": f"{padding} Question: What is a {animal}? Answer:".strip(), "choices": choices,
-                     "answer": answer})
+        rows.append(
+            {"question": f"{padding} Question: What is a {animal}? Answer:".strip(), "choices": choices, "answer": answer}
+        )
     return rows
 
 

@@ -24,8 +24,12 @@ REL = 1e-6
 def lm_env(tmp_path_factory):
     """The model, the datasets, the task YAMLs, and lm-eval's caches in a tmp dir, offline."""
     root = tmp_path_factory.mktemp("lm")
-    for name, value in {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(root / "hf"),
-                        "HF_DATASETS_CACHE": str(root / "hf" / "datasets")}.items():
+    for name, value in {
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(root / "hf"),
+        "HF_DATASETS_CACHE": str(root / "hf" / "datasets"),
+    }.items():
         os.environ[name] = value
     model_dir = fx.build_model(root / "model")
     data = {
@@ -39,7 +43,7 @@ def lm_env(tmp_path_factory):
     (tasks / "assay_mc.yaml").write_text(f"""task: assay_mc
 dataset_path: json
 dataset_kwargs:
-  data_files: {{test: "{data['mc_test']}", train: "{data['mc_train']}"}}
+  data_files: {{test: "{data["mc_test"]}", train: "{data["mc_train"]}"}}
 test_split: test
 fewshot_split: train
 output_type: multiple_choice
@@ -51,7 +55,7 @@ metric_list: [{{metric: acc}}, {{metric: acc_norm}}]
     (tasks / "assay_gen.yaml").write_text(f"""task: assay_gen
 dataset_path: json
 dataset_kwargs:
-  data_files: {{test: "{data['gen_test']}"}}
+  data_files: {{test: "{data["gen_test"]}"}}
 test_split: test
 fewshot_split: test
 output_type: generate_until
@@ -63,7 +67,7 @@ metric_list: [{{metric: exact_match, ignore_case: true, ignore_punctuation: true
     (tasks / "assay_ppl.yaml").write_text(f"""task: assay_ppl
 dataset_path: json
 dataset_kwargs:
-  data_files: {{test: "{data['ppl_test']}"}}
+  data_files: {{test: "{data["ppl_test"]}"}}
 test_split: test
 output_type: loglikelihood_rolling
 doc_to_text: ""
@@ -82,8 +86,14 @@ def run_lm_eval(env, task: str, num_fewshot: int | None):
     from lm_eval.tasks import TaskManager
 
     out = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={env['model_dir']},dtype=float32", tasks=[task], num_fewshot=num_fewshot,
-        batch_size=16, device="cpu", log_samples=True, task_manager=TaskManager(include_path=str(env["tasks"])),
+        model="hf",
+        model_args=f"pretrained={env['model_dir']},dtype=float32",
+        tasks=[task],
+        num_fewshot=num_fewshot,
+        batch_size=16,
+        device="cpu",
+        log_samples=True,
+        task_manager=TaskManager(include_path=str(env["tasks"])),
         fewshot_random_seed=1234,
     )
     samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
@@ -112,9 +122,16 @@ def test_multiple_choice_equals_lm_eval(lm_env, shots):
     widths = {len(lm_env["tokenizer"].encode(" " + c)) > 1 for d in docs for c in d["choices"]}
     assert widths == {True, False}
     expected, samples = run_lm_eval(lm_env, "assay_mc", shots)
-    config = TextGenerationConfig(kind="multiple_choice", template="Q: {question}", num_fewshot=shots,
-                                  fewshot_split="train" if shots else None, batch_size=8)
-    result = multiple_choice(lm_env["model"], lm_env["tokenizer"], docs, read_jsonl(lm_env["data"]["mc_train"]), config, same_split=False)
+    config = TextGenerationConfig(
+        kind="multiple_choice",
+        template="Q: {question}",
+        num_fewshot=shots,
+        fewshot_split="train" if shots else None,
+        batch_size=8,
+    )
+    result = multiple_choice(
+        lm_env["model"], lm_env["tokenizer"], docs, read_jsonl(lm_env["data"]["mc_train"]), config, same_split=False
+    )
     assert close(result.metrics["acc"], expected["acc,none"])
     assert close(result.metrics["acc_norm"], expected["acc_norm,none"])
     for record, sample in zip(result.records, samples, strict=True):
@@ -134,9 +151,17 @@ def test_generation_equals_lm_eval(lm_env, shots):
 
     expected, samples = run_lm_eval(lm_env, "assay_gen", shots)
     docs = read_jsonl(lm_env["data"]["gen_test"])
-    config = TextGenerationConfig(kind="generate", template="{prompt}", num_fewshot=shots,
-                                  fewshot_split="test" if shots else None, max_new_tokens=12,
-                                  until=[".", "Question"], ignore_case=True, ignore_punctuation=True, batch_size=8)
+    config = TextGenerationConfig(
+        kind="generate",
+        template="{prompt}",
+        num_fewshot=shots,
+        fewshot_split="test" if shots else None,
+        max_new_tokens=12,
+        until=[".", "Question"],
+        ignore_case=True,
+        ignore_punctuation=True,
+        batch_size=8,
+    )
     result = generate_answers(lm_env["model"], lm_env["tokenizer"], docs, docs, config, same_split=True)
     assert close(result.metrics["exact_match"], expected["exact_match,none"])
     for record, sample in zip(result.records, samples, strict=True):
@@ -148,8 +173,12 @@ def test_perplexity_equals_lm_eval(lm_env):
     from workers.lm.engine import perplexity
 
     expected, samples = run_lm_eval(lm_env, "assay_ppl", None)
-    result = perplexity(lm_env["model"], lm_env["tokenizer"], read_jsonl(lm_env["data"]["ppl_test"]),
-                        TextGenerationConfig(kind="perplexity", batch_size=8))
+    result = perplexity(
+        lm_env["model"],
+        lm_env["tokenizer"],
+        read_jsonl(lm_env["data"]["ppl_test"]),
+        TextGenerationConfig(kind="perplexity", batch_size=8),
+    )
     for name in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
         assert close(result.metrics[name], expected[f"{name},none"]), (name, result.metrics[name], expected[f"{name},none"])
     for record, sample in zip(result.records, samples, strict=True):

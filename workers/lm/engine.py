@@ -56,8 +56,11 @@ def _style(config: TextGenerationConfig, tokenizer, columns: Sequence[str]) -> P
     if config.apply_chat_template and not getattr(tokenizer, "chat_template", None):
         raise WorkerFailure(FailureReason.invalid_config, "apply_chat_template is set but the tokenizer has no chat template")
     return PromptStyle(
-        template=config.prompt_template, num_fewshot=config.num_fewshot, fewshot_delimiter=config.fewshot_delimiter,
-        target_delimiter=config.target_delimiter, chat_tokenizer=tokenizer if config.apply_chat_template else None,
+        template=config.prompt_template,
+        num_fewshot=config.num_fewshot,
+        fewshot_delimiter=config.fewshot_delimiter,
+        target_delimiter=config.target_delimiter,
+        chat_tokenizer=tokenizer if config.apply_chat_template else None,
     )
 
 
@@ -74,8 +77,14 @@ def _check_choice_instance(doc: Mapping[str, Any], where: str) -> None:
 
 
 def multiple_choice(
-    model, tokenizer, docs: Sequence[Mapping[str, Any]], pool: Sequence[Mapping[str, Any]], config: TextGenerationConfig,
-    *, same_split: bool, device="cpu",
+    model,
+    tokenizer,
+    docs: Sequence[Mapping[str, Any]],
+    pool: Sequence[Mapping[str, Any]],
+    config: TextGenerationConfig,
+    *,
+    same_split: bool,
+    device="cpu",
 ) -> LMResult:
     """Score every choice of every instance; pick by log-likelihood and by it per character."""
     for i, doc in enumerate(docs):
@@ -104,10 +113,15 @@ def multiple_choice(
         pick, pick_norm = int(np.argmax(lls)), int(np.argmax(lls / lengths))
         hits.append(pick == doc["answer"])
         hits_norm.append(pick_norm == doc["answer"])
-        records.append({
-            "choice_loglikelihoods": lls.tolist(), "choice_greedy": [g for _, g in results],
-            "prediction": pick, "prediction_norm": pick_norm, "truncated": truncated,
-        })
+        records.append(
+            {
+                "choice_loglikelihoods": lls.tolist(),
+                "choice_greedy": [g for _, g in results],
+                "prediction": pick,
+                "prediction_norm": pick_norm,
+                "truncated": truncated,
+            }
+        )
     metrics = {"acc": float(np.mean(hits)) if hits else math.nan, "acc_norm": float(np.mean(hits_norm)) if hits else math.nan}
     return LMResult(records, metrics, truncated=sum(t for _, t in plans))
 
@@ -147,8 +161,14 @@ def extract_answer(output: str, pattern: re.Pattern[str] | None) -> str:
 
 
 def generate_answers(
-    model, tokenizer, docs: Sequence[Mapping[str, Any]], pool: Sequence[Mapping[str, Any]], config: TextGenerationConfig,
-    *, same_split: bool, device="cpu",
+    model,
+    tokenizer,
+    docs: Sequence[Mapping[str, Any]],
+    pool: Sequence[Mapping[str, Any]],
+    config: TextGenerationConfig,
+    *,
+    same_split: bool,
+    device="cpu",
 ) -> LMResult:
     """Greedy outputs, scored by exact match against any of the instance's targets."""
     golds = [_targets(doc, f"instance {i}") for i, doc in enumerate(docs)]
@@ -163,8 +183,14 @@ def generate_answers(
         for doc in docs
     ]
     outputs, truncated = generate(
-        model, tokenizer, prompts, max_length=window_of(model, tokenizer), max_new_tokens=config.max_new_tokens,
-        stops=config.stop_strings, batch_size=config.batch_size, device=device,
+        model,
+        tokenizer,
+        prompts,
+        max_length=window_of(model, tokenizer),
+        max_new_tokens=config.max_new_tokens,
+        stops=config.stop_strings,
+        batch_size=config.batch_size,
+        device=device,
     )
     records, matches = [], []
     for output, gold, cut in zip(outputs, golds, truncated, strict=True):

@@ -24,8 +24,15 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> str:
 
 
 def generate(
-    model, tokenizer, prompts: Sequence[str], *, max_length: int, max_new_tokens: int, stops: Sequence[str],
-    batch_size: int, device,
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_length: int,
+    max_new_tokens: int,
+    stops: Sequence[str],
+    batch_size: int,
+    device,
 ) -> tuple[list[str], list[bool]]:
     """Greedy continuations of ``prompts`` and, per prompt, whether it was truncated.
 
@@ -52,7 +59,7 @@ def generate(
     tokenizer.padding_side = "left"
     try:
         for start in range(0, len(order), batch_size):
-            chunk = order[start: start + batch_size]
+            chunk = order[start : start + batch_size]
             texts = [prompts[i] for i in chunk]
             special = {"add_special_tokens": False} if tokenizer.bos_token and texts[0].startswith(tokenizer.bos_token) else {}
             enc = tokenizer(texts, padding="longest", return_tensors="pt", **special)
@@ -94,8 +101,14 @@ def _greedy(model, tokenizer, ids, mask, *, max_new_tokens: int, ends: set[int],
     step_ids, step_pos = ids, positions
     with torch.inference_mode():
         for _ in range(max_new_tokens):
-            out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=past,
-                        use_cache=True, logits_to_keep=1)
+            out = model(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=step_pos,
+                past_key_values=past,
+                use_cache=True,
+                logits_to_keep=1,
+            )
             past = out.past_key_values
             chosen = out.logits[:, -1].argmax(-1)
             for row, token in enumerate(chosen.tolist()):
@@ -113,5 +126,3 @@ def _greedy(model, tokenizer, ids, mask, *, max_new_tokens: int, ends: set[int],
             step_pos = step_pos[:, -1:] + 1
             mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
     return new
-
-

@@ -51,7 +51,9 @@ def fill(template: str, doc: Mapping[str, Any]) -> str:
         if name is None:
             return match.group(0)[0]
         if name not in doc:
-            raise WorkerFailure(FailureReason.invalid_config, f"the template names {{{name}}}, which the dataset has no column for")
+            raise WorkerFailure(
+                FailureReason.invalid_config, f"the template names {{{name}}}, which the dataset has no column for"
+            )
         return str(doc[name])
 
     return _FIELD.sub(one, template)
@@ -98,9 +100,7 @@ class PromptStyle:
     chat_tokenizer: Any = None  # the tokenizer whose chat template wraps the prompt, or None
 
 
-def build_context(
-    doc: Mapping[str, Any], examples: Sequence[Mapping[str, Any]], style: PromptStyle, answer_of
-) -> str:
+def build_context(doc: Mapping[str, Any], examples: Sequence[Mapping[str, Any]], style: PromptStyle, answer_of) -> str:
     """The prompt for ``doc`` after ``examples`` (each ended by its answer, ``answer_of(example)``).
 
     An example whose answer is empty is written without delimiters, as lm-eval writes it.
@@ -115,7 +115,9 @@ def build_context(
         return context
     try:
         return style.chat_tokenizer.apply_chat_template(
-            [{"role": "user", "content": context}], tokenize=False, add_generation_prompt=True,
+            [{"role": "user", "content": context}],
+            tokenize=False,
+            add_generation_prompt=True,
             continue_final_message=False,
         )
     except Exception as e:  # noqa: BLE001 -- the chat template is the upload's Jinja code: any error is its fault

@@ -47,9 +47,7 @@ class Encoder:
         self.max_length = max_length
         self.prefix_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         if self.prefix_token_id is None:
-            raise WorkerFailure(
-                FailureReason.load_error, "the tokenizer has neither a BOS nor an EOS token to start a text with"
-            )
+            raise WorkerFailure(FailureReason.load_error, "the tokenizer has neither a BOS nor an EOS token to start a text with")
         self._prefix_text = tokenizer.decode(self.prefix_token_id)
 
     def encode(self, text: str) -> list[int]:
@@ -76,9 +74,7 @@ class Encoder:
         """``encode_pair`` for several continuations of one context."""
         return self.encode_groups([(context, continuations)])[0]
 
-    def encode_groups(
-        self, groups: Sequence[tuple[str, Sequence[str]]]
-    ) -> list[list[tuple[list[int], list[int]]]]:
+    def encode_groups(self, groups: Sequence[tuple[str, Sequence[str]]]) -> list[list[tuple[list[int], list[int]]]]:
         """``encode_pair`` for each context and its continuations, every text of every group
         in one tokenizer call, each context encoded once."""
         texts: list[str] = []
@@ -99,7 +95,7 @@ class Encoder:
                 out.append(pairs)
                 continue
             context_tokens = next(encoded)
-            out.append([(context_tokens, next(encoded)[len(context_tokens):]) for _ in continuations])
+            out.append([(context_tokens, next(encoded)[len(context_tokens) :]) for _ in continuations])
         return out
 
     def rows_for(self, context: list[int], continuations: Sequence[list[int]]) -> tuple[list[Row], bool]:
@@ -122,7 +118,7 @@ class Encoder:
             return [Row(list(context), [list(c) for c in continuations])], False
         rows = []
         for cont in continuations:
-            kept = (context + cont)[-(self.max_length + 1):]
+            kept = (context + cont)[-(self.max_length + 1) :]
             rows.append(Row(kept[: len(kept) - len(cont)], [list(cont)]))
         return rows, True
 
@@ -139,8 +135,8 @@ class Encoder:
         while predicted < len(tokens):
             count = min(len(tokens) - predicted, self.max_length)
             end = predicted + count
-            window = tokens[max(end - self.max_length - 1, 0): end - 1]
-            rows.append(Row(window[: len(window) - (count - 1)], [tokens[end - count: end]]))
+            window = tokens[max(end - self.max_length - 1, 0) : end - 1]
+            rows.append(Row(window[: len(window) - (count - 1)], [tokens[end - count : end]]))
             predicted += count
         return rows
 
@@ -155,7 +151,7 @@ def score_rows(model, rows: Sequence[Row], *, batch_size: int, device) -> None:
     order = sorted(range(len(rows)), key=lambda i: -rows[i].length)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
-            batch = [rows[i] for i in order[start: start + batch_size]]
+            batch = [rows[i] for i in order[start : start + batch_size]]
             try:
                 _score_batch(model, batch, device)
             except (RuntimeError, IndexError) as e:
@@ -202,9 +198,9 @@ def _score_batch(model, batch: Sequence[Row], device) -> None:
         for k, branch in enumerate(row.branches):
             extra = len(branch) - 1
             if extra:
-                ids[b, at: at + extra] = torch.tensor(branch[:-1])
-                segment[b, at: at + extra] = k + 1
-                positions[b, at: at + extra] = torch.arange(n, n + extra)
+                ids[b, at : at + extra] = torch.tensor(branch[:-1])
+                segment[b, at : at + extra] = k + 1
+                positions[b, at : at + extra] = torch.arange(n, n + extra)
             spans[b].append((len(targets), len(targets) + len(branch)))
             where_row += [b] * len(branch)
             where_pos += [n - 1, *range(at, at + extra)]
