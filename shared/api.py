@@ -39,7 +39,7 @@ from shared.entities import (
     Scope,
 )
 from shared.events import Event
-from shared.modeltasks import DEFAULT_TASK, SPECS, ModelTask
+from shared.modeltasks import DEFAULT_TASK, SPECS, DatasetShape, ModelTask
 from shared.summaries import EvaluationSummary
 from shared.webhooks import EVENT_TYPES, Webhook, WebhookDelivery, url_pattern
 
@@ -195,15 +195,27 @@ class CreateDataset(ApiRequest):
         json_schema_extra={SETTING_MAXIMUM: "max_dataset_bytes"},
     )
     content_type: DatasetContentType | None = Field(default=None, description="Defaults to the format's usual type.")
+    shape: DatasetShape | None = Field(
+        default=None,
+        description="What the dataset holds, for a task with several shapes (GET /v1/tasks: dataset.shapes): "
+        "required there, refused elsewhere.",
+    )
 
     @model_validator(mode="after")
     def _format_of_task(self) -> CreateDataset:
-        """The format defaults to, and must be one of, the task's formats."""
-        formats = SPECS[self.task].dataset_formats
+        """The format defaults to, and must be one of, the task's formats; the shape is one
+        of the task's shapes, and given exactly when it has some."""
+        spec = SPECS[self.task]
+        formats = spec.dataset_formats
         if self.format is None:
             self.format = formats[0]  # type: ignore[assignment]  # a task's formats are DatasetFormat values
         elif self.format not in formats:
             raise ValueError(f"format {self.format!r} is not one of the {self.task} formats {list(formats)}")
+        if spec.dataset_shapes and self.shape not in spec.dataset_shapes:
+            given = "no shape" if self.shape is None else f"shape {self.shape!r}"
+            raise ValueError(f"{given}: a {self.task} dataset declares its shape, one of {list(spec.dataset_shapes)}")
+        if not spec.dataset_shapes and self.shape is not None:
+            raise ValueError(f"a {self.task} dataset has one shape: give no shape")
         return self
 
 
@@ -472,6 +484,7 @@ class ModelRequirements(View):
 
 class DatasetRequirements(View):
     formats: list[DatasetFormat]
+    shapes: list[str] = Field(description="The shapes a dataset may have, one declared at upload (empty: the task has one).")
     columns: list[ColumnInfo]
 
 

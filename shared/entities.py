@@ -340,6 +340,7 @@ class Dataset(Artifact):
     id_prefix: ClassVar[str] = "dst"
 
     format: DatasetFormat = "imagefolder-zip"
+    shape: str | None = None  # one of the task's dataset_shapes, for a task with several
     splits: dict[str, int] | None = None  # split name -> instance count
     invalid_instances: int | None = None
 

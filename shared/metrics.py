@@ -21,6 +21,10 @@ the labels or the predictions, ``weighted`` weighs classes by support, ``micro``
 counts first; a division by zero is 0 (``zero_division=0``); NaN marks a value that is
 undefined (Cohen's kappa of a single class, top-k beyond the stored k).
 
+Language-model metrics (``acc``, ``acc_norm``, ``exact_match`` and the perplexities) are
+lm-evaluation-harness's, computed from per-instance sums (``LanguageModelStatistics``):
+each is a ratio of two sums over instances, so the same weighted-cells bootstrap applies.
+
 Numpy only: the functions, the workers and the SDK (whose request models name metrics from
 this registry) all import it.
 """
@@ -30,11 +34,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 CLASSIFICATION = "classification"  # image and text classification share these metrics
+LANGUAGE_MODEL = "language_model"  # text generation: lm-evaluation-harness's metrics
 Direction = Literal["higher", "lower"]
 AVERAGES = ("macro", "weighted", "micro")
 ECE_BINS = 15
@@ -204,7 +209,9 @@ class Metric:
     direction: Direction
     per_class: bool
     parameters: tuple[str, ...]  # besides ``average``
-    needs: frozenset[str]  # statistics: "counts", "ranks", "calibration", "likelihood"
+    # statistics: "counts", "ranks", "calibration", "likelihood" (classification);
+    # "choices", "generation", "text" (language models: the evaluation's kind)
+    needs: frozenset[str]
     compute: Callable[..., np.ndarray]
 
     @property
@@ -333,6 +340,127 @@ def _log_loss(s: ClassificationStatistics) -> np.ndarray:
     if s.neg_log_likelihood is None:
         return np.full(s.n.shape, np.nan)
     return divide(s.neg_log_likelihood, s.n)
+
+
+# --- language-model statistics and metrics --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LanguageModelStatistics:
+    """What every language-model metric is computed from: sums over instances, each of shape
+    ``(samples,)``, None where the evaluation's kind does not produce it.
+
+    ``hits``/``hits_norm``: multiple-choice instances whose pick by log-likelihood (by it
+    per character) is the answer. ``matches``: generations that match a target.
+    ``loglikelihood``/``words``/``bytes``: perplexity's summed log-likelihood (nats) and the
+    texts' word and UTF-8 byte counts. Every metric is a ratio of two of these sums, so a
+    bootstrap resample is a weighted sum, as for classification.
+    """
+
+    n: np.ndarray
+    hits: np.ndarray | None = None
+    hits_norm: np.ndarray | None = None
+    matches: np.ndarray | None = None
+    loglikelihood: np.ndarray | None = None
+    words: np.ndarray | None = None
+    bytes: np.ndarray | None = None
+
+    SUMS: ClassVar[tuple[str, ...]] = ("hits", "hits_norm", "matches", "loglikelihood", "words", "bytes")
+
+    @classmethod
+    def of_cells(cls, values: dict[str, np.ndarray], weights: np.ndarray) -> LanguageModelStatistics:
+        """From cells: ``values[name][j]`` the value of sum ``name`` in cell j (an instance,
+        or instances alike), ``weights[s, j]`` the instances of cell j in sample s. Names
+        not in ``values`` stay None."""
+        weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        unknown = set(values) - set(cls.SUMS)
+        if unknown:
+            raise ValueError(f"not language-model statistics: {sorted(unknown)}")
+        sums = {name: weights @ np.asarray(v, dtype=np.float64) for name, v in values.items()}
+        return cls(n=weights.sum(axis=1), **sums)
+
+    @classmethod
+    def of_rows(cls, **values: np.ndarray) -> LanguageModelStatistics:
+        """One sample from per-instance values (booleans count as 0/1)."""
+        count = len(next(iter(values.values()))) if values else 0
+        return cls.of_cells(values, np.ones((1, count)))
+
+
+def _ratio(numerator: np.ndarray | None, denominator: np.ndarray | None) -> np.ndarray | None:
+    if numerator is None or denominator is None:
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan)
+
+
+def _or_nan(values: np.ndarray | None, s: LanguageModelStatistics) -> np.ndarray:
+    return np.full(s.n.shape, np.nan) if values is None else values
+
+
+@metric(
+    "acc",
+    family=LANGUAGE_MODEL,
+    needs=("choices",),
+    description="Multiple choice: fraction of instances whose most likely choice (summed log-likelihood) is the answer.",
+)
+def _acc(s: LanguageModelStatistics) -> np.ndarray:
+    return _or_nan(_ratio(s.hits, s.n), s)
+
+
+@metric(
+    "acc_norm",
+    family=LANGUAGE_MODEL,
+    needs=("choices",),
+    description="Multiple choice: as acc, each choice's log-likelihood divided by its length in characters.",
+)
+def _acc_norm(s: LanguageModelStatistics) -> np.ndarray:
+    return _or_nan(_ratio(s.hits_norm, s.n), s)
+
+
+@metric(
+    "exact_match",
+    family=LANGUAGE_MODEL,
+    needs=("generation",),
+    description="Generation: fraction of instances whose output (filtered and normalised as configured) equals a target.",
+)
+def _exact_match(s: LanguageModelStatistics) -> np.ndarray:
+    return _or_nan(_ratio(s.matches, s.n), s)
+
+
+@metric(
+    "word_perplexity",
+    family=LANGUAGE_MODEL,
+    direction="lower",
+    needs=("text",),
+    description="Perplexity: exp of the negative log-likelihood per word, over all texts.",
+)
+def _word_perplexity(s: LanguageModelStatistics) -> np.ndarray:
+    per_word = _ratio(None if s.loglikelihood is None else -s.loglikelihood, s.words)
+    return _or_nan(None if per_word is None else np.exp(per_word), s)
+
+
+@metric(
+    "byte_perplexity",
+    family=LANGUAGE_MODEL,
+    direction="lower",
+    needs=("text",),
+    description="Perplexity: exp of the negative log-likelihood per UTF-8 byte, over all texts.",
+)
+def _byte_perplexity(s: LanguageModelStatistics) -> np.ndarray:
+    per_byte = _ratio(None if s.loglikelihood is None else -s.loglikelihood, s.bytes)
+    return _or_nan(None if per_byte is None else np.exp(per_byte), s)
+
+
+@metric(
+    "bits_per_byte",
+    family=LANGUAGE_MODEL,
+    direction="lower",
+    needs=("text",),
+    description="Perplexity: negative log-likelihood in bits per UTF-8 byte, over all texts.",
+)
+def _bits_per_byte(s: LanguageModelStatistics) -> np.ndarray:
+    per_byte = _ratio(None if s.loglikelihood is None else -s.loglikelihood, s.bytes)
+    return _or_nan(None if per_byte is None else per_byte / np.log(2), s)
 
 
 def value(name: str, statistics: Any, **parameters: Any) -> np.ndarray:

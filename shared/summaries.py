@@ -6,8 +6,8 @@ The metric fields are not written out twice: ``SUMMARIES`` says which numbers a 
 family's summary reports (each a metric of ``shared.metrics`` with fixed parameters, under
 a key), and that family's model takes one optional number per key, with the metric's
 description. Adding a metric to a summary is one line there; a leaderboard ranks by any
-key. A new family (language models next) gets its ``SUMMARIES`` entry and its model beside
-``ClassificationSummary``, on the same ``Summary`` base.
+key. Each family (classification; language models) has its ``SUMMARIES`` entry and its
+model on the same ``Summary`` base; ``EvaluationSummary``, what the API serves, has them all.
 
 Every field is optional and unknown keys are ignored, so the summaries of entities stored
 before a field existed (or after one was retired) still load.
@@ -25,8 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from shared.metrics import (
     CLASSIFICATION,
     ECE_BINS,
+    LANGUAGE_MODEL,
     METRICS,
     ClassificationStatistics,
+    LanguageModelStatistics,
     Metric,
     confusion_counts,
     per_class,
@@ -73,6 +75,9 @@ SUMMARIES: dict[str, tuple[Reported, ...]] = {
         Reported("expected_calibration_error", "expected_calibration_error"),
         Reported("log_loss", "log_loss"),
     ),
+    LANGUAGE_MODEL: tuple(
+        Reported(name, name) for name in ("acc", "acc_norm", "exact_match", "word_perplexity", "byte_perplexity", "bits_per_byte")
+    ),
 }
 # Every summary key, across families (a leaderboard ranks by one of these).
 REPORTED: dict[str, Reported] = {r.key: r for reported in SUMMARIES.values() for r in reported}
@@ -88,6 +93,30 @@ def report(statistics: Any, family: str = CLASSIFICATION) -> dict[str, float | N
         number = float(value(reported.metric, statistics, **parameters)[0])
         out[reported.key] = number if np.isfinite(number) else None
     return out
+
+
+def language_model_summary(
+    *,
+    kind: str,
+    truncated: int,
+    efficiency: dict[str, Any] | None = None,
+    tokens: int | None = None,
+    **values: np.ndarray,
+) -> BaseModel:
+    """The summary of a language-model evaluation from its per-instance values (the sums of
+    ``LanguageModelStatistics``: ``hits`` and ``hits_norm``, ``matches``, or
+    ``loglikelihood``, ``words`` and ``bytes``), every metric from the registry."""
+    statistics = LanguageModelStatistics.of_rows(**values)
+    return LanguageModelSummary.model_validate(
+        {
+            "instances": int(statistics.n[0]),
+            "kind": kind,
+            "truncated": truncated,
+            "tokens": tokens,
+            **report(statistics, LANGUAGE_MODEL),
+            "efficiency": efficiency,
+        }
+    )
 
 
 # --- the models ----------------------------------------------------------------------------
@@ -160,8 +189,33 @@ ClassificationSummary = create_model(
     __doc__="The summary of an image or text classification evaluation.",
     **_metric_fields(CLASSIFICATION),
 )
-# The type of an Evaluation's summary on the wire; a union over the families once there are more.
-EvaluationSummary = ClassificationSummary
+
+
+class _LanguageModelFields(Summary):
+    kind: str | None = Field(default=None, description="multiple_choice, generate or perplexity (the config's kind)")
+    truncated: int | None = Field(
+        default=None, description="instances whose prompt lost tokens on the left to fit the model's window"
+    )
+    tokens: int | None = Field(default=None, description="perplexity: the tokens scored")
+
+
+LanguageModelSummary = create_model(
+    "LanguageModelSummary",
+    __base__=_LanguageModelFields,
+    __doc__="The summary of a language-model evaluation: its kind's metrics, the others null.",
+    **_metric_fields(LANGUAGE_MODEL),
+)
+
+# The type of an Evaluation's summary on the wire: every family's fields, each evaluation
+# filling its own family's (a summary names its family by what it holds; no tag is stored,
+# so summaries written before a family existed still load).
+EvaluationSummary = create_model(
+    "EvaluationSummary",
+    __base__=(_ClassificationFields, _LanguageModelFields),
+    __doc__="An evaluation's summary: a classification's metrics or a language model's, by the model's task.",
+    **_metric_fields(CLASSIFICATION),
+    **_metric_fields(LANGUAGE_MODEL),
+)
 
 
 def classification_summary(

@@ -15,7 +15,8 @@ A task's metrics are names in the metric registry (``shared.metrics``).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,6 +35,10 @@ class TaskConfig(BaseModel):
 
     def canonical(self) -> str:
         return json.dumps(self.model_dump(include=set(self.RESULT_FIELDS)), sort_keys=True, separators=(",", ":"))
+
+    def other_splits(self, split: str) -> list[str]:
+        """Dataset splits the evaluation of ``split`` reads besides it (few-shot examples)."""
+        return []
 
 
 class ClassificationConfig(TaskConfig):
@@ -92,8 +97,23 @@ class ModelTaskSpec:
     dataset_columns: tuple[Column, ...]  # of the canonical dataset shards
     config: type[TaskConfig]
     prediction_columns: tuple[Column, ...]
-    metrics: tuple[str, ...]  # names in shared.metrics
+    metrics: tuple[str, ...]  # names in shared.metrics, the headline first
     gpu: bool  # whether its evaluations run on the GPU pool (verification and ingestion never do)
+    # The shapes a dataset of this task may have, declared at upload (empty: one shape), the
+    # config field that must name the dataset's shape, and the metric a leaderboard of a
+    # dataset of each shape ranks by by default.
+    dataset_shapes: tuple[str, ...] = ()
+    shape_field: str | None = None
+    shape_headline: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        """The metric family (``shared.metrics``) its evaluations report."""
+        return metrics.METRICS[self.metrics[0]].family
+
+    def headline(self, shape: str | None = None) -> str:
+        """The metric that sums up an evaluation of a dataset of ``shape``."""
+        return self.shape_headline.get(shape or "", self.metrics[0])
 
     def parse_config(self, values: dict[str, Any] | None, *, strict: bool = False) -> TaskConfig:
         """The config with defaults filled in. Raises pydantic.ValidationError."""
@@ -110,7 +130,11 @@ class ModelTaskSpec:
                 "architectures": f"*{self.architecture_suffix}",
                 "files": sorted(self.model_files | {"config.json", "model.safetensors"}),
             },
-            "dataset": {"formats": list(self.dataset_formats), "columns": [c.describe() for c in self.dataset_columns]},
+            "dataset": {
+                "formats": list(self.dataset_formats),
+                "shapes": list(self.dataset_shapes),
+                "columns": [c.describe() for c in self.dataset_columns],
+            },
             "config_schema": self.config.model_json_schema(),
             "prediction_columns": [c.describe() for c in self.prediction_columns],
             "metrics": list(self.metrics),

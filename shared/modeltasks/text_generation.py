@@ -33,6 +33,11 @@ KIND_METRICS: dict[str, tuple[str, ...]] = {
     "generate": ("exact_match",),
     "perplexity": ("word_perplexity", "byte_perplexity", "bits_per_byte"),
 }
+# What a leaderboard of a dataset of each shape ranks by, unless asked otherwise.
+HEADLINES: dict[str, str] = {"multiple_choice": "acc_norm", "generate": "exact_match", "perplexity": "bits_per_byte"}
+MAX_PROMPT_STORED = 4000  # characters of each instance's own prompt the prediction shards keep
+MAX_TEXT_EXCERPT = 200  # characters of each perplexity text they keep
+
 # The template each kind uses when the config names none: the shape's own prompt column.
 DEFAULT_TEMPLATES: dict[str, str] = {"multiple_choice": "{question}", "generate": "{prompt}", "perplexity": "{text}"}
 
@@ -100,6 +105,11 @@ class TextGenerationConfig(TaskConfig):
             raise ValueError("an empty string in until would stop every generation at once")
         return self
 
+    def other_splits(self, split: str) -> list[str]:
+        if self.num_fewshot and self.fewshot_split is not None and self.fewshot_split != split:
+            return [self.fewshot_split]
+        return []
+
     @property
     def prompt_template(self) -> str:
         return self.template if self.template is not None else DEFAULT_TEMPLATES[self.kind]
@@ -107,6 +117,74 @@ class TextGenerationConfig(TaskConfig):
     @property
     def stop_strings(self) -> list[str]:
         return list(self.until) if self.until is not None else [self.fewshot_delimiter]
+
+
+# The prediction shards: every row of an evaluation has the common columns and its kind's.
+# A result set's kind is known by its columns (``choice_loglikelihoods``, ``output`` or
+# ``loglikelihood``). ``correct`` is the instance's verdict: the pick by log-likelihood is
+# the answer (multiple_choice), the output matches a target (generate).
+COMMON_PREDICTIONS: tuple[Column, ...] = (
+    Column("instance_id", "string", description="The dataset instance."),
+    Column("truncated", "bool", description="The prompt lost tokens on the left to fit the model's window."),
+)
+KIND_PREDICTIONS: dict[str, tuple[Column, ...]] = {
+    "multiple_choice": (
+        Column(
+            "prompt",
+            "string",
+            description=f"The instance's own prompt (no few-shot examples), {MAX_PROMPT_STORED:,} characters at most.",
+        ),
+        Column("choices", "list<string>", description="The choices."),
+        Column("answer", "int32", description="The index of the right choice."),
+        Column(
+            "choice_loglikelihoods",
+            "list<float64>",
+            description="Per choice, the summed log-likelihood of target_delimiter + choice after the prompt.",
+        ),
+        Column("choice_greedy", "list<bool>", description="Per choice, whether it is the greedy continuation."),
+        Column("prediction", "int32", description="The pick by log-likelihood."),
+        Column("prediction_norm", "int32", description="The pick by log-likelihood per character."),
+        Column("correct", "bool", description="prediction == answer (acc)."),
+        Column("correct_norm", "bool", description="prediction_norm == answer (acc_norm)."),
+    ),
+    "generate": (
+        Column(
+            "prompt",
+            "string",
+            description=f"The instance's own prompt (no few-shot examples), {MAX_PROMPT_STORED:,} characters at most.",
+        ),
+        Column("targets", "list<string>", description="The right answers."),
+        Column("output", "string", description="The generated text, cut before the first stop string."),
+        Column(
+            "extracted",
+            "string",
+            description="What exact_match compared: the output after the regex filter and the normalisation.",
+        ),
+        Column("correct", "bool", description="The extracted answer equals a normalised target (exact_match)."),
+    ),
+    "perplexity": (
+        Column("text_excerpt", "string", description=f"The first {MAX_TEXT_EXCERPT} characters of the text."),
+        Column("loglikelihood", "float64", description="The text's rolling log-likelihood, in nats."),
+        Column("words", "int64", description="Its words, as lm-eval counts them (split on whitespace)."),
+        Column("bytes", "int64", description="Its UTF-8 bytes."),
+    ),
+}
+# What GET /v1/tasks lists: the common columns, then each kind's (optional: one kind's only).
+PREDICTIONS: tuple[Column, ...] = COMMON_PREDICTIONS + tuple(
+    {
+        c.name: Column(c.name, c.type, required=False, description=c.description)
+        for columns in KIND_PREDICTIONS.values()
+        for c in columns
+    }.values()
+)
+
+
+def kind_of_columns(columns: set[str] | frozenset[str]) -> str | None:
+    """The kind of a result set with these columns, or None when it matches none."""
+    for kind, wanted in KIND_PREDICTIONS.items():
+        if {c.name for c in wanted} <= columns:
+            return kind
+    return None
 
 
 SPEC = ModelTaskSpec(
@@ -146,21 +224,10 @@ SPEC = ModelTaskSpec(
         Column("text", "string", required=False, description="perplexity: the text scored."),
     ),
     config=TextGenerationConfig,
-    prediction_columns=(
-        Column("instance_id", "string", description="The dataset instance."),
-        Column("choice_loglikelihoods", "list<float64>", required=False, description="multiple_choice: per choice."),
-        Column(
-            "choice_greedy",
-            "list<bool>",
-            required=False,
-            description="multiple_choice: whether each choice is the greedy continuation.",
-        ),
-        Column("prediction", "int32", required=False, description="multiple_choice: the pick by log-likelihood."),
-        Column("prediction_norm", "int32", required=False, description="multiple_choice: the pick by it per character."),
-        Column("output", "string", required=False, description="generate: the generated text, cut at the stop string."),
-        Column("loglikelihood", "float64", required=False, description="perplexity: the text's log-likelihood."),
-        Column("truncated", "bool", description="The prompt lost tokens on the left to fit the model's window."),
-    ),
+    prediction_columns=PREDICTIONS,
     metrics=tuple(name for names in KIND_METRICS.values() for name in names),
     gpu=True,
+    dataset_shapes=tuple(KIND_METRICS),
+    shape_field="kind",
+    shape_headline=HEADLINES,
 )
