@@ -102,7 +102,7 @@ def cmd_upload(args, out: Output) -> int:
     client = Client(progress=not args.json)
     labels = dict(kv.split("=", 1) for kv in args.label or [])
     resource = client.models if args.kind == "models" else client.datasets
-    entity = resource.upload(args.path, name=args.name, labels=labels, task=args.task, wait=not args.no_wait)
+    entity = resource.upload(args.path, name=args.name, labels=labels, task=args.task, shape=args.shape, wait=not args.no_wait)
     out.emit(entity)
     return EXIT_FAILED if entity.status == "failed" else 0
 
@@ -229,8 +229,10 @@ def cmd_results(args, out: Output) -> int:
     if out.as_json:
         out.emit(summary)
         return 0
-    headline = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+    headline = {k: v for k, v in summary.items() if v is not None and not isinstance(v, (dict, list))}
     out.emit(headline)
+    if summary.get("kind"):  # a language model's: no classes
+        return 0
     rows = _plain(client.evaluations.classes(args.id).classes)
     print()
     out.emit(rows, columns=["label", "precision", "recall", "f1", "support"], rows=rows)
@@ -266,6 +268,13 @@ def parser() -> argparse.ArgumentParser:
         up.add_argument("--name", required=True)
         up.add_argument("--label", action="append", metavar="KEY=VALUE")
         up.add_argument("--task", help="the model task (see `assay tasks`; default image-classification)")
+        if kind == "datasets":
+            up.add_argument(
+                "--shape",
+                help="what the dataset holds, for a task with several (text-generation: multiple_choice, generate or perplexity)",
+            )
+        else:
+            up.set_defaults(shape=None)
         up.add_argument("--no-wait", action="store_true", help="return once uploaded, before verification ends")
         up.set_defaults(fn=cmd_upload, kind=kind)
 

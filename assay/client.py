@@ -173,14 +173,16 @@ class _Uploadable(_Resource):
         name: str,
         labels: dict[str, str] | None = None,
         task: str | None = None,
+        shape: str | None = None,
         wait: bool = False,
         progress: bool | None = None,
     ):
         """Register, PUT the bytes with a progress bar, and (``wait=True``) wait until verified.
 
         ``task`` is the model task (``client.tasks()``; the service's default when omitted:
-        image-classification). A directory is zipped first (into a temporary file, removed
-        afterwards).
+        image-classification). ``shape`` is what a dataset holds, for a task with several
+        (text-generation: ``multiple_choice``, ``generate`` or ``perplexity``). A directory
+        is zipped first (into a temporary file, removed afterwards).
         """
         path = Path(path)
         show = self.client.progress if progress is None else progress
@@ -192,6 +194,7 @@ class _Uploadable(_Resource):
                 "size": archive.stat().st_size,
                 **self._format_fields(path, archive),
                 **({"task": task} if task is not None else {}),
+                **({"shape": shape} if shape is not None else {}),
             }
             reply = self.created.model_validate(self.http.request("POST", self.path, json=body))
             entity = getattr(reply, self.kind)

@@ -96,6 +96,44 @@ def task_config(task: str, values: dict[str, Any]) -> TaskConfig:
         ) from None
 
 
+def config_values(task: str, values: dict[str, Any], dataset: Dataset) -> dict[str, Any]:
+    """The request's config for an evaluation of ``dataset``: a task whose datasets have
+    shapes takes the shape from the dataset unless the request names it, and a request
+    naming another shape is refused (Invalid ``shape_mismatch``)."""
+    field = spec_of(task).shape_field
+    if field is None or dataset.shape is None:
+        return values
+    if field not in values:
+        return {**values, field: dataset.shape}
+    if values[field] != dataset.shape:
+        raise Invalid(
+            f"config.{field} is {values[field]!r} but dataset {dataset.id} is a {dataset.shape} dataset",
+            code="shape_mismatch",
+            details={"fields": [{"path": f"config.{field}", "message": f"must be {dataset.shape!r}", "type": "shape_mismatch"}]},
+        )
+    return values
+
+
+def _check_other_splits(config: TaskConfig, splits: list[str], dataset: Dataset) -> None:
+    """Raises Invalid when the config reads a split (few-shot examples) the ready dataset lacks."""
+    if dataset.status != ArtifactStatus.ready or dataset.splits is None:
+        return  # the evaluate job checks once the splits are known
+    missing = sorted({other for split in splits for other in config.other_splits(split)} - set(dataset.splits))
+    if missing:
+        raise Invalid(
+            f"dataset {dataset.id} has no split {', '.join(missing)}, which the config reads (fewshot_split)",
+            details={
+                "fields": [
+                    {
+                        "path": "config.fewshot_split",
+                        "message": f"known splits: {sorted(dataset.splits)}",
+                        "type": "unknown_split",
+                    }
+                ]
+            },
+        )
+
+
 def _config_or_none(task: str, values: dict[str, Any]) -> TaskConfig | None:
     try:
         return task_config(task, values)
@@ -120,13 +158,15 @@ def order(
 
     identities: dict[tuple[str, str], tuple[str, str]] = {}  # (task, split) -> (fingerprint, id), each computed once
     # The config is the model's task's; until the model is read, the default task's is a
-    # guess that, when right (and it is for every image model), saves a round trip.
+    # guess that, when right (and it is for every image model), saves a round trip. The
+    # default task's datasets have one shape, so the request's config is the whole config.
     guess = DEFAULT_TASK if _config_or_none(DEFAULT_TASK, request.config) is not None else None
+    values = request.config  # once the dataset is read: with its shape (config_values)
 
     def identity(task: str, split: str) -> tuple[str, str]:
         if (task, split) not in identities:
             fingerprint = evaluation_fingerprint(
-                model_id=request.model_id, dataset_id=request.dataset_id, split=split, config=task_config(task, request.config)
+                model_id=request.model_id, dataset_id=request.dataset_id, split=split, config=task_config(task, values)
             )
             identities[task, split] = fingerprint, evaluation_id(account=account, fingerprint=fingerprint)
         return identities[task, split]
@@ -135,6 +175,7 @@ def order(
         return [identity(task, s)[1] for s in splits] if task is not None else []
 
     def work(txn: Txn) -> list[tuple[EvaluationOutcome, Evaluation]]:
+        nonlocal values
         # One round trip when the splits are named (and the task guessed); otherwise the
         # model says which task and the dataset which splits.
         named = list(dict.fromkeys(request.splits)) if request.splits is not None else []
@@ -156,7 +197,8 @@ def order(
                 details={"model_task": model.task, "dataset_task": dataset.task},
             )
         task = model.task
-        config = task_config(task, request.config)
+        values = config_values(task, request.config, dataset)
+        config = task_config(task, values)
         waiting_for = None
         if model.status != ArtifactStatus.ready:
             waiting_for = QueueReason.waiting_for_model
@@ -166,6 +208,7 @@ def order(
         reason = str(waiting_for or QueueReason.queued)
         now = utcnow()
         splits = _splits(request, dataset)
+        _check_other_splits(config, splits, dataset)
         if splits == named and task == guess:
             existing_by_split = dict(zip(named, found[2:]))
         else:

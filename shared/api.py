@@ -170,10 +170,13 @@ TaskConfigBody = Annotated[
 
 
 def _formats_of_tasks(schema: dict[str, Any]) -> None:
-    """The JSON Schema says what ``_format_of_task`` checks: each task's formats."""
+    """The JSON Schema says what ``_format_of_task`` checks: each task's formats and shapes."""
 
     def formats(task: str) -> dict[str, Any]:
-        return {"properties": {"format": {"anyOf": [{"enum": list(SPECS[task].dataset_formats)}, {"type": "null"}]}}}
+        spec = SPECS[task]
+        shape = {"enum": list(spec.dataset_shapes)} if spec.dataset_shapes else {"type": "null"}
+        then = {"properties": {"format": {"anyOf": [{"enum": list(spec.dataset_formats)}, {"type": "null"}]}, "shape": shape}}
+        return {**then, "required": ["shape"]} if spec.dataset_shapes else then
 
     schema["allOf"] = [{"if": {"not": {"required": ["task"]}}, "then": formats(DEFAULT_TASK)}] + [
         {"if": {"required": ["task"], "properties": {"task": {"const": task}}}, "then": formats(task)} for task in SPECS
@@ -344,7 +347,7 @@ else:
     ModelView = _view_of(
         Model, "ModelView", public=(*_ARTIFACT, "framework", "archive_format", "parameter_count", "architecture")
     )
-    DatasetView = _view_of(Dataset, "DatasetView", public=(*_ARTIFACT, "format", "splits", "invalid_instances"))
+    DatasetView = _view_of(Dataset, "DatasetView", public=(*_ARTIFACT, "format", "shape", "splits", "invalid_instances"))
     EvaluationView = _view_of(
         Evaluation,
         "EvaluationView",

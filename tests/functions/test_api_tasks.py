@@ -10,9 +10,10 @@ from shared.modeltasks.text_classification import TextClassificationConfig
 from shared.store import ANY_ACCOUNT
 
 
-def make_ready(client, services, tenant, *, model_task: str, dataset_task: str, splits=None) -> tuple[str, str]:
+def make_ready(client, services, tenant, *, model_task: str, dataset_task: str, splits=None, shape=None) -> tuple[str, str]:
     model = client.post("/v1/models", json={**MODEL, "task": model_task}, headers=tenant.write)
-    dataset = client.post("/v1/datasets", json={**DATASET, "task": dataset_task}, headers=tenant.write)
+    declared = {"shape": shape} if shape else {}
+    dataset = client.post("/v1/datasets", json={**DATASET, "task": dataset_task, **declared}, headers=tenant.write)
     assert model.status_code == dataset.status_code == 201, (model.json, dataset.json)
     for cls, entity_id in ((Model, model.json["model"]["id"]), (Dataset, dataset.json["dataset"]["id"])):
         stored = services.store.get(cls, entity_id, account=ANY_ACCOUNT)
@@ -32,6 +33,7 @@ def test_the_tasks_route_publishes_the_table_without_a_key(client):
         assert [m["name"] for m in got["metrics"]] == list(spec.metrics)
         assert all(m["description"] for m in got["metrics"])
         assert got["dataset"]["formats"] == list(spec.dataset_formats)
+        assert got["dataset"]["shapes"] == list(spec.dataset_shapes)
         assert got["model"]["auto_class"] == spec.auto_class
         assert [c["name"] for c in got["prediction_columns"]] == [c.name for c in spec.prediction_columns]
     assert {"max_length", "truncation_side"} <= set(tasks["text-classification"]["config_schema"]["properties"])
