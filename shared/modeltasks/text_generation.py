@@ -17,9 +17,9 @@ examples drawn from the few-shot split with a fixed seed, as lm-eval draws them.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from shared.modeltasks.base import Column, ModelTaskSpec, TaskConfig
 
@@ -42,8 +42,26 @@ MAX_TEXT_EXCERPT = 200  # characters of each perplexity text they keep
 DEFAULT_TEMPLATES: dict[str, str] = {"multiple_choice": "{question}", "generate": "{prompt}", "perplexity": "{text}"}
 
 
+def _cross_field_rules(schema: dict[str, Any]) -> None:
+    """Say in the JSON Schema what the validator below checks across fields."""
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"num_fewshot": {"minimum": 1}}, "required": ["num_fewshot"]},
+            "then": {"properties": {"fewshot_split": {"type": "string"}}, "required": ["fewshot_split"]},
+        },
+        {
+            "if": {"properties": {"kind": {"const": "perplexity"}}, "required": ["kind"]},
+            "then": {
+                "properties": {"num_fewshot": {"const": 0}, "template": {"type": "null"}, "apply_chat_template": {"const": False}}
+            },
+        },
+    ]
+
+
 class TextGenerationConfig(TaskConfig):
     """How to evaluate a language model. Every field but ``batch_size`` changes results."""
+
+    model_config = ConfigDict(json_schema_extra=_cross_field_rules)
 
     kind: EvaluationKind = Field(default="multiple_choice", description="What is measured, and so which dataset shape.")
     template: str | None = Field(
@@ -63,7 +81,7 @@ class TextGenerationConfig(TaskConfig):
     fewshot_delimiter: str = Field(default="\n\n", max_length=256, description="Between two few-shot examples.")
     target_delimiter: str = Field(default=" ", max_length=256, description="Between a prompt and its answer.")
     max_new_tokens: int = Field(default=256, ge=1, le=MAX_NEW_TOKENS, description="The most tokens a generation gets.")
-    until: list[str] | None = Field(
+    until: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
         default=None,
         max_length=16,
         description="Generation stops at the first of these strings (and the EOS token); by default the fewshot_delimiter.",
@@ -101,8 +119,6 @@ class TextGenerationConfig(TaskConfig):
             raise ValueError("num_fewshot > 0 needs fewshot_split: the split the examples are drawn from")
         if self.kind == "perplexity" and (self.num_fewshot or self.template is not None or self.apply_chat_template):
             raise ValueError("perplexity scores each text as it is: no template, few-shot examples or chat template")
-        if self.until is not None and any(not stop for stop in self.until):
-            raise ValueError("an empty string in until would stop every generation at once")
         return self
 
     def other_splits(self, split: str) -> list[str]:

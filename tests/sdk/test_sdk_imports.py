@@ -44,6 +44,7 @@ WIRE = {
     "shared.modeltasks.base",
     "shared.modeltasks.image_classification",
     "shared.modeltasks.text_classification",
+    "shared.modeltasks.text_generation",
 }
 
 # Modules loaded before the import are the interpreter's own (a site-packages .pth file
