@@ -7,6 +7,7 @@ API would answer the same account.
 from __future__ import annotations
 
 import importlib.resources
+import json
 import logging
 import time
 from typing import Any
@@ -152,6 +153,40 @@ def order_form(call: Call) -> werkzeug.Response:
     return _order_form(call, errors=[], form=flask.request.args.to_dict())
 
 
+# The form's config fields: what each task's config calls them, and whether a number. A
+# field left empty is not sent, so the model's task fills in its own default.
+_NUMBER_FIELDS = ("top_k", "batch_size", "max_length", "num_fewshot", "max_new_tokens")
+_TEXT_FIELDS = ("truncation_side", "fewshot_split")
+
+
+def _config_of_form(form: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """The config the form's fields and its JSON box (``more_config``) say, and what is wrong."""
+    config: dict[str, Any] = {}
+    errors: list[str] = []
+    more = form.get("more_config", "").strip()
+    if more:
+        try:
+            parsed = json.loads(more)
+        except ValueError as e:
+            parsed = None
+            errors.append(f"more configuration: not JSON ({e})")
+        if isinstance(parsed, dict):
+            config.update(parsed)
+        elif parsed is not None:
+            errors.append('more configuration: a JSON object, e.g. {"template": "Q: {question}\\nA:"}')
+    for field in _NUMBER_FIELDS:
+        text = form.get(field, "").strip()
+        if text:
+            if not text.isdigit():
+                errors.append(f"{field}: a whole number")
+            else:
+                config[field] = int(text)
+    for field in _TEXT_FIELDS:
+        if form.get(field, "").strip():
+            config[field] = form[field].strip()
+    return config, errors
+
+
 @bp.post("/evaluations")
 @page(Scope.write)
 def order(call: Call) -> werkzeug.Response:
@@ -162,17 +197,7 @@ def order(call: Call) -> werkzeug.Response:
         spec["splits"] = splits
     if form.get("name", "").strip():
         spec["name"] = form["name"].strip()
-    config: dict[str, Any] = {}
-    errors: list[str] = []
-    for field in ("top_k", "batch_size", "max_length"):
-        text = form.get(field, "").strip()
-        if text:
-            if not text.isdigit():
-                errors.append(f"{field}: a whole number")
-            else:
-                config[field] = int(text)
-    if form.get("truncation_side", "").strip():
-        config["truncation_side"] = form["truncation_side"].strip()
+    config, errors = _config_of_form(form)
     if config:
         spec["config"] = config
     if not errors:

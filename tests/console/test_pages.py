@@ -9,7 +9,7 @@ import re
 import pytest
 
 from functions.console import session
-from shared.entities import ApiKey, Evaluation, EvaluationStatus
+from shared.entities import ApiKey, Dataset, Evaluation, EvaluationStatus, Model
 from tests.console.conftest import HOSTILE, form_csrf, make_tenant, sign_in
 from tests.results.conftest import generate, stored_evaluation, upload_result_set
 
@@ -364,3 +364,44 @@ def test_the_key_never_reaches_a_log(client, alice, caplog):
     assert caplog.records and all(
         secret[:20] not in r.getMessage() and secret[:20] not in str(r.__dict__) for r in caplog.records
     )
+
+
+def test_the_order_form_orders_a_language_model_evaluation(client, services, alice):
+    """Empty fields are not sent (the model's task fills its defaults); the language-model
+    fields and the JSON box reach the config; bad JSON is a 422 page, nothing written."""
+    common = {"account": alice.account, "status": "ready", "declared_size": 10, "content_type": "application/zip"}
+    model = Model(id=Model.new_id(), name="tiny-gpt2", task="text-generation", upload_object="uploads/models/y/m.zip", **common)
+    dataset = Dataset(
+        id=Dataset.new_id(),
+        name="animals",
+        task="text-generation",
+        shape="generate",
+        format="jsonl",
+        splits={"train": 20, "test": 50},
+        upload_object="uploads/datasets/y/d.jsonl",
+        **common,
+    )
+    services.store.put(model)
+    services.store.put(dataset)
+    sign_in(client, alice.keys["write"])
+    form = text(client.get("/ui/evaluations/new"))
+    fields = {
+        "csrf": form_csrf(form),
+        "model_id": model.id,
+        "dataset_id": dataset.id,
+        "splits": "test",
+        "top_k": "",
+        "batch_size": "",
+    }
+    bad = client.post("/ui/evaluations", data={**fields, "more_config": "{not json"})
+    assert bad.status_code == 422 and "more configuration: not JSON" in text(bad)
+    response = client.post(
+        "/ui/evaluations",
+        data={**fields, "num_fewshot": "2", "fewshot_split": "train", "more_config": '{"until": ["\\n"], "ignore_case": true}'},
+    )
+    assert response.status_code == 303, text(response)
+    [ordered] = services.store.list(Evaluation, account=alice.account, filters={"model_id": model.id}).items
+    assert ordered.task == "text-generation"
+    config = ordered.config
+    assert (config["kind"], config["num_fewshot"], config["fewshot_split"]) == ("generate", 2, "train")
+    assert config["until"] == ["\n"] and config["ignore_case"] is True and config["batch_size"] == 32
