@@ -10,20 +10,36 @@ in distribution, as drawing the cell counts from a multinomial(n, cell frequenci
 each bootstrap sample costs O(cells), not O(n): 1,000 samples of a million rows take
 milliseconds. Intervals are percentile intervals; a seed makes them reproducible.
 
-The definitions (scikit-learn's) are the registry's; this module only gathers the cells.
+A language model's result set has cells too (``language_models.cells``): its verdicts
+with their counts, or one cell per instance for perplexity, resampled the same way.
+
+The definitions (scikit-learn's, lm-evaluation-harness's) are the registry's; this module
+only gathers the cells.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from functions.results import language_models
 from functions.results.resultset import ResultSet
 from shared import metrics as registry
 from shared.errors import Invalid
-from shared.metrics import ClassificationStatistics
-from shared.results_api import BootstrapSpec, Interval, MetricSpec, MetricsRequest, MetricsResult, MetricValue
+from shared.metrics import CLASSIFICATION, LANGUAGE_MODEL, ClassificationStatistics
+from shared.results_api import (
+    DEFAULT_METRICS,
+    ROUTE_METRICS,
+    BootstrapSpec,
+    Interval,
+    MetricSpec,
+    MetricsRequest,
+    MetricsResult,
+    MetricValue,
+)
 
 # Bootstrap samples are drawn in blocks of about this many cells, to bound memory.
 _BLOCK_CELLS = 2_000_000
@@ -100,7 +116,7 @@ def percentile_interval(values: np.ndarray, spec: BootstrapSpec) -> Interval:
     return Interval(low=low, high=high, confidence=spec.confidence, samples=spec.samples, seed=spec.seed)
 
 
-def _value(spec: MetricSpec, statistics: ClassificationStatistics) -> np.ndarray:
+def _value(spec: MetricSpec, statistics: Any) -> np.ndarray:
     """One value per sample; NaN where the metric is undefined."""
     return registry.value(spec.name, statistics, **spec.parameters())
 
@@ -109,14 +125,13 @@ def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
-def compute(result_set: ResultSet, request: MetricsRequest) -> MetricsResult:
-    """The requested metrics (and bootstrap intervals) from the stored predictions.
+# How each family's result set is reduced to cells: the instances in each cell, and the
+# registry's statistics of the cells under given weights (one row per sample).
+Gathered = tuple[np.ndarray, Callable[[np.ndarray], Any]]
 
-    Raises:
-        Invalid: a top-k metric for a k larger than the stored top-k lists.
-        ResultSetCorrupt: the stored files cannot be read.
-    """
-    max_k = max((m.k for m in request.metrics if m.k is not None), default=0)
+
+def _classification_cells(result_set: ResultSet, specs: Sequence[MetricSpec]) -> Gathered:
+    max_k = max((m.k for m in specs if m.k is not None), default=0)
     if max_k:
         available = stored_k(result_set)
         if max_k > available:
@@ -125,21 +140,73 @@ def compute(result_set: ResultSet, request: MetricsRequest) -> MetricsResult:
                 details={"k": max_k, "stored_k": available},
             )
     found = cells(result_set, max_k=max_k)
-    point = found.statistics(found.count, max_k=max_k)
-    values = [_value(spec, point)[0] for spec in request.metrics]
-    intervals: list[Interval | None] = [None] * len(request.metrics)
-    if request.bootstrap is not None and found.count.sum() > 0:
+    return found.count, lambda weights: found.statistics(weights, max_k=max_k)
+
+
+def _language_model_cells(result_set: ResultSet, specs: Sequence[MetricSpec]) -> Gathered:
+    found = language_models.cells(result_set)
+    return found.count, found.statistics
+
+
+_GATHER: dict[str, Callable[[ResultSet, Sequence[MetricSpec]], Gathered]] = {
+    CLASSIFICATION: _classification_cells,
+    LANGUAGE_MODEL: _language_model_cells,
+}
+# The metrics a result set of each family offers, and those computed when none are named.
+_OFFERED: dict[str, Callable[[ResultSet], tuple[str, ...]]] = {
+    CLASSIFICATION: lambda _: ROUTE_METRICS[CLASSIFICATION],
+    LANGUAGE_MODEL: language_models.metrics_of,
+}
+_DEFAULTS: dict[str, Callable[[ResultSet], tuple[str, ...]]] = {
+    CLASSIFICATION: lambda _: DEFAULT_METRICS,
+    LANGUAGE_MODEL: language_models.metrics_of,
+}
+
+
+def requested(result_set: ResultSet, request: MetricsRequest) -> list[MetricSpec]:
+    """The metrics to compute: those named, or the result set's defaults when the request
+    names none.
+
+    Raises:
+        Invalid: a metric of another family, or of another language-model kind.
+    """
+    if "metrics" not in request.model_fields_set:
+        return [MetricSpec(name=name) for name in _DEFAULTS[result_set.family](result_set)]
+    offered = _OFFERED[result_set.family](result_set)
+    wrong = list(dict.fromkeys(m.name for m in request.metrics if m.name not in offered))
+    if wrong:
+        raise Invalid(
+            f"{', '.join(wrong)}: not a metric of {result_set.describe()}; it has {', '.join(offered)}",
+            details={"metrics": wrong, "available": list(offered)},
+        )
+    return list(request.metrics)
+
+
+def compute(result_set: ResultSet, request: MetricsRequest) -> MetricsResult:
+    """The requested metrics (and bootstrap intervals) from the stored predictions.
+
+    Raises:
+        Invalid: a metric the result set does not offer; a top-k metric for a k larger
+            than the stored top-k lists.
+        ResultSetCorrupt: the stored files cannot be read.
+    """
+    specs = requested(result_set, request)
+    counts, statistics_of = _GATHER[result_set.family](result_set, specs)
+    point = statistics_of(counts)
+    values = [_value(spec, point)[0] for spec in specs]
+    intervals: list[Interval | None] = [None] * len(specs)
+    if request.bootstrap is not None and counts.sum() > 0:
         spec = request.bootstrap
-        draws: list[list[np.ndarray]] = [[] for _ in request.metrics]
-        for weights in bootstrap_weights(found.count, samples=spec.samples, seed=spec.seed):
-            statistics = found.statistics(weights, max_k=max_k)
-            for i, metric in enumerate(request.metrics):
+        draws: list[list[np.ndarray]] = [[] for _ in specs]
+        for weights in bootstrap_weights(counts, samples=spec.samples, seed=spec.seed):
+            statistics = statistics_of(weights)
+            for i, metric in enumerate(specs):
                 draws[i].append(_value(metric, statistics))
         intervals = [percentile_interval(np.concatenate(d), spec) for d in draws]
     return MetricsResult(
-        instances=int(found.count.sum()),
+        instances=int(counts.sum()),
         metrics=[
             MetricValue(name=spec.name, parameters=spec.parameters(), value=_finite(value), interval=interval)
-            for spec, value, interval in zip(request.metrics, values, intervals)
+            for spec, value, interval in zip(specs, values, intervals)
         ],
     )
