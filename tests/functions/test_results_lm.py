@@ -297,7 +297,9 @@ def test_a_metric_of_another_family_or_kind_is_refused(client, services, storage
     h = lab["h"]
     gen = lab["sets"][("generate", 0)].evaluation
     r = client.post(_results(gen) + "/metrics", headers=h, json={"metrics": ["exact_match"]})
-    assert r.status_code == 200 and r.json["metrics"][0]["value"] == pytest.approx(lab["sets"][("generate", 0)].array("correct").mean())
+    assert r.status_code == 200 and r.json["metrics"][0]["value"] == pytest.approx(
+        lab["sets"][("generate", 0)].array("correct").mean()
+    )
     for wrong in (["acc"], ["accuracy", "exact_match"], [{"name": "f_beta", "beta": 2}]):
         r = client.post(_results(gen) + "/metrics", headers=h, json={"metrics": wrong})
         assert r.status_code == 422, r.json
