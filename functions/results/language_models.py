@@ -124,6 +124,7 @@ class LanguageModelCells:
 
     values: dict[str, np.ndarray]
     count: np.ndarray
+    per_row: bool  # one cell per instance (perplexity): resampled by drawing instances
 
     def statistics(self, weights: np.ndarray) -> LanguageModelStatistics:
         """The registry's statistics of these cells weighted by ``weights`` (one row per
@@ -150,4 +151,4 @@ def cells(result_set: ResultSet) -> LanguageModelCells:
     if nulls:
         raise ResultSetCorrupt(f"the result set has nulls in {', '.join(nulls)}", details={"columns": nulls})
     values = {name: np.asarray(found[name], dtype=np.float64) for name in sums}
-    return LanguageModelCells(values, np.asarray(found["n"], dtype=np.int64))
+    return LanguageModelCells(values, np.asarray(found["n"], dtype=np.int64), per_row=kind not in _VERDICTS)

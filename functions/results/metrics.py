@@ -11,7 +11,8 @@ each bootstrap sample costs O(cells), not O(n): 1,000 samples of a million rows 
 milliseconds. Intervals are percentile intervals; a seed makes them reproducible.
 
 A language model's result set has cells too (``language_models.cells``): its verdicts
-with their counts, or one cell per instance for perplexity, resampled the same way.
+with their counts, resampled the same way, or one cell per instance for perplexity, whose
+resamples are uniform draws of instances (``bootstrap_rows``), bounded in number.
 
 The definitions (scikit-learn's, lm-evaluation-harness's) are the registry's; this module
 only gathers the cells.
@@ -19,7 +20,7 @@ only gathers the cells.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,9 @@ from shared.results_api import (
 
 # Bootstrap samples are drawn in blocks of about this many cells, to bound memory.
 _BLOCK_CELLS = 2_000_000
+# At most this many instance draws (instances x samples) for a bootstrap over one cell per
+# instance (perplexity): 100,000 texts x 1,000 samples took 5.5 s on this 2-core machine.
+MAX_ROW_DRAWS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,23 @@ def bootstrap_weights(counts: np.ndarray, *, samples: int, seed: int, block: int
         done += size
 
 
+def bootstrap_rows(n: int, *, samples: int, seed: int, block: int | None = None):
+    """Yield blocks of bootstrap weights of ``n`` cells of one instance each.
+
+    The distribution of ``bootstrap_weights(np.ones(n))`` (a multinomial with equal
+    frequencies counts uniform draws of instances), drawn by counting those draws: on
+    100,000 cells the metrics route's bootstrap took 5.5 s instead of 12.3 s.
+    """
+    rng = np.random.default_rng(seed)
+    block = block or max(1, _BLOCK_CELLS // max(1, n))
+    done = 0
+    while done < samples:
+        size = min(block, samples - done)
+        drawn = rng.integers(0, n, size=(size, n)) + np.arange(size)[:, None] * n
+        yield np.bincount(drawn.ravel(), minlength=size * n).reshape(size, n)
+        done += size
+
+
 def percentile_interval(values: np.ndarray, spec: BootstrapSpec) -> Interval:
     """The central ``spec.confidence`` percentile interval of finite bootstrap values."""
     finite = values[np.isfinite(values)]
@@ -125,9 +146,33 @@ def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
-# How each family's result set is reduced to cells: the instances in each cell, and the
-# registry's statistics of the cells under given weights (one row per sample).
-Gathered = tuple[np.ndarray, Callable[[np.ndarray], Any]]
+@dataclass(frozen=True)
+class Gathered:
+    """A result set reduced to cells: the instances in each, and the registry's statistics
+    of the cells under given weights (one row per sample). ``per_row``: one cell per
+    instance, resampled by ``bootstrap_rows``."""
+
+    counts: np.ndarray
+    statistics: Callable[[np.ndarray], Any]
+    per_row: bool = False
+
+    def resamples(self, spec: BootstrapSpec) -> Iterator[np.ndarray]:
+        """Blocks of bootstrap weights.
+
+        Raises:
+            Invalid: a per-instance bootstrap of more draws than ``MAX_ROW_DRAWS``.
+        """
+        if not self.per_row:
+            return bootstrap_weights(self.counts, samples=spec.samples, seed=spec.seed)
+        n = len(self.counts)
+        if n * spec.samples > MAX_ROW_DRAWS:
+            most = MAX_ROW_DRAWS // n
+            raise Invalid(
+                f"a bootstrap of {n:,} instances allows at most {most:,} samples"
+                + ("" if most >= 100 else ", fewer than the 100 least; ask for no bootstrap"),
+                details={"instances": n, "samples": spec.samples, "max_samples": most},
+            )
+        return bootstrap_rows(n, samples=spec.samples, seed=spec.seed)
 
 
 def _classification_cells(result_set: ResultSet, specs: Sequence[MetricSpec]) -> Gathered:
@@ -140,12 +185,12 @@ def _classification_cells(result_set: ResultSet, specs: Sequence[MetricSpec]) ->
                 details={"k": max_k, "stored_k": available},
             )
     found = cells(result_set, max_k=max_k)
-    return found.count, lambda weights: found.statistics(weights, max_k=max_k)
+    return Gathered(found.count, lambda weights: found.statistics(weights, max_k=max_k))
 
 
 def _language_model_cells(result_set: ResultSet, specs: Sequence[MetricSpec]) -> Gathered:
     found = language_models.cells(result_set)
-    return found.count, found.statistics
+    return Gathered(found.count, found.statistics, per_row=found.per_row)
 
 
 _GATHER: dict[str, Callable[[ResultSet, Sequence[MetricSpec]], Gathered]] = {
@@ -187,19 +232,20 @@ def compute(result_set: ResultSet, request: MetricsRequest) -> MetricsResult:
 
     Raises:
         Invalid: a metric the result set does not offer; a top-k metric for a k larger
-            than the stored top-k lists.
+            than the stored top-k lists; a per-instance bootstrap too large.
         ResultSetCorrupt: the stored files cannot be read.
     """
     specs = requested(result_set, request)
-    counts, statistics_of = _GATHER[result_set.family](result_set, specs)
-    point = statistics_of(counts)
+    gathered = _GATHER[result_set.family](result_set, specs)
+    counts = gathered.counts
+    point = gathered.statistics(counts)
     values = [_value(spec, point)[0] for spec in specs]
     intervals: list[Interval | None] = [None] * len(specs)
     if request.bootstrap is not None and counts.sum() > 0:
         spec = request.bootstrap
         draws: list[list[np.ndarray]] = [[] for _ in specs]
-        for weights in bootstrap_weights(counts, samples=spec.samples, seed=spec.seed):
-            statistics = statistics_of(weights)
+        for weights in gathered.resamples(spec):
+            statistics = gathered.statistics(weights)
             for i, metric in enumerate(specs):
                 draws[i].append(_value(metric, statistics))
         intervals = [percentile_interval(np.concatenate(d), spec) for d in draws]

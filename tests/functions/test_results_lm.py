@@ -246,9 +246,15 @@ def test_no_classes_and_no_confusion(client, lab):
         assert r.json["error"]["message"] == f"evaluation {lm.evaluation.id} has no classes: a text-generation evaluation"
 
 
-def _bootstrap(cells: dict[str, np.ndarray], counts: np.ndarray, metric, samples: int, seed: int) -> tuple[float, float]:
-    """The percentile interval drawn directly: multinomial resamples of the cells' counts."""
-    weights = np.random.default_rng(seed).multinomial(int(counts.sum()), counts / counts.sum(), size=samples)
+def _bootstrap(cells: dict[str, np.ndarray], counts: np.ndarray | None, metric, samples: int, seed: int) -> tuple[float, float]:
+    """The percentile interval drawn directly: multinomial resamples of the cells' counts,
+    or (``counts`` None: a cell per instance) counts of instances drawn uniformly."""
+    rng = np.random.default_rng(seed)
+    if counts is None:
+        n = len(next(iter(cells.values())))
+        weights = np.stack([np.bincount(draw, minlength=n) for draw in rng.integers(0, n, size=(samples, n))])
+    else:
+        weights = rng.multinomial(int(counts.sum()), counts / counts.sum(), size=samples)
     values = metric(**{name: weights @ v for name, v in cells.items()}, n=weights.sum(axis=1))
     low, high = np.quantile(values[np.isfinite(values)], [0.025, 0.975])
     return float(low), float(high)
@@ -287,7 +293,7 @@ def test_perplexity_metrics_equal_numpy_with_seeded_intervals(client, lab):
     # One cell per instance, in instance id order, each drawn with weight 1/N.
     order = np.argsort(lm.array("instance_id"))
     cells = {"loglikelihood": ll[order], "bytes": nbytes[order]}
-    low, high = _bootstrap(cells, np.ones(N), lambda loglikelihood, bytes, n: -loglikelihood / bytes / np.log(2), 300, 3)
+    low, high = _bootstrap(cells, None, lambda loglikelihood, bytes, n: -loglikelihood / bytes / np.log(2), 300, 3)
     interval = got["bits_per_byte"]["interval"]
     assert (interval["low"], interval["high"]) == pytest.approx((low, high), rel=1e-12)
     assert interval["low"] < got["bits_per_byte"]["value"] < interval["high"]
@@ -376,3 +382,21 @@ def _parquet(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
+
+
+def test_instance_resamples_are_multinomial_and_bounded():
+    """A cell per instance is resampled by uniform draws: the multinomial's distribution
+    (every weight's mean 1, variance 1 - 1/n, each sample summing to n), at a bounded cost."""
+    from functions.results.metrics import MAX_ROW_DRAWS, Gathered, bootstrap_rows
+    from shared.errors import Invalid
+    from shared.results_api import BootstrapSpec
+
+    n = 50
+    weights = np.concatenate(list(bootstrap_rows(n, samples=20_000, seed=1, block=3000)))
+    assert weights.shape == (20_000, n) and (weights.sum(axis=1) == n).all()
+    assert weights.mean() == pytest.approx(1.0, abs=0.01)
+    assert weights.var(axis=0).mean() == pytest.approx(1 - 1 / n, rel=0.02)
+    gathered = Gathered(np.ones(MAX_ROW_DRAWS // 1000 + 1, dtype=np.int64), lambda w: None, per_row=True)
+    with pytest.raises(Invalid) as e:
+        gathered.resamples(BootstrapSpec(samples=1000))
+    assert e.value.details["max_samples"] == 999
