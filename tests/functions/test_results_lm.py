@@ -400,3 +400,17 @@ def test_instance_resamples_are_multinomial_and_bounded():
     with pytest.raises(Invalid) as e:
         gathered.resamples(BootstrapSpec(samples=1000))
     assert e.value.details["max_samples"] == 999
+
+
+def test_a_row_whose_choices_do_not_line_up_is_a_409(client, services, storage, lab):
+    lm = lab["sets"][("multiple_choice", 0)]
+    broken = Evaluation(**{**lm.evaluation.model_dump(), "id": Evaluation.new_id()})
+    services.store.put(broken)
+    table = pq.read_table(lm.directory / "part-00000.parquet")
+    greedy = table.column("choice_greedy").to_pylist()
+    greedy[0] = greedy[0][:-1]
+    table = table.set_column(table.schema.get_field_index("choice_greedy"), "choice_greedy", pa.array(greedy))
+    storage.write_bytes(prediction_shard(broken.id, 0), _parquet(table))
+    r = client.get(_results(broken) + "/instances", headers=lab["h"], query_string={"limit": "1000"})
+    assert r.status_code == 409 and r.json["error"]["code"] == "result_set_corrupt", r.json
+    assert r.json["error"]["details"]["instance_id"] == table.column("instance_id")[0].as_py()
