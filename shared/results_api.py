@@ -12,7 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.api import PageToken, SplitName, id_type
-from shared.metrics import AVERAGES, CLASSIFICATION, FROM_PREDICTIONS, METRICS, names as metric_names
+from shared.metrics import AVERAGES, CLASSIFICATION, FROM_PREDICTIONS, LANGUAGE_MODEL, METRICS, names as metric_names
+from shared.modeltasks.text_generation import EvaluationKind
 from shared.summaries import REPORTED, EvaluationSummary
 
 # --- the summary ---------------------------------------------------------------------------
@@ -33,7 +34,9 @@ class InstancesQuery(BaseModel):
     """``GET …/results/instances``: filters, order and a page.
 
     ``label`` and ``prediction`` take a label name, or a class index when no name matches.
-    A ``min_confidence`` above ``max_confidence`` is an empty range: no rows.
+    A ``min_confidence`` above ``max_confidence`` is an empty range: no rows. A language
+    model's rows filter by ``correct`` (not perplexity's: it has no verdict) and order by
+    ``instance_id``; the classification filters are refused there.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -71,8 +74,39 @@ class InstanceRow(BaseModel):
     text_excerpt: str | None = Field(default=None, description="The start of the instance's text, for text tasks.")
 
 
+class ChoiceScore(BaseModel):
+    index: int
+    text: str
+    loglikelihood: float = Field(description="The summed log-likelihood of target_delimiter + choice after the prompt.")
+    greedy: bool = Field(description="Whether the choice is the greedy continuation.")
+
+
+class LanguageModelInstance(BaseModel):
+    """One instance of a language-model evaluation: its kind's fields, the others null."""
+
+    instance_id: str
+    kind: EvaluationKind
+    truncated: bool = Field(description="The prompt lost tokens on the left to fit the model's window.")
+    prompt: str | None = Field(default=None, description="multiple_choice, generate: the instance's own prompt.")
+    choices: list[ChoiceScore] | None = Field(default=None, description="multiple_choice")
+    answer: int | None = Field(default=None, description="multiple_choice: the index of the right choice.")
+    prediction: int | None = Field(default=None, description="multiple_choice: the pick by log-likelihood.")
+    prediction_norm: int | None = Field(default=None, description="multiple_choice: the pick by it per character.")
+    correct: bool | None = Field(default=None, description="multiple_choice: the pick is the answer; generate: a match.")
+    correct_norm: bool | None = Field(default=None, description="multiple_choice: prediction_norm is the answer.")
+    output: str | None = Field(default=None, description="generate: the generated text, cut before the first stop string.")
+    extracted: str | None = Field(default=None, description="generate: what exact_match compared.")
+    targets: list[str] | None = Field(default=None, description="generate: the right answers.")
+    text_excerpt: str | None = Field(default=None, description="perplexity: the start of the text.")
+    loglikelihood: float | None = Field(default=None, description="perplexity: the text's log-likelihood, in nats.")
+    words: int | None = Field(default=None, description="perplexity")
+    bytes: int | None = Field(default=None, description="perplexity: UTF-8 bytes.")
+
+
 class InstancesPage(BaseModel):
-    items: list[InstanceRow]
+    """Rows of a classification (``InstanceRow``) or of a language model (``LanguageModelInstance``)."""
+
+    items: list[InstanceRow] | list[LanguageModelInstance]
     next_page_token: str | None
 
 
@@ -104,8 +138,13 @@ class ConfusionResult(BaseModel):
 # --- further metrics ----------------------------------------------------------------------
 
 # The metrics the route computes from a stored result set: the registry's classification
-# metrics whose statistics the stored predictions give (shared/metrics.py).
-_ROUTE_METRICS = tuple(metric_names(CLASSIFICATION, needs_within=FROM_PREDICTIONS))
+# metrics whose statistics the stored predictions give, and the language-model ones
+# (shared/metrics.py). Which of them one result set has depends on its family and kind.
+ROUTE_METRICS: dict[str, tuple[str, ...]] = {
+    CLASSIFICATION: tuple(metric_names(CLASSIFICATION, needs_within=FROM_PREDICTIONS)),
+    LANGUAGE_MODEL: tuple(metric_names(LANGUAGE_MODEL)),
+}
+_ROUTE_METRICS = tuple(name for names in ROUTE_METRICS.values() for name in names)
 MetricName = Literal[_ROUTE_METRICS]  # type: ignore[valid-type]
 Average = Literal[AVERAGES]  # type: ignore[valid-type]
 _PARAMETERS = ("k", "beta", "average")
@@ -198,7 +237,8 @@ class MetricsRequest(BaseModel):
         default_factory=lambda: [MetricSpec(name=n) for n in DEFAULT_METRICS],
         min_length=1,
         max_length=32,
-        description="default: accuracy, balanced_accuracy, f_beta (β=1, macro), cohen_kappa, matthews_corrcoef",
+        description="default: accuracy, balanced_accuracy, f_beta (β=1, macro), cohen_kappa, matthews_corrcoef; "
+        "for a language model, its kind's metrics (acc and acc_norm, exact_match, or the perplexities)",
         json_schema_extra=lambda schema: schema.update(
             items={"anyOf": [{"type": "string", "enum": [n for n, takes in _TAKES.items() if "k" not in takes]}, schema["items"]]}
         ),
@@ -265,11 +305,17 @@ class CompareResult(BaseModel):
     split: str
     instances: int
     unmatched: dict[str, int]  # instances only one side holds
-    agreement: float  # fraction with the same predicted label name
+    # fraction with the same predicted label name (the same pick, the same output: language models)
+    agreement: float
     both_correct: int
     both_wrong: int
     only_a_correct: Discordant
     only_b_correct: Discordant
+    metric: str = Field(
+        default="accuracy",
+        description="What correct means, and so what accuracy_a and accuracy_b are: accuracy (classification), "
+        "acc (multiple choice) or exact_match (generate)",
+    )
     accuracy_a: float
     accuracy_b: float
     accuracy_difference: AccuracyDifference
@@ -289,7 +335,10 @@ class LeaderboardQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     split: SplitName | None = None
-    metric: LeaderboardMetric = "accuracy"  # type: ignore[valid-type]
+    metric: LeaderboardMetric | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="default: the dataset task's headline for its shape (accuracy; acc_norm, exact_match or bits_per_byte)",
+    )
     limit: int = Field(default=50, ge=1, le=500)
     page_token: PageToken | None = None
 

@@ -46,13 +46,14 @@ def _filters_digest(query: InstancesQuery) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
-def _encode_token(query: InstancesQuery, last: tuple[Any, ...]) -> str:
-    """Opaque to clients: the last row's sort key, bound to the filters and order."""
+def encode_token(query: InstancesQuery, last: tuple[Any, ...]) -> str:
+    """Opaque to clients: the last row's sort key, bound to the filters and order (every
+    family's rows paginate this way)."""
     body = {"v": 1, "f": _filters_digest(query), "k": list(last)}
     return encode_page_token(json.dumps(body, separators=(",", ":")).encode())
 
 
-def _decode_token(query: InstancesQuery) -> list[Any] | None:
+def decode_token(query: InstancesQuery) -> list[Any] | None:
     if not query.page_token:
         return None
     try:
@@ -118,7 +119,7 @@ def instances(result_set: ResultSet, query: InstancesQuery) -> InstancesPage:
         where.append("confidence <= $max_confidence")
         params["max_confidence"] = query.max_confidence
     order_sql, comparison = _ORDER[query.order_by]
-    key = _decode_token(query)
+    key = decode_token(query)
     if key is not None:
         params["after_id"] = key[-1]
         id_cmp = ">" if query.order_by in ("instance_id", "confidence") else "<"
@@ -157,7 +158,7 @@ def instances(result_set: ResultSet, query: InstancesQuery) -> InstancesPage:
     token = None
     if more:
         last = rows[-1]
-        token = _encode_token(query, (last[0],) if comparison is None else (float(last[4]), last[0]))
+        token = encode_token(query, (last[0],) if comparison is None else (float(last[4]), last[0]))
     return InstancesPage(items=items, next_page_token=token)
 
 

@@ -16,13 +16,15 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
-import pyarrow as pa
 
 from shared.errors import Conflict
-from shared.results import PREDICTION_SCHEMA
+from shared.metrics import CLASSIFICATION, LANGUAGE_MODEL
+from shared.modeltasks import DEFAULT_TASK, spec_of
+from shared.modeltasks.base import Column
+from shared.modeltasks.text_generation import COMMON_PREDICTIONS, KIND_PREDICTIONS, kind_of_columns
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +51,16 @@ class ResultSetCorrupt(Conflict):
     code = "result_set_corrupt"
 
 
-def _kind(t: pa.DataType) -> str:
-    if pa.types.is_list(t):
-        return f"list<{_kind(t.value_type)}>"
-    if pa.types.is_integer(t):
+def _kind(type_name: str) -> str:
+    """What a declared column type (``shared.modeltasks``: ``int32``, ``list<float64>``…)
+    must read as."""
+    if type_name.startswith("list<") and type_name.endswith(">"):
+        return f"list<{_kind(type_name[len('list<') : -1])}>"
+    if type_name.startswith("int"):
         return "integer"
-    if pa.types.is_floating(t):
+    if type_name.startswith("float"):
         return "float"
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return "string"
-    if pa.types.is_boolean(t):
-        return "boolean"
-    return str(t)
+    return {"bool": "boolean"}.get(type_name, type_name)
 
 
 def _duckdb_kind(t: str) -> str:
@@ -76,9 +76,20 @@ def _duckdb_kind(t: str) -> str:
     return t.lower()
 
 
-# Column -> kind the contract requires. Integer widths are not pinned: int32 and int64
-# read the same way, and a writer choosing either is no reason to refuse its results.
-REQUIRED_COLUMNS = {field.name: _kind(field.type) for field in PREDICTION_SCHEMA}
+def required_columns(columns: tuple[Column, ...]) -> dict[str, str]:
+    """Column -> kind the contract requires. Integer widths are not pinned: int32 and int64
+    read the same way, and a writer choosing either is no reason to refuse its results."""
+    return {c.name: _kind(c.type) for c in columns if c.required}
+
+
+class Source(NamedTuple):
+    """A local result set to open: its folder, the model's label names (classification),
+    the evaluation's task and, when the evaluation names one, its kind (language models)."""
+
+    directory: Path
+    label_names: list[str]
+    task: str = DEFAULT_TASK
+    kind: str | None = None
 
 
 _FILE_ERRORS = (duckdb.IOException, duckdb.InvalidInputException, duckdb.ConversionException)
@@ -126,7 +137,12 @@ def read_label_names(directory: Path) -> list[str] | None:
 
 @dataclass
 class ResultSet:
-    """One evaluation's predictions as the view ``view`` of a locked connection."""
+    """One evaluation's predictions as the view ``view`` of a locked connection.
+
+    ``family`` is the metric family of the evaluation's task (``shared.metrics``); a
+    language model's result set also has a ``kind`` (multiple_choice, generate or
+    perplexity) and no label names.
+    """
 
     con: duckdb.DuckDBPyConnection
     view: str
@@ -134,6 +150,13 @@ class ResultSet:
     files: list[Path]
     # Every required column, and the optional text ones a task adds (``text_excerpt``).
     columns: frozenset[str] = frozenset()
+    family: str = CLASSIFICATION
+    kind: str | None = None
+    task: str = DEFAULT_TASK
+
+    def describe(self) -> str:
+        """What it is, for messages: ``a text-generation evaluation (generate)``."""
+        return f"a {self.task} evaluation" + (f" ({self.kind})" if self.kind else "")
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
         """Run ``sql`` (``{view}`` stands for this result set's view) with bound ``params``."""
@@ -172,39 +195,61 @@ def locked_connection(files: list[Path]) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _check_schema(con: duckdb.DuckDBPyConnection, view: str) -> frozenset[str]:
-    """The view's columns; raises ``ResultSetCorrupt`` unless the required ones are there."""
+def _expected_columns(found: set[str], source: Source) -> tuple[str | None, tuple[Column, ...]]:
+    """The kind and the prediction columns of a result set of ``source``'s task.
+
+    A language model's shards have the common columns and those of one kind: the one its
+    evaluation names, else the one whose columns are there.
+    """
+    spec = spec_of(source.task)
+    if spec.family != LANGUAGE_MODEL:
+        return None, spec.prediction_columns
+    kind = source.kind or kind_of_columns(found)
+    if kind not in KIND_PREDICTIONS:
+        raise ResultSetCorrupt(
+            "the result set has the prediction columns of no language-model kind (shared/modeltasks/text_generation.py)",
+            details={"kinds": {k: [c.name for c in cs] for k, cs in KIND_PREDICTIONS.items()}, "found": sorted(found)},
+        )
+    return kind, COMMON_PREDICTIONS + KIND_PREDICTIONS[kind]
+
+
+def _check_schema(con: duckdb.DuckDBPyConnection, view: str, source: Source) -> tuple[str | None, frozenset[str]]:
+    """The view's kind and columns; raises ``ResultSetCorrupt`` unless the required ones are there."""
     found = {row[0]: _duckdb_kind(row[1]) for row in con.execute(f"DESCRIBE {view}").fetchall()}
-    problems = {
-        name: {"expected": kind, "found": found.get(name)} for name, kind in REQUIRED_COLUMNS.items() if found.get(name) != kind
-    }
+    kind, expected = _expected_columns(set(found), source)
+    required = required_columns(expected)
+    problems = {name: {"expected": t, "found": found.get(name)} for name, t in required.items() if found.get(name) != t}
     if problems:
         raise ResultSetCorrupt(
-            "the result set does not follow the prediction schema (shared/results.py)", details={"columns": problems}
+            f"the result set does not follow the prediction columns of {source.task}"
+            + (f" ({kind})" if kind else "")
+            + " (shared/modeltasks)",
+            details={"columns": problems},
         )
-    return frozenset(name for name, kind in found.items() if name in REQUIRED_COLUMNS or kind == "string")
+    return kind, frozenset(name for name, t in found.items() if name in required or t == "string")
 
 
-def open_result_sets(sets: dict[str, tuple[Path, list[str]]]) -> dict[str, ResultSet]:
-    """Open several local result sets in one locked connection (``view -> (dir, names)``).
+def open_result_sets(sets: dict[str, Source]) -> dict[str, ResultSet]:
+    """Open several local result sets in one locked connection, each as the view its key names.
 
     The caller closes the connection (``ResultSet.con``), shared by all of them.
 
     Raises:
         ResultSetMissing: a directory has no prediction files.
-        ResultSetCorrupt: a file is unreadable or does not follow the schema.
+        ResultSetCorrupt: a file is unreadable or does not have its task's columns.
     """
-    files = {view: prediction_files(directory) for view, (directory, _) in sets.items()}
+    files = {view: prediction_files(source.directory) for view, source in sets.items()}
     con = locked_connection([f for fs in files.values() for f in fs])
     try:
         out = {}
-        for view, (_, names) in sets.items():
+        for view, source in sets.items():
             if not VIEW_NAME.fullmatch(view):
                 raise ValueError(f"bad view name {view!r}")
             with translated_duckdb_errors("result set", opening=True):
                 con.read_parquet([str(f) for f in files[view]]).create_view(view)
-                columns = _check_schema(con, view)
-            out[view] = ResultSet(con, view, list(names), files[view], columns)
+                kind, columns = _check_schema(con, view, source)
+            family = spec_of(source.task).family
+            out[view] = ResultSet(con, view, list(source.label_names), files[view], columns, family, kind, source.task)
         return out
     except BaseException:
         con.close()
@@ -212,9 +257,9 @@ def open_result_sets(sets: dict[str, tuple[Path, list[str]]]) -> dict[str, Resul
 
 
 @contextlib.contextmanager
-def opened(directory: Path, label_names: list[str]) -> Iterator[ResultSet]:
+def opened(directory: Path, label_names: list[str], *, task: str = DEFAULT_TASK) -> Iterator[ResultSet]:
     """One result set as the view ``predictions``, closed on exit."""
-    result_set = open_result_sets({"predictions": (directory, label_names)})["predictions"]
+    result_set = open_result_sets({"predictions": Source(directory, label_names, task)})["predictions"]
     try:
         yield result_set
     finally:

@@ -2,7 +2,9 @@
 
 Each function checks ownership (another account's evaluation is a ``NotFound``) and state
 (results exist only for a ``complete`` evaluation), takes the result set from the local
-cache and runs one query family on it.
+cache and runs one query family on it. What a result set holds follows from its
+evaluation's task: classes and label names for classification, a kind's columns for a
+language model (``resultset.Source``); queries that do not apply are a 422.
 """
 
 from __future__ import annotations
@@ -10,24 +12,27 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from functions.results import compare as comparing, metrics as more_metrics, queries
+from functions.results import compare as comparing, language_models, metrics as more_metrics, queries
 from functions.results.cache import ResultCache
 from functions.results.resultset import (
     ResultSet,
     ResultSetCorrupt,
     ResultSetMissing,
     ResultsNotReady,
+    Source,
     open_result_sets,
     read_label_names,
 )
 from shared.api import decode_page_token, encode_page_token
 from shared.entities import Dataset, Evaluation, EvaluationStatus, Model
 from shared.errors import Invalid, InvalidRequest
+from shared.metrics import CLASSIFICATION, LANGUAGE_MODEL
+from shared.modeltasks import spec_of
 from shared.results_api import (
     ClassesResult,
     CompareQuery,
@@ -84,12 +89,30 @@ def _label_names(evaluation: Evaluation, directory: Path) -> list[str]:
     return list(names)
 
 
+def _source(evaluation: Evaluation, directory: Path) -> Source:
+    """What the evaluation's result set holds: label names (classification) or the kind
+    its config names (a language model)."""
+    family = spec_of(evaluation.task).family
+    label_names = _label_names(evaluation, directory) if family == CLASSIFICATION else []
+    kind = evaluation.config.get("kind") if family == LANGUAGE_MODEL else None
+    return Source(directory, label_names, evaluation.task, kind if isinstance(kind, str) else None)
+
+
+def _require_classes(evaluation: Evaluation) -> None:
+    """Raises Invalid unless the evaluation's task has classes (per-class metrics, confusion)."""
+    if spec_of(evaluation.task).family != CLASSIFICATION:
+        raise Invalid(
+            f"evaluation {evaluation.id} has no classes: a {evaluation.task} evaluation",
+            details={"task": evaluation.task},
+        )
+
+
 @contextlib.contextmanager
 def _opened(cache: ResultCache, evaluations: dict[str, Evaluation]) -> Iterator[dict[str, ResultSet]]:
     """The evaluations' result sets as views of one locked connection."""
     with contextlib.ExitStack() as stack:
         folders = {view: stack.enter_context(cache.open(e.id, version=_version(e))) for view, e in evaluations.items()}
-        sets = open_result_sets({view: (folders[view], _label_names(e, folders[view])) for view, e in evaluations.items()})
+        sets = open_result_sets({view: _source(e, folders[view]) for view, e in evaluations.items()})
         try:
             yield sets
         finally:
@@ -128,19 +151,33 @@ def summary(store: Store, cache: ResultCache, evaluation_id: str, *, account: st
         raise ResultSetCorrupt(f"summary.json is not a summary: {e.errors()[0]['msg']}") from e
 
 
+# Each family's per-instance rows.
+_INSTANCES: dict[str, Callable[[ResultSet, InstancesQuery], InstancesPage]] = {
+    CLASSIFICATION: queries.instances,
+    LANGUAGE_MODEL: language_models.instances,
+}
+
+
 def instances(store: Store, cache: ResultCache, evaluation_id: str, query: InstancesQuery, *, account: str) -> InstancesPage:
+    """Raises Invalid for a filter the evaluation's rows do not have."""
     with opened(store, cache, evaluation_id, account=account) as rs:
-        return queries.instances(rs, query)
+        return _INSTANCES[rs.family](rs, query)
 
 
 def classes(store: Store, cache: ResultCache, evaluation_id: str, *, account: str) -> ClassesResult:
-    with opened(store, cache, evaluation_id, account=account) as rs:
-        return queries.classes(rs)
+    """Raises Invalid for an evaluation without classes (a language model's)."""
+    evaluation = complete_evaluation(store, evaluation_id, account=account)
+    _require_classes(evaluation)
+    with _opened(cache, {"predictions": evaluation}) as sets:
+        return queries.classes(sets["predictions"])
 
 
 def confusion(store: Store, cache: ResultCache, evaluation_id: str, *, account: str) -> ConfusionResult:
-    with opened(store, cache, evaluation_id, account=account) as rs:
-        return queries.confusion(rs)
+    """Raises Invalid for an evaluation without classes (a language model's)."""
+    evaluation = complete_evaluation(store, evaluation_id, account=account)
+    _require_classes(evaluation)
+    with _opened(cache, {"predictions": evaluation}) as sets:
+        return queries.confusion(sets["predictions"])
 
 
 def metrics(store: Store, cache: ResultCache, evaluation_id: str, request: MetricsRequest, *, account: str) -> MetricsResult:
@@ -149,8 +186,9 @@ def metrics(store: Store, cache: ResultCache, evaluation_id: str, request: Metri
 
 
 def compare(store: Store, cache: ResultCache, query: CompareQuery, *, account: str) -> CompareResult:
-    """Raises Invalid unless a and b are evaluations of the same dataset split (an evaluation
-    compared with itself agrees everywhere: nothing discordant)."""
+    """Raises Invalid unless a and b are evaluations of the same dataset split and of one
+    task family and kind with a verdict per instance (an evaluation compared with itself
+    agrees everywhere: nothing discordant)."""
     a = complete_evaluation(store, query.a, account=account)
     b = complete_evaluation(store, query.b, account=account)
     if (a.dataset_id, a.split) != (b.dataset_id, b.split):
@@ -177,13 +215,15 @@ def _offset(token: str | None) -> int:
 
 
 def leaderboard(store: Store, dataset_id: str, query: LeaderboardQuery, *, account: str) -> LeaderboardPage:
-    """The dataset's complete evaluations ranked by ``query.metric`` (best first).
+    """The dataset's complete evaluations ranked by ``query.metric`` (best first), by
+    default the headline of the dataset's task for its shape.
 
     Raises NotFound when the dataset is missing or another account's.
     """
-    store.get(Dataset, dataset_id, account=account)
+    dataset = store.get(Dataset, dataset_id, account=account)
+    metric = query.metric or spec_of(dataset.task).headline(dataset.shape)
     filters = {"dataset_id": dataset_id, "status": EvaluationStatus.complete, "split": query.split}
-    ranked = comparing.rank(store.iterate(Evaluation, account=account, filters=filters, order=None), query.metric)
+    ranked = comparing.rank(store.iterate(Evaluation, account=account, filters=filters, order=None), metric)
     start = _offset(query.page_token)
     window = ranked[start : start + query.limit]
     models: dict[str, Model | None] = {}
@@ -207,8 +247,8 @@ def leaderboard(store: Store, dataset_id: str, query: LeaderboardQuery, *, accou
     token = encode_page_token(str(end).encode()) if end < len(ranked) else None
     return LeaderboardPage(
         dataset_id=dataset_id,
-        metric=query.metric,
-        higher_is_better=higher_is_better(query.metric),
+        metric=metric,
+        higher_is_better=higher_is_better(metric),
         items=items,
         next_page_token=token,
     )

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from functions.results import compare
-from functions.results.resultset import open_result_sets
+from functions.results.resultset import Source, open_result_sets
 from tests.results.conftest import generate
 
 
@@ -36,7 +36,7 @@ def test_compare_two_models(tmp_path):
     b = generate(tmp_path / "b", n=1200, classes=6, labels=labels, instance_ids=ids, seed=2, skill=1.2)
     # b names its classes in another order: agreement must follow names, not indices
     b.label_names = list(reversed(a.label_names))
-    sets = open_result_sets({"a": (a.directory, a.label_names), "b": (b.directory, b.label_names)})
+    sets = open_result_sets({"a": Source(a.directory, a.label_names), "b": Source(b.directory, b.label_names)})
     try:
         result = compare.compare(sets["a"], sets["b"], limit=10)
     finally:
@@ -74,7 +74,7 @@ def test_compare_counts_unmatched_instances(tmp_path):
     labels = np.arange(100) % 3
     a = generate(tmp_path / "a", n=100, classes=3, labels=labels, instance_ids=ids)
     b = generate(tmp_path / "b", n=90, classes=3, labels=labels[5:95], instance_ids=ids[5:95], shards=1)
-    sets = open_result_sets({"a": (a.directory, a.label_names), "b": (b.directory, b.label_names)})
+    sets = open_result_sets({"a": Source(a.directory, a.label_names), "b": Source(b.directory, b.label_names)})
     try:
         result = compare.compare(sets["a"], sets["b"], limit=0)
     finally:

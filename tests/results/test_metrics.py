@@ -13,7 +13,7 @@ from functions.results.resultset import opened
 from shared import metrics as registry
 from shared.errors import Invalid
 from shared.metrics import ClassificationStatistics
-from shared.results_api import BootstrapSpec, MetricName, MetricsRequest
+from shared.results_api import ROUTE_METRICS, BootstrapSpec, MetricName, MetricsRequest
 from tests.metric_references import REFERENCES, Case
 from tests.results.conftest import generate
 
@@ -24,9 +24,10 @@ def _compute(g, specs, bootstrap=None):
 
 
 def test_the_route_computes_every_metric_its_statistics_allow():
-    route = set(get_args(MetricName))
-    assert route == set(registry.names(registry.CLASSIFICATION, needs_within=registry.FROM_PREDICTIONS))
-    assert route <= set(REFERENCES)  # each one is checked against scikit-learn below
+    classification = set(registry.names(registry.CLASSIFICATION, needs_within=registry.FROM_PREDICTIONS))
+    assert set(get_args(MetricName)) == classification | set(registry.names(registry.LANGUAGE_MODEL))
+    assert set(ROUTE_METRICS[registry.CLASSIFICATION]) == classification
+    assert classification <= set(REFERENCES)  # each one is checked against scikit-learn below
 
 
 @pytest.mark.parametrize("seed,classes,skill", [(0, 7, 1.5), (1, 3, 0.2), (2, 12, 3.0)])
@@ -34,7 +35,7 @@ def test_point_values_equal_sklearn(tmp_path, seed, classes, skill):
     g = generate(tmp_path / "r", n=1500, classes=classes, seed=seed, skill=skill, top_k=5)
     case = Case(labels=g.labels, scores=g.scores)
     specs, expected = [], []
-    for name in get_args(MetricName):
+    for name in ROUTE_METRICS[registry.CLASSIFICATION]:
         parameter_sets, reference = REFERENCES[name]
         for parameters in parameter_sets:
             if parameters.get("k", 0) > g.top_k:

@@ -183,9 +183,9 @@ def test_not_ready_missing_and_corrupt_are_409(client, services, storage, world)
 
 def test_the_summary_is_typed_in_the_document_and_in_every_reply(client, services, storage, world):
     schemas = client.get("/v1/openapi.json").json["components"]["schemas"]
-    assert set(REPORTED) <= set(schemas["ClassificationSummary"]["properties"])
+    assert set(REPORTED) <= set(schemas["EvaluationSummary"]["properties"])
     assert schemas["SummaryResult"]["properties"]["accuracy"]["description"] == REPORTED["accuracy"].description
-    assert {"$ref": "#/components/schemas/ClassificationSummary"} in schemas["EvaluationView"]["properties"]["summary"]["anyOf"]
+    assert {"$ref": "#/components/schemas/EvaluationSummary"} in schemas["EvaluationView"]["properties"]["summary"]["anyOf"]
     assert schemas["LeaderboardPage"]["properties"]["metric"]["enum"] == list(REPORTED)
 
     h, alice, (e, _) = world["headers"], world["alice"], world["evaluations"]
