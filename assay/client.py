@@ -300,9 +300,13 @@ class Evaluations(_Resource):
         """The summary metrics (``summary.json``): accuracy, top-k, F1, calibration, efficiency…"""
         return self.http.request("GET", f"{self.path}/{evaluation_id}/results")
 
-    def instances(self, evaluation_id: str, *, page_size: int = 500, **filters: Any) -> Iterator[results_api.InstanceRow]:
+    def instances(
+        self, evaluation_id: str, *, page_size: int = 500, **filters: Any
+    ) -> Iterator[results_api.InstanceRow | results_api.LanguageModelInstance]:
         """Per-instance rows; filters as ``InstancesQuery`` (label, prediction, correct,
-        min_confidence, max_confidence, order_by). Pages by itself."""
+        min_confidence, max_confidence, order_by). Pages by itself. A classification's rows
+        are ``InstanceRow``; a language model's ``LanguageModelInstance`` (choices with
+        their log-likelihoods, or prompt, output and targets), which filter by ``correct``."""
         token = None
         while True:
             page = results_api.InstancesPage.model_validate(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from assay.cli import table
 from assay.client import Client
+from shared.results_api import LanguageModelInstance
 
 
 def main() -> int:
@@ -103,6 +104,7 @@ def language_model_part(client: Client, cache: Path) -> int:
     for key in ("instances", "acc", "acc_norm", "truncated"):
         print(f"  {key:<28} {summary.get(key)}")
     first = next(iter(client.evaluations.instances(evaluation.id, page_size=1)))
+    assert isinstance(first, LanguageModelInstance) and first.choices is not None
     print(f"\n  first question: {first.prompt!r}")
     for choice in first.choices:
         print(f"    {choice.loglikelihood:9.3f}  {choice.text}")

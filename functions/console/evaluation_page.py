@@ -1,5 +1,6 @@
 """One evaluation's page (summary, per-class table, confusion heatmap, reliability
-diagram, efficiency, the instance gallery), its gallery images, and the comparison of two
+diagram, efficiency, the instance gallery; for a language model its kind's metrics and its
+instances with their choices or outputs), its gallery images, and the comparison of two
 evaluations. The page opens the cached result set once and runs every query on it.
 """
 
@@ -15,13 +16,15 @@ from functions.console import charts, session
 from functions.console.gallery import PART, ShardCache
 from functions.console.pages import ACTIVE
 from functions.console.web import bp, check_id, page, query_of, render, secret
-from functions.results import queries, service
+from functions.results import language_models, queries, service
+from functions.results.resultset import ResultSet
 from functions.results.routes import compare_evaluations
 from functions.routes import evaluations as evaluation_routes
 from functions.services import Call, Services
 from shared.api import EvaluationListQuery
 from shared.entities import Evaluation, EvaluationStatus
 from shared.errors import Invalid, InvalidRequest, NotFound
+from shared.metrics import LANGUAGE_MODEL
 from shared.modeltasks import spec_of
 from shared.results_api import CompareQuery, InstancesQuery
 
@@ -62,8 +65,10 @@ def _results(call: Call, evaluation: Any) -> dict[str, Any]:
     cache = service.cache_for(svc.settings, svc.storage)
     # The entity holds the summary the worker wrote; the service falls back to summary.json.
     summary = (evaluation.summary or service.summary(call.store, cache, evaluation.id, account=call.account)).model_dump()
-    query = _instances_query()
     with service.opened(call.store, cache, evaluation.id, account=call.account) as rs:
+        if rs.family == LANGUAGE_MODEL:
+            return _language_model_results(call, evaluation, rs, summary)
+        query = _instances_query()
         matrix = queries.confusion_counts(rs)
         per_class = queries.classes(rs, matrix)
         bins = queries.calibration(rs, bins=int(summary.get("ece_bins") or 10))
@@ -115,6 +120,35 @@ def _results(call: Call, evaluation: Any) -> dict[str, Any]:
         "query": query,
         "labels": rs.label_names,
         "others": [e for e in comparable if e.id != evaluation.id and e.split == evaluation.split],
+    }
+
+
+def _language_model_results(call: Call, evaluation: Any, rs: ResultSet, summary: dict[str, Any]) -> dict[str, Any]:
+    """A language model's page: its kind's metrics, and its instances (prompt, choices with
+    their log-likelihoods, or output and targets, or the text's log-likelihood)."""
+    args = flask.request.args
+    query: dict[str, Any] = {"limit": GALLERY_PAGE}
+    if args.get("errors") == "1" and "correct" in rs.columns:
+        query["correct"] = False
+    if args.get("page_token"):
+        query["page_token"] = args["page_token"]
+    try:
+        instances, instances_error = language_models.instances(rs, InstancesQuery.model_validate(query)), None
+    except (Invalid, InvalidRequest, ValidationError) as e:
+        instances, instances_error = None, getattr(e, "message", "the filters are invalid")
+    comparable = evaluation_routes.list_evaluations(
+        call, query=EvaluationListQuery(dataset_id=evaluation.dataset_id, status=EvaluationStatus.complete, limit=50)
+    ).items
+    return {
+        "family": LANGUAGE_MODEL,
+        "kind": rs.kind,
+        "metrics": {name: summary.get(name) for name in language_models.metrics_of(rs)},
+        "summary": {k: summary.get(k) for k in ("instances", "truncated", "tokens") if summary.get(k) is not None},
+        "efficiency": summary.get("efficiency") or {},
+        "instances": instances,
+        "instances_error": instances_error,
+        "has_verdicts": "correct" in rs.columns,
+        "others": [e for e in comparable if e.id != evaluation.id and e.split == evaluation.split and rs.kind != "perplexity"],
     }
 
 

@@ -32,4 +32,14 @@ def spec_of(task: str) -> ModelTaskSpec:
     return SPECS[task]
 
 
-__all__ = ["SPECS", "ModelTask", "DatasetShape", "DEFAULT_TASK", "spec_of", "ModelTaskSpec", "TaskConfig", "ClassificationConfig", "Column"]
+__all__ = [
+    "SPECS",
+    "ModelTask",
+    "DatasetShape",
+    "DEFAULT_TASK",
+    "spec_of",
+    "ModelTaskSpec",
+    "TaskConfig",
+    "ClassificationConfig",
+    "Column",
+]

@@ -4,6 +4,7 @@ signed-out redirects, and the session's cookie rules."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -12,6 +13,7 @@ from functions.console import session
 from shared.entities import ApiKey, Dataset, Evaluation, EvaluationStatus, Model
 from tests.console.conftest import HOSTILE, form_csrf, make_tenant, sign_in
 from tests.results.conftest import generate, stored_evaluation, upload_result_set
+from tests.results.lm_result_sets import write_set
 
 MISSING = {"mdl": "mdl_00000000000000000000", "dst": "dst_00000000000000000000", "evl": "evl_00000000000000000000"}
 
@@ -405,3 +407,46 @@ def test_the_order_form_orders_a_language_model_evaluation(client, services, ali
     config = ordered.config
     assert (config["kind"], config["num_fewshot"], config["fewshot_split"]) == ("generate", 2, "train")
     assert config["until"] == ["\n"] and config["ignore_case"] is True and config["batch_size"] == 32
+
+
+@pytest.mark.parametrize("kind", ["multiple_choice", "generate", "perplexity"])
+def test_a_language_model_evaluation_page(client, services, storage, alice, tmp_path, kind):
+    """Its kind's metrics and instances (choices with log-likelihoods, outputs, texts), the
+    wrong-only filter where the kind has verdicts, and compare with its own metric's name."""
+    sets = []
+    for i in range(2):
+        found = write_set(tmp_path / str(i), kind, seed=i, skill=2.0)
+        evaluation = Evaluation(
+            id=Evaluation.new_id(),
+            account=alice.account,
+            name=f"lm-{kind.replace('_', '-')}-{i}",
+            model_id="mdl_00000000000000000000",
+            dataset_id="dst_00000000000000000000",
+            split="test",
+            fingerprint=Evaluation.new_id(),
+            status="complete",
+            task="text-generation",
+            config={"kind": kind},
+            summary=json.loads((found.directory / "summary.json").read_text()),
+        )
+        services.store.put(evaluation)
+        upload_result_set(storage, evaluation.id, found.directory)
+        sets.append((found, evaluation))
+    (found, evaluation), (_, other) = sets
+    sign_in(client, alice.keys["read"])
+    page = client.get(f"/ui/evaluations/{evaluation.id}")
+    html = text(page)
+    assert page.status_code == 200, html[-2000:]
+    assert 'id="lm-instances"' in html and "heatmap" not in html
+    if kind == "multiple_choice":
+        assert "acc norm" in html and found.columns["choices"][0][0] in html
+        assert 'name="errors"' in html
+        wrong = text(client.get(f"/ui/evaluations/{evaluation.id}?errors=1"))
+        shown = re.findall(r'<tr class="(right|wrong)">', wrong)
+        assert shown and set(shown) == {"wrong"}
+        compared = client.get(f"/ui/compare?a={evaluation.id}&b={other.id}")
+        assert compared.status_code == 200 and "<th>acc</th>" in text(compared)
+    elif kind == "generate":
+        assert "exact match" in html and "Match" in html
+    else:
+        assert "bits per byte" in html and 'name="errors"' not in html
