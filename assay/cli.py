@@ -212,18 +212,31 @@ def cmd_webhooks(args, out: Output) -> int:
     return 0
 
 
+# The instance columns ``assay results --instances`` shows: a classification's, or by the
+# kind of a language model's evaluation.
+INSTANCE_COLUMNS = {
+    None: ["instance_id", "label", "prediction", "confidence", "correct"],
+    "multiple_choice": ["instance_id", "answer", "prediction", "prediction_norm", "correct", "truncated"],
+    "generate": ["instance_id", "output", "extracted", "correct", "truncated"],
+    "perplexity": ["instance_id", "loglikelihood", "words", "bytes"],
+}
+
+
 def cmd_results(args, out: Output) -> int:
     client = Client(progress=False)
     if args.misclassified or args.instances:
-        # Misclassified: the most confident mistakes first, the ones worth a look.
-        filters = {"correct": "false", "order_by": "-confidence"} if args.misclassified else {}
+        kind = client.evaluations.summary(args.id).get("kind")  # a language model's evaluation has one
+        filters: dict[str, str] = {}
+        if args.misclassified:
+            # The most confident mistakes first, the ones worth a look (a language model's: in order).
+            filters = {"correct": "false"} if kind else {"correct": "false", "order_by": "-confidence"}
         rows = []
         for row in client.evaluations.instances(args.id, page_size=min(args.limit, 500), **filters):
             rows.append(row)
             if len(rows) >= args.limit:
                 break
         plain = [_plain(r) for r in rows]
-        out.emit(plain, columns=["instance_id", "label", "prediction", "confidence", "correct"], rows=plain)
+        out.emit(plain, columns=INSTANCE_COLUMNS.get(kind, INSTANCE_COLUMNS[None]), rows=plain)
         return 0
     summary = client.evaluations.summary(args.id)
     if out.as_json:
