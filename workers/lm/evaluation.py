@@ -103,6 +103,10 @@ def evaluate(
             FailureReason.load_error,
             "generation needs a tokenizer with an EOS token, which this one lacks (set eos_token in tokenizer_config.json)",
         )
+    if tokenizer.pad_token is None:
+        # Generation pads its batches through the tokenizer; the padding is masked out, so
+        # any token serves, and the EOS token is what lm-eval uses too.
+        tokenizer.pad_token = tokenizer.eos_token
     timings["load_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
