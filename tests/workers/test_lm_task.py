@@ -398,3 +398,82 @@ def test_long_contexts_are_cut_and_counted_and_generations_bounded(tiny, tmp_pat
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     longest = max(len(tokenizer.decode([i])) for i in range(len(tokenizer)))
     assert all(len(output) <= 5 * longest for output in table.column("output").to_pylist())
+
+
+# --- through the runner, against the emulators ------------------------------------------------
+
+TASK = "text-generation"
+
+
+def test_the_runner_verifies_ingests_and_evaluates_a_language_model(settings, store, storage, tiny, tmp_path):
+    from devstack import digits
+    from shared import storage as paths
+    from shared.entities import Dataset, Evaluation, Model, evaluation_fingerprint
+    from shared.tasks import TaskName
+    from workers.runner import EXIT_OK, TaskRunner
+
+    account = "acc_test"
+
+    def upload(cls, source: Path, **fields):
+        entity_id = cls.new_id()
+        obj = paths.upload_object("models" if cls is Model else "datasets", entity_id, source.name)
+        storage.upload_file(obj, source)
+        store.put(
+            cls(
+                id=entity_id,
+                account=account,
+                name="lm",
+                status="verifying",
+                attempts=1,
+                declared_size=source.stat().st_size,
+                content_type="application/octet-stream",
+                upload_object=obj,
+                task=TASK,
+                **fields,
+            )
+        )
+        return entity_id
+
+    def run(task, entity_id) -> None:
+        runner = TaskRunner(settings=settings, store=store, storage=storage, task=task, entity_id=entity_id, attempt=1)
+        assert runner.run() == EXIT_OK
+
+    model_id = upload(Model, digits.archive_directory(tiny, tmp_path / "lm.zip"))
+    source = write(tmp_path / "mc.jsonl", _split_rows("multiple_choice"))
+    dataset_id = upload(Dataset, source, format="jsonl", shape="multiple_choice")
+    run(TaskName.verify_model, model_id)
+    run(TaskName.ingest_dataset, dataset_id)
+    model = store.get(Model, model_id, account=account)
+    dataset = store.get(Dataset, dataset_id, account=account)
+    assert model.status == "ready" and model.label_names == [] and "eos_token <|endoftext|>" in model.message
+    assert dataset.status == "ready" and dataset.splits == {"dev": 3, "test": 9} and dataset.label_names == []
+
+    def evaluation(**config) -> Evaluation:
+        parsed = TextGenerationConfig(kind="multiple_choice", template="{subject}: {question}", **config)
+        fingerprint = evaluation_fingerprint(model_id=model_id, dataset_id=dataset_id, split="test", config=parsed)
+        entity = Evaluation(
+            id=Evaluation.new_id(),
+            account=account,
+            name="lm",
+            status="admitted",
+            attempts=1,
+            task=TASK,
+            model_id=model_id,
+            dataset_id=dataset_id,
+            split="test",
+            config=parsed.model_dump(),
+            fingerprint=fingerprint,
+        )
+        store.put(entity)
+        run(TaskName.evaluate, entity.id)
+        return store.get(Evaluation, entity.id, account=account)
+
+    done = evaluation(num_fewshot=2, fewshot_split="dev")
+    assert done.status == "complete", (done.reason, done.message)
+    assert done.message.startswith("acc_norm ") and done.message.endswith("on 9 instances")
+    assert done.summary["kind"] == "multiple_choice" and done.summary["acc"] is not None
+    assert storage.exists(paths.prediction_shard(done.id, 0))
+
+    missing = evaluation(num_fewshot=2, fewshot_split="validation")
+    assert (missing.status, missing.reason) == ("failed", "split_not_found")
+    assert "'validation'" in missing.message and "fewshot_split" in missing.message

@@ -177,10 +177,10 @@ class _Reader:
         schema = pa.schema([("instance_id", pa.string()), *SHAPE_SCHEMAS[self.shape], *((name, pa.string()) for name in kept)])
 
         def columns(rows: list[Row]) -> dict[str, list]:
-            values = [r.value for r in rows]
+            values: list[dict] = [r.value for r in rows]  # type: ignore[misc]  # a valid row's value is its dict
             out: dict[str, list] = {"instance_id": [r.instance_id for r in rows]}
             for name in schema.names[1:]:
-                out[name] = [v.get(name) for v in values]  # type: ignore[union-attr]  # valid rows have a value
+                out[name] = [v.get(name) for v in values]
             return out
 
         return Media(
@@ -227,7 +227,8 @@ def _strings(values: object, limits: IngestLimits, *, empty: bool) -> list[str] 
         problem = text_problem(value, limits)
         if problem is not None and not (empty and problem == "empty_text"):
             return None
-        out.append(_decoded(value))  # type: ignore[arg-type]  # text_problem passed: str or bytes
+        assert isinstance(value, str | bytes)  # text_problem passed
+        out.append(_decoded(value))
     return out
 
 

@@ -172,9 +172,10 @@ def _fewshot_pool(
     config: TextGenerationConfig, docs: list[list[dict]], other_splits: Mapping[str, list[Path]]
 ) -> list[dict] | None:
     """The few-shot split's instances, or None when the examples come from the evaluated split."""
-    if not config.num_fewshot or config.fewshot_split not in other_splits:
+    split = config.fewshot_split
+    if not config.num_fewshot or split is None or split not in other_splits:
         return None
-    pool = [doc for shard in other_splits[config.fewshot_split] for doc in _read_docs(shard)]
+    pool = [doc for shard in other_splits[split] for doc in _read_docs(shard)]
     if pool:
         check_template(config.prompt_template, list(pool[0]))
     return pool
