@@ -223,6 +223,23 @@ def test_bad_rows_are_counted_by_problem_and_left_out(tmp_path):
     assert "6 of 40" in message
 
 
+def test_invalid_utf8_in_a_parquet_string_column_is_one_rows_problem(tmp_path):
+    def strings(values: list[bytes]) -> pa.Array:
+        return pa.array(values, pa.binary()).view(pa.string())  # unvalidated, as a hostile writer leaves them
+
+    table = pa.table(
+        {
+            "id": strings([b"a", b"\xff", b"c", b"d"]),
+            "text": strings([b"one", b"two", b"\xfe bad", b"four"]),
+            "split": strings([b"test", b"test", b"test", b"\xff"]),
+        }
+    )
+    pq.write_table(table, tmp_path / "d.parquet")
+    manifest = ingest(tmp_path / "d.parquet", tmp_path / "out", "perplexity", max_invalid_fraction=0.9)
+    assert manifest["invalid_problems"] == {"bad_id": 1, "invalid_utf8": 2}
+    assert manifest["splits"]["test"]["instances"] == 1
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_a_wrong_shape_is_refused_naming_the_shape_and_the_columns(tmp_path, fmt):
     source = write(tmp_path / f"d.{fmt}", fx.generation_rows(5, seed=1))

@@ -119,7 +119,10 @@ class _Reader:
     def add(self, record: dict[str, Any]) -> None:
         """Append one row to its split, its problem (if any) recorded."""
         split = record.get("split")
-        split = DEFAULT_SPLIT if split is None or split in ("", b"") else _decoded(split)
+        split = DEFAULT_SPLIT if split is None or split in ("", b"") else _utf8(split)
+        if split is None:
+            self.names.split(DEFAULT_SPLIT).append(Row("", None, None, "invalid_utf8"))  # numbered at the end
+            return
         rows = self.names.split(split)
         instance_id, problem = self._id(record.get("id"), f"{split}-{len(rows):08d}")
         value, problem = (None, problem) if problem else _SHAPES[self.shape](record, self.limits)
@@ -139,9 +142,10 @@ class _Reader:
         elif isinstance(raw, bool) or not isinstance(raw, int | str | bytes):
             return position, "bad_id"
         else:
-            instance_id = str(raw) if isinstance(raw, int) else _decoded(raw)
-            if not 0 < len(instance_id) <= MAX_ID_CHARS or not instance_id.isprintable():
+            decoded = str(raw) if isinstance(raw, int) else _utf8(raw)
+            if not isinstance(decoded, str) or not 0 < len(decoded) <= MAX_ID_CHARS or not decoded.isprintable():
                 return position, "bad_id"
+            instance_id = decoded
         return instance_id, "duplicate_id" if instance_id in self.ids else None
 
     def _extras(self, record: dict[str, Any]) -> tuple[dict[str, str | None], str | None]:
@@ -201,6 +205,16 @@ def _other_shapes(shape: str, seen: set[str]) -> str:
 
 def _decoded(value: str | bytes) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _utf8(value: object) -> object:
+    """A split or id value as read: bytes (Parquet strings) decoded, None when not UTF-8."""
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _chars(value: dict[str, Any] | None) -> int:
@@ -316,6 +330,7 @@ def ingest_dataset(
         raise WorkerFailure(FailureReason.invalid_dataset, "a JSON array: upload JSON Lines, one object per line")
     else:
         raise WorkerFailure(FailureReason.invalid_dataset, "neither Parquet nor JSON Lines (one JSON object per line)")
+    number_unsplit(reader.names)
     media = reader.media()
     extra = {"shape": shape, "columns": media.schema.names, "ignored_columns": sorted(reader.ignored)}
     return write_canonical(reader.names.splits, None, out_dir, media=media, source_format=fmt, limits=limits, extra=extra)
@@ -413,4 +428,3 @@ def _read_jsonl(path: Path, reader: _Reader) -> None:
         reader.columns_of(record)
         reader.add(record)
     reader.check_shape()
-    number_unsplit(reader.names)
