@@ -41,9 +41,9 @@ from shared.summaries import language_model_summary
 from workers.evaluate import RunStats, _peak_memory, prediction_shard_path
 from workers.failures import FailureReason, WorkerFailure
 from workers.lm import engine
-from workers.lm.dataset import SHAPE_SCHEMAS
 from workers.lm.model import load_model
 from workers.lm.prompts import FewshotSampler, check_template, fill
+from workers.lm.shapes import SHAPE_SCHEMAS
 
 # Instances handed to the engine at once: it sorts them by length to batch them, and
 # progress is reported after each part.
