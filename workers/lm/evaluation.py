@@ -78,19 +78,22 @@ def evaluate(
 ) -> dict:
     """Predictions for every shard not done yet (``out_dir``, one per shard) and the summary
     of all of them. ``other_splits`` holds the shards of the few-shot split when it is not
-    the evaluated one (``config.other_splits``); ``dataset_label_names`` is unused (no labels).
+    the evaluated one (``config.other_splits``: a few-shot split missing from it is taken
+    to be the evaluated one); ``dataset_label_names`` is unused (no labels). Every instance
+    of the split is read into memory at once: the few-shot draw may need any of them.
 
     Raises:
         WorkerFailure: ``invalid_config`` (a kind that is not the dataset's shape, a template
-            naming a missing column, a few-shot split not given or too small, no chat
-            template); as ``workers.lm.model.load_model``; the engine's refusals.
+            naming a missing column, a few-shot split too small, no chat template);
+            ``load_error`` (generation without an EOS token); as
+            ``workers.lm.model.load_model``; the engine's refusals.
     """
     import torch
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     kind = config.kind
-    columns = _check_dataset(shards, config)
+    _check_dataset(shards, config)
     timings: dict[str, float] = {}
     tick = time.perf_counter()
     docs = [_read_docs(shard) for shard in shards]
@@ -117,7 +120,7 @@ def evaluate(
     sampler = FewshotSampler(
         pool if pool is not None else [d for part in docs for d in part], seed=config.seed, same_split=same_split
     )
-    run = _Run(model, tokenizer, config, sampler, device, columns)
+    run = _Run(model, tokenizer, config, sampler, device)
     for index, (shard, part) in enumerate(zip(shards, docs, strict=True)):
         path = prediction_shard_path(out_dir, shard)
         if path.exists():
@@ -142,9 +145,9 @@ def evaluate(
     return summary
 
 
-def _check_dataset(shards: Sequence[Path], config: TextGenerationConfig) -> list[str]:
-    """The dataset's columns (of its first shard); refuses a kind that is not its shape, and
-    a template naming a column it lacks."""
+def _check_dataset(shards: Sequence[Path], config: TextGenerationConfig) -> None:
+    """Refuses a kind that is not the dataset's shape, and a template naming a column it
+    lacks (the columns of its first shard: every shard has the same)."""
     if not shards:
         raise WorkerFailure(FailureReason.empty_dataset, "the split has no instances")
     columns = [name for name in pq.read_schema(shards[0]).names if name != "instance_id"]
@@ -158,7 +161,6 @@ def _check_dataset(shards: Sequence[Path], config: TextGenerationConfig) -> list
         )
     if config.kind != "perplexity":
         check_template(config.prompt_template, columns)
-    return columns
 
 
 def _read_docs(shard: Path) -> list[dict[str, Any]]:
@@ -184,9 +186,9 @@ def _fewshot_pool(
 class _Run:
     """The engine over one split, part after part, one few-shot stream for all of them."""
 
-    def __init__(self, model, tokenizer, config: TextGenerationConfig, sampler: FewshotSampler, device, columns):
+    def __init__(self, model, tokenizer, config: TextGenerationConfig, sampler: FewshotSampler, device):
         self.model, self.tokenizer, self.config = model, tokenizer, config
-        self.sampler, self.device, self.columns = sampler, device, columns
+        self.sampler, self.device = sampler, device
         self._tokens: dict[int, int] = {}  # perplexity: tokens scored, per shard run here
 
     def skip(self, docs: Sequence[dict]) -> None:
