@@ -7,7 +7,9 @@ bounds on what the data controls (``IngestLimits``), label names from the ``hugg
 schema metadata, and ``write_canonical``: each row validated, the valid ones written as
 ``out/{split}/part-NNNNN.parquet``, the invalid ones counted by problem (the whole dataset
 refused above ``max_invalid_fraction``), and ``out/manifest.json`` with a content digest.
-A ``Media`` says what a row holds (``workers.ingest``: images; ``workers.text.dataset``: texts).
+A ``Media`` says what a row holds (``workers.ingest``: images; ``workers.text.dataset``: texts;
+``workers.lm.dataset``: a language model's questions, prompts or texts, without labels).
+The readers of files that tasks share (JSON Lines, a text's checks) are here too.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from workers.workdir import inside
 MANIFEST_NAME = "manifest.json"
 DEFAULT_SPLIT = "train"
 _MAX_EXAMPLES = 20
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,12 @@ class Media:
     """What the rows of a dataset hold, for ``write_canonical``."""
 
     noun: str  # plural, for messages: "images"
-    schema: pa.Schema  # the canonical shard's, ending with ``label``
+    schema: pa.Schema  # the canonical shard's, ending with ``label`` when labelled
     columns: Callable[[list[Row]], dict[str, list]]  # every column of a shard but ``label``
     validate: Callable[[Row, IngestLimits], Row]  # sets ``problem`` on a row to leave out
     too_many_invalid: FailureReason
     compression: str
+    labelled: bool = True  # False: rows carry no class (a language model's), no ``label`` column
 
 
 class Names:
@@ -174,6 +178,64 @@ def hf_label_names(schema: pa.Schema, limits: IngestLimits) -> list[str] | None:
         raise WorkerFailure(FailureReason.invalid_dataset, f"the label feature's names: {e}") from e
 
 
+# --- reading an upload ------------------------------------------------------------------------
+
+
+def first_byte(path: Path) -> bytes:
+    """The first non-blank byte of a file (after a UTF-8 BOM): tells JSON Lines from the rest."""
+    with open(path, "rb") as f:
+        head = f.read(4096).removeprefix(b"\xef\xbb\xbf")
+    stripped = head.lstrip()
+    return stripped[:1]
+
+
+def text_problem(value: object, limits: IngestLimits) -> str | None:
+    """Why ``value`` is not a usable text, or None."""
+    if value is None:
+        return "missing_text"
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return "invalid_utf8"
+    if not isinstance(value, str):
+        return "text_not_string"
+    if len(value) > limits.max_text_bytes:  # no need to encode: a character is at least a byte
+        return "text_too_long"
+    try:
+        encoded = value.encode("utf-8")  # lone surrogates: from JSON escapes or undecodable CSV bytes
+    except UnicodeEncodeError:
+        return "invalid_utf8"
+    if len(encoded) > limits.max_text_bytes:
+        return "text_too_long"
+    if "\x00" in value:
+        return "nul_bytes"
+    if not value.strip():
+        return "empty_text"
+    return None
+
+
+def json_lines(path: Path, limit: int) -> Iterator[bytes | None]:
+    """Each line's bytes, or None for a line longer than ``limit`` (skipped unread)."""
+    with open(path, "rb") as f:
+        while line := f.readline(limit + 1):
+            if len(line) <= limit or line.endswith(b"\n"):
+                yield line
+                continue
+            while (more := f.readline(_CHUNK)) and not more.endswith(b"\n"):
+                pass
+            yield None
+
+
+def number_unsplit(names: Names) -> None:
+    """Rows refused before their split could be read count against the default split,
+    each under an id of its own."""
+    rows = names.splits.get(DEFAULT_SPLIT, [])
+    for i, row in enumerate(rows):
+        if not row.instance_id:
+            row.instance_id = f"{DEFAULT_SPLIT}-unread-{i:08d}"
+
+
 def open_parquet(path: Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path)
@@ -209,7 +271,8 @@ def _write_shards(rows: Iterable[Row], out: Path, label_index: dict[str, int], m
 
     def flush(chunk: list[Row]) -> None:
         columns = media.columns(chunk)
-        columns["label"] = [label_index[r.label_name] for r in chunk]  # type: ignore[index]  # valid rows have one
+        if media.labelled:
+            columns["label"] = [label_index[r.label_name] for r in chunk]  # type: ignore[index]  # valid rows have one
         table = pa.table(columns, schema=media.schema)
         path = inside(out, shard_name(len(shards)))
         pq.write_table(table, path, compression=media.compression)
@@ -248,10 +311,12 @@ def write_canonical(
     source_format: str,
     limits: IngestLimits,
     ignored_files: int = 0,
+    extra: dict | None = None,
 ) -> dict:
     """Validate the rows read from an upload, write the valid ones as canonical shards under
     ``out_dir/<split>/`` and the manifest; returns the manifest. ``declared`` are the label
-    names the file declares (None: the names found, sorted, or 0..max for integers).
+    names the file declares (None: the names found, sorted, or 0..max for integers);
+    ``extra`` holds the media's own manifest fields (a language-model dataset's shape).
 
     Raises:
         WorkerFailure: ``empty_dataset``, ``invalid_dataset`` (the label set as a whole), or
@@ -312,6 +377,7 @@ def write_canonical(
         "invalid_problems": dict(problems),
         "invalid_examples": examples,
         "ignored_files": ignored_files,
+        **(extra or {}),
     }
     # The content digest: of the canonical shards, in order, independent of upload wrapping.
     material = json.dumps(

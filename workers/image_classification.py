@@ -4,12 +4,12 @@ over the image modules (``workers.verify``, ``workers.ingest``, ``workers.evalua
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from shared.modeltasks.image_classification import SPEC, ImageClassificationConfig
 from workers.evaluate import EvalOptions, RunStats, align_labels, evaluate_shards, summarize
-from workers.ingest import ingest_dataset
+from workers.ingest import IngestLimits, ingest_dataset as _ingest
 from workers.verify import ModelReport, label_names, load_model, verify_model_archive as _verify_archive
 from workers.workdir import inside
 
@@ -18,6 +18,13 @@ __all__ = ["SPEC", "verify_model_archive", "ingest_dataset", "evaluate"]
 
 def verify_model_archive(archive: Path, work_dir: Path) -> tuple[Path, ModelReport]:
     return _verify_archive(archive, work_dir)
+
+
+def ingest_dataset(
+    source: Path, out_dir: Path, *, work_dir: Path, shape: str | None = None, limits: IngestLimits | None = None
+) -> dict:
+    """``workers.ingest.ingest_dataset``; an image dataset has one shape, so ``shape`` is None."""
+    return _ingest(source, out_dir, work_dir=work_dir, limits=limits or IngestLimits())
 
 
 def evaluate(
@@ -29,7 +36,10 @@ def evaluate(
     config: ImageClassificationConfig,
     on_shard: Callable[[int, Path, RunStats], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    other_splits: Mapping[str, list[Path]] | None = None,
 ) -> dict:
+    """Predictions and the summary (``workers.evaluate``); ``other_splits`` is unused: an
+    image classification reads no split but the evaluated one."""
     timings: dict[str, float] = {}
     tick = time.perf_counter()
     model, processor = load_model(model_dir)

@@ -24,6 +24,7 @@ from typing import Any
 from shared import storage as paths
 from shared.entities import ArtifactStatus, Dataset, Evaluation, Model, check_split_name
 from shared.errors import NotFound
+from shared.modeltasks import spec_of
 from shared.storage import Storage
 from shared.store import Store
 from shared.tasks import TaskName
@@ -86,7 +87,14 @@ def verify_model(ctx: JobContext, model: Model) -> dict[str, Any]:
         "architecture": report.architecture,
         "digest": digest,
         "size": size,
-        "message": f"{report.architecture}, {len(report.label_names)} labels, {report.parameter_count:,} parameters",
+        "message": ", ".join(
+            [
+                report.architecture,
+                *([f"{len(report.label_names)} labels"] if report.label_names else []),
+                f"{report.parameter_count:,} parameters",
+                *(f"{key} {value}" for key, value in report.details.items()),
+            ]
+        ),
     }
 
 
@@ -98,7 +106,9 @@ def ingest_dataset(ctx: JobContext, dataset: Dataset) -> dict[str, Any]:
     source, digest, size = _download_upload(ctx, dataset)
     ctx.progress(0.2, "decoding and sharding")
     out = inside(ctx.work_dir, "canonical")
-    manifest = implementation(dataset.task).ingest_dataset(source, out, work_dir=inside(ctx.work_dir, "extracted"))
+    manifest = implementation(dataset.task).ingest_dataset(
+        source, out, work_dir=inside(ctx.work_dir, "extracted"), shape=dataset.shape
+    )
     manifest["source_digest"] = digest
     inside(out, MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     ctx.checkpoint()
@@ -176,18 +186,20 @@ def evaluate(ctx: JobContext, evaluation: Evaluation) -> dict[str, Any]:
             FailureReason.split_not_found,
             f"dataset {dataset.id} has no split {evaluation.split!r} (it has {sorted(dataset.splits or {})})",
         )
+    config = evaluation.inference_config()
+    split = evaluation.split
+    others = config.other_splits(split)
+    for other in others:
+        if other not in (dataset.splits or {}):
+            raise WorkerFailure(
+                FailureReason.split_not_found,
+                f"dataset {dataset.id} has no split {other!r} to draw few-shot examples from "
+                f"(it has {sorted(dataset.splits or {})}); set fewshot_split to one of them",
+            )
     ctx.progress(0.0, "fetching the model and the dataset")
     model_dir = _cached(ctx, f"models/{model.digest}", lambda d: _fetch_prefix(ctx, paths.model_prefix(model.id), d))
-    split = evaluation.split
-    dataset_dir = _cached(
-        ctx,
-        f"datasets/{dataset.digest}/{split}",
-        lambda d: _fetch_prefix(
-            ctx, paths.dataset_prefix(dataset.id), d, only=lambda rel: rel.startswith(f"{split}/") or rel == "manifest.json"
-        ),
-    )
-    manifest = json.loads(inside(dataset_dir, "manifest.json").read_text())
-    shards = [inside(dataset_dir, split, s["name"]) for s in manifest["splits"][split]["shards"]]
+    shards, manifest = _split_shards(ctx, dataset, split)
+    other_splits = {other: _split_shards(ctx, dataset, other)[0] for other in others}
     timings["fetch_s"] = time.perf_counter() - started
 
     # Resume: prediction shards already published by an earlier attempt are kept as they are.
@@ -214,14 +226,15 @@ def evaluate(ctx: JobContext, evaluation: Evaluation) -> dict[str, Any]:
         shards,
         out,
         dataset_label_names=manifest["label_names"],
-        config=evaluation.inference_config(),
+        config=config,
         on_shard=on_shard,
         on_batch=on_batch,
+        other_splits=other_splits,
     )
     # The implementation may split its time (load, inference, metrics); else it is one figure.
     timings.update(summary.pop("timings", None) or {"evaluate_s": time.perf_counter() - tick})
     summary["model_id"], summary["dataset_id"], summary["split"] = model.id, dataset.id, split
-    summary["config"] = evaluation.inference_config().model_dump()
+    summary["config"] = config.model_dump()
     timings["total_s"] = time.perf_counter() - started
     summary["timings"] = timings
     ctx.storage.write_bytes(
@@ -231,8 +244,28 @@ def evaluate(ctx: JobContext, evaluation: Evaluation) -> dict[str, Any]:
         "summary": entity_summary(summary),
         "result_prefix": paths.evaluation_prefix(evaluation.id),
         "timings": timings,
-        "message": f"accuracy {summary['accuracy']:.4f} on {summary['instances']} instances",
+        "message": _headline(summary, spec_of(evaluation.task).headline(dataset.shape)),
     }
+
+
+def _headline(summary: dict, metric: str) -> str:
+    """The final message: the task's headline metric for the dataset's shape."""
+    value = summary.get(metric)
+    shown = f"{value:.4f}" if isinstance(value, int | float) else "undefined"
+    return f"{metric} {shown} on {summary['instances']} instances"
+
+
+def _split_shards(ctx: JobContext, dataset: Dataset, split: str) -> tuple[list[Path], dict]:
+    """The canonical shards of one split (fetched once into the cache) and the manifest."""
+    dataset_dir = _cached(
+        ctx,
+        f"datasets/{dataset.digest}/{split}",
+        lambda d: _fetch_prefix(
+            ctx, paths.dataset_prefix(dataset.id), d, only=lambda rel: rel.startswith(f"{split}/") or rel == "manifest.json"
+        ),
+    )
+    manifest = json.loads(inside(dataset_dir, "manifest.json").read_text())
+    return [inside(dataset_dir, split, s["name"]) for s in manifest["splits"][split]["shards"]], manifest
 
 
 def entity_summary(summary: dict) -> dict:

@@ -74,6 +74,9 @@ class ModelKind:
     load: Callable[[Path], tuple[Any, Any]]
     run_one_batch: Callable[[Any, Any], None]
     max_bytes: Mapping[str, int] = field(default_factory=dict)  # caps beside COMMON_CAPS
+    labelled: bool = True  # whether the model names classes (a language model names none)
+    # What else the report says of a loaded pair (a language model: its EOS token, chat template…).
+    describe: Callable[[Any, Any], dict[str, Any]] | None = None
 
     @property
     def auto_class(self) -> str:
@@ -106,6 +109,7 @@ class ModelReport:
     parameter_count: int
     size: int  # bytes of the verified files
     files: list[str]
+    details: dict[str, Any] = field(default_factory=dict)  # the kind's own (ModelKind.describe)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -367,10 +371,11 @@ def verify_model_dir(root: str | Path, kind: ModelKind = IMAGE_CLASSIFIER) -> Mo
     return ModelReport(
         architecture=architecture,
         model_type=model_type,
-        label_names=label_names(model),
+        label_names=label_names(model) if kind.labelled else [],
         parameter_count=sum(p.numel() for p in model.parameters()),
         size=sum((root / name).stat().st_size for name in files),
         files=files,
+        details=kind.describe(model, preprocessor) if kind.describe is not None else {},
     )
 
 

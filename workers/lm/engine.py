@@ -85,12 +85,17 @@ def multiple_choice(
     *,
     same_split: bool,
     device="cpu",
+    sampler: FewshotSampler | None = None,
 ) -> LMResult:
-    """Score every choice of every instance; pick by log-likelihood and by it per character."""
+    """Score every choice of every instance; pick by log-likelihood and by it per character.
+
+    ``sampler`` draws the few-shot examples (by default one over ``pool``); an evaluation
+    run in parts passes the same one to each, so the draws go on where the last part left.
+    """
     for i, doc in enumerate(docs):
         _check_choice_instance(doc, f"instance {i}")
     style = _style(config, tokenizer, list(docs[0]) if docs else [])
-    sampler = FewshotSampler(pool, seed=config.seed, same_split=same_split)
+    sampler = sampler or FewshotSampler(pool, seed=config.seed, same_split=same_split)
     encoder = Encoder(tokenizer, window_of(model, tokenizer))
     delimiter = continuation_delimiter(style)
     groups = []
@@ -169,15 +174,17 @@ def generate_answers(
     *,
     same_split: bool,
     device="cpu",
+    sampler: FewshotSampler | None = None,
 ) -> LMResult:
-    """Greedy outputs, scored by exact match against any of the instance's targets."""
+    """Greedy outputs, scored by exact match against any of the instance's targets
+    (``sampler`` as for ``multiple_choice``)."""
     golds = [_targets(doc, f"instance {i}") for i, doc in enumerate(docs)]
     try:
         pattern = re.compile(config.regex) if config.regex is not None else None
     except re.error as e:
         raise WorkerFailure(FailureReason.invalid_config, f"regex does not compile: {e}") from e
     style = _style(config, tokenizer, list(docs[0]) if docs else [])
-    sampler = FewshotSampler(pool, seed=config.seed, same_split=same_split)
+    sampler = sampler or FewshotSampler(pool, seed=config.seed, same_split=same_split)
     prompts = [
         build_context(doc, sampler.sample(config.num_fewshot, doc), style, lambda d: _targets(d, "a few-shot example")[0])
         for doc in docs
@@ -197,7 +204,7 @@ def generate_answers(
         answer = normalise_answer(extract_answer(output, pattern), config)
         match = any(answer == normalise_answer(g, config) for g in gold)
         matches.append(match)
-        records.append({"output": output, "exact_match": match, "truncated": cut})
+        records.append({"output": output, "extracted": answer, "exact_match": match, "truncated": cut})
     return LMResult(records, {"exact_match": float(np.mean(matches)) if matches else math.nan}, truncated=sum(truncated))
 
 
@@ -217,7 +224,8 @@ def perplexity(model, tokenizer, docs: Sequence[Mapping[str, Any]], config: Text
     for text, rows in zip(texts, windows, strict=True):
         ll = sum(row.results[0][0] for row in rows)
         n_words, n_bytes = len(re.split(r"\s+", text)), len(text.encode("utf-8"))
-        records.append({"loglikelihood": ll, "words": n_words, "bytes": n_bytes, "truncated": False})
+        tokens = sum(len(row.branches[0]) for row in rows)
+        records.append({"loglikelihood": ll, "words": n_words, "bytes": n_bytes, "tokens": tokens, "truncated": False})
         total_ll, words, nbytes = total_ll + ll, words + n_words, nbytes + n_bytes
     metrics = {
         "word_perplexity": math.exp(-total_ll / words) if words else math.nan,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,16 +38,19 @@ from workers.canonical import (
     Names,
     Row,
     check_column_types,
+    first_byte,
     hf_label_names,
     is_parquet,
+    json_lines,
+    number_unsplit,
     open_parquet,
+    text_problem,
     write_canonical,
 )
 from workers.failures import FailureReason, WorkerFailure
 
 SHARD_SCHEMA = pa.schema([("instance_id", pa.string()), ("text", pa.string()), ("text_pair", pa.string()), ("label", pa.int64())])
 _CSV_FIELD_BYTES = 64 * 1024**2
-_CHUNK = 1 << 20
 
 TEXTS = Media(
     noun="texts",
@@ -79,48 +81,15 @@ def ingest_dataset(source: str | Path, out_dir: str | Path, *, work_dir: str | P
     if is_parquet(source):
         fmt = "parquet"
         declared = _read_parquet(source, names, limits)
-    elif _first_byte(source) == b"{":
+    elif first_byte(source) == b"{":
         fmt = "jsonl"
         _read_jsonl(source, names, limits)
-    elif _first_byte(source) == b"[":
+    elif first_byte(source) == b"[":
         raise WorkerFailure(FailureReason.invalid_dataset, "a JSON array: upload JSON Lines, one object per line")
     else:
         fmt = "csv"
         _read_csv(source, names, limits)
     return write_canonical(names.splits, declared, out_dir, media=TEXTS, source_format=fmt, limits=limits)
-
-
-def _first_byte(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        head = f.read(4096).removeprefix(b"\xef\xbb\xbf")
-    stripped = head.lstrip()
-    return stripped[:1]
-
-
-def text_problem(value: object, limits: IngestLimits) -> str | None:
-    """Why ``value`` is not a usable text, or None."""
-    if value is None:
-        return "missing_text"
-    if isinstance(value, bytes):
-        try:
-            value = value.decode("utf-8")
-        except UnicodeDecodeError:
-            return "invalid_utf8"
-    if not isinstance(value, str):
-        return "text_not_string"
-    if len(value) > limits.max_text_bytes:  # no need to encode: a character is at least a byte
-        return "text_too_long"
-    try:
-        encoded = value.encode("utf-8")  # lone surrogates: from JSON escapes or undecodable CSV bytes
-    except UnicodeEncodeError:
-        return "invalid_utf8"
-    if len(encoded) > limits.max_text_bytes:
-        return "text_too_long"
-    if "\x00" in value:
-        return "nul_bytes"
-    if not value.strip():
-        return "empty_text"
-    return None
 
 
 def _as_text(value: object) -> object:
@@ -203,22 +172,10 @@ def _is_texty(type_: pa.DataType) -> bool:
 # --- JSON Lines ------------------------------------------------------------------------------
 
 
-def _lines(path: Path, limit: int) -> Iterator[bytes | None]:
-    """Each line's bytes, or None for a line longer than ``limit`` (skipped unread)."""
-    with open(path, "rb") as f:
-        while line := f.readline(limit + 1):
-            if len(line) <= limit or line.endswith(b"\n"):
-                yield line
-                continue
-            while (more := f.readline(_CHUNK)) and not more.endswith(b"\n"):
-                pass
-            yield None
-
-
 def _read_jsonl(path: Path, names: Names, limits: IngestLimits) -> None:
     # A row's two texts, JSON-escaped (at most 6 bytes a byte: \u0000), and its other fields.
     limit = 2 * 6 * limits.max_text_bytes + 64 * 1024
-    for line in _lines(path, limit):
+    for line in json_lines(path, limit):
         if line is None:
             names.split(DEFAULT_SPLIT).append(Row("", None, None, "text_too_long"))
             continue
@@ -235,16 +192,7 @@ def _read_jsonl(path: Path, names: Names, limits: IngestLimits) -> None:
             names.split(DEFAULT_SPLIT).append(Row("", None, None, problem))
             continue
         _row(names, record.get("split"), record.get("text"), record.get("text_pair"), record.get("label"), None, limits)
-    _number_unsplit(names)
-
-
-def _number_unsplit(names: Names) -> None:
-    """Rows refused before their split could be read count against the default split,
-    each under an id of its own."""
-    rows = names.splits.get(DEFAULT_SPLIT, [])
-    for i, row in enumerate(rows):
-        if not row.instance_id:
-            row.instance_id = f"{DEFAULT_SPLIT}-unread-{i:08d}"
+    number_unsplit(names)
 
 
 # --- CSV -------------------------------------------------------------------------------------
@@ -291,4 +239,4 @@ def _read_csv(path: Path, names: Names, limits: IngestLimits) -> None:
                 FailureReason.invalid_dataset,
                 f"unreadable CSV at line {reader.line_num}: {e} (no field may exceed {_CSV_FIELD_BYTES:,} bytes)",
             ) from e
-    _number_unsplit(names)
+    number_unsplit(names)
