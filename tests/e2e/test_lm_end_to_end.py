@@ -48,7 +48,7 @@ def world(client, tmp_path_factory):
     assert (model.status, model.task, model.architecture) == ("ready", LM, "GPT2LMHeadModel"), model.message
     datasets = {}
     for shape, path in (("multiple_choice", questions), ("generate", root / "answers.parquet"), ("perplexity", texts)):
-        dataset = client.datasets.upload(path, name=f"animals-{shape}", task=LM, shape=shape, wait=True)
+        dataset = client.datasets.upload(path, name=f"animals-{shape.replace('_', '-')}", task=LM, shape=shape, wait=True)
         assert (dataset.status, dataset.shape) == ("ready", shape), dataset.message
         datasets[shape] = dataset
     assert datasets["multiple_choice"].splits == {"train": 30, "test": 60}
