@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from shared.ids import new_id
 from shared.modeltasks import DEFAULT_TASK, SPECS, ModelTask, TaskConfig, spec_of
+from shared.modeltasks.base import SPLIT_PATTERN
 from shared.modeltasks.image_classification import ImageClassificationConfig
 
 # --- names and labels, Kubernetes style --------------------------------------------------
@@ -33,9 +34,8 @@ _LABEL_PREFIX_PATTERN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-
 # The lookahead bounds the prefix (a DNS subdomain) to 253 characters, as the validator does.
 LABEL_KEY_PATTERN = rf"^((?=[-a-z0-9.]{{1,253}}/){_LABEL_PREFIX_PATTERN}/)?{_LABEL_NAME_PATTERN}$"
 LABEL_VALUE_PATTERN = rf"^({_LABEL_NAME_PATTERN})?$"
-# A split name becomes a directory of the worker and part of object names
-# (``datasets/{id}/{split}/…``): one path component, never '.', '..', '/' or a leading dot.
-SPLIT_PATTERN = rf"^{_LABEL_NAME_PATTERN}$"
+# SPLIT_PATTERN (shared.modeltasks.base, where task configs naming a split read it too): a
+# split name becomes a directory of the worker and part of object names.
 MAX_SPLITS = 32
 # Class names (label names of a model or a dataset) are data, never paths: any printable
 # text, bounded in length and in number, since an entity keeps the list.

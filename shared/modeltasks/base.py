@@ -23,6 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared import metrics
 
+# A split name becomes a directory of the worker and part of object names
+# (``datasets/{id}/{split}/…``): one path component, never '.', '..', '/' or a leading dot.
+# Defined here, where a task config naming a split (few-shot examples) reads it, and
+# re-exported by shared.entities.
+SPLIT_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+
 
 class TaskConfig(BaseModel):
     """How to run an evaluation of one task. Only ``RESULT_FIELDS`` enter the fingerprint:

@@ -21,7 +21,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from shared.modeltasks.base import Column, ModelTaskSpec, TaskConfig
+from shared.modeltasks.base import SPLIT_PATTERN, Column, ModelTaskSpec, TaskConfig
 
 EvaluationKind = Literal["multiple_choice", "generate", "perplexity"]
 MAX_CHOICES = 64
@@ -74,7 +74,7 @@ class TextGenerationConfig(TaskConfig):
     seed: int = Field(default=1234, description="Seeds the draw of few-shot examples (lm-eval's default).")
     fewshot_split: str | None = Field(
         default=None,
-        max_length=64,
+        pattern=SPLIT_PATTERN,
         description="The dataset split few-shot examples are drawn from (required when num_fewshot > 0); "
         "when it is the evaluated split, an instance is never its own example.",
     )
