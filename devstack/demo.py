@@ -101,8 +101,9 @@ def language_model_part(client: Client, cache: Path) -> int:
         return 1
     summary = client.evaluations.summary(evaluation.id)
     print()
-    for key in ("instances", "acc", "acc_norm", "truncated"):
+    for key in ("instances", "acc", "acc_norm"):
         print(f"  {key:<28} {summary.get(key)}")
+    print(f"  {'truncated':<28} {summary.get('truncated')} (prompts cut from the left to the model's 128-token window)")
     first = next(iter(client.evaluations.instances(evaluation.id, page_size=1)))
     assert isinstance(first, LanguageModelInstance) and first.choices is not None
     print(f"\n  first question: {first.prompt!r}")
