@@ -9,11 +9,15 @@
 
 lm-eval is timed from its built requests to its answers (``HFLM.loglikelihood`` and kin:
 tokenization included, task set-up not), Assay from the instances to its records and
-metrics (prompts, tokenization and scoring included). Each path runs ``--repeat`` times and
-its best run counts (a shared 2-core VM swings by 20-30%).
+metrics (prompts, tokenization and scoring included). The two run in turns, ``--repeat``
+times each, and each one's best run counts: a shared 2-core VM swings by 2-5x within a
+minute, and taking turns exposes both to the same swings. Each run's process CPU time is
+measured beside its wall time; with ``--threads 1`` it is the work done, whatever the load
+(the ratios print for both).
 
 Usage: ``python bench/lm_throughput.py [--model tiny|small|medium] [--instances 400]
-[--batch 32] [--lm-eval-batch 64] [--json out.json]``. ``small`` (~90M parameters) and
+[--batch 32] [--lm-eval-batch 64] [--threads 1] [--kinds multiple_choice,generate]
+[--json out.json]``. ``small`` (~90M parameters) and
 ``medium`` (~300M, GPT-2-medium's shape) are built from their configs with random weights
 and meant for a GPU, where they run in bf16.
 """
@@ -72,13 +76,63 @@ def build(directory: Path, size: str) -> Path:
     return directory
 
 
-def best(fn, repeat: int):
-    times, out = [], None
+def timed(fn) -> tuple[float, float]:
+    """Wall and process CPU seconds of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def duel(lm_eval_fn, assay_fn, repeat: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Best (wall, CPU) seconds of lm-eval and of Assay, run in turns."""
+    lm_eval_runs, assay_runs = [], []
     for _ in range(repeat):
-        started = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - started)
-    return min(times), out
+        lm_eval_runs.append(timed(lm_eval_fn))
+        assay_runs.append(timed(assay_fn))
+    best = lambda runs: (min(w for w, _ in runs), min(c for _, c in runs))  # noqa: E731
+    return best(lm_eval_runs), best(assay_runs)
+
+
+def rates(count: float, lm_eval: tuple[float, float], assay: tuple[float, float]) -> dict[str, float]:
+    return {
+        "lm_eval_per_s": count / lm_eval[0],
+        "assay_per_s": count / assay[0],
+        "ratio": lm_eval[0] / assay[0],
+        "cpu_ratio": lm_eval[1] / assay[1],
+    }
+
+
+def perplexity_figures(lm, requests, model, tokenizer, docs, args, device) -> dict[str, float]:
+    """Scored tokens per second, and the limit: the model's forward with a log-softmax over
+    full windows of random tokens, at Assay's batch size."""
+    tokens = sum(len(tokenizer.encode(r["text"])) for r in docs)
+    config = TextGenerationConfig(kind="perplexity", batch_size=args.batch)
+    lm_eval_t, assay_t = duel(
+        lambda: lm.loglikelihood_rolling(requests, disable_tqdm=True),
+        lambda: engine.perplexity(model, tokenizer, docs, config, device=device),
+        args.repeat,
+    )
+    window = engine.window_of(model, tokenizer)
+    batch = torch.randint(0, len(tokenizer), (args.batch, window), device=device)
+    batches = max(1, tokens // (args.batch * window))
+
+    def forward_only():
+        with torch.inference_mode():
+            for _ in range(batches):
+                model(batch).logits.float().log_softmax(-1)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    runs = [timed(forward_only) for _ in range(args.repeat)]
+    forward_per_s = batches * args.batch * window / min(w for w, _ in runs)
+    forward_cpu_per_s = batches * args.batch * window / min(c for _, c in runs)
+    return {
+        "tokens": tokens,
+        **rates(tokens, lm_eval_t, assay_t),
+        "forward_only_per_s": forward_per_s,
+        "of_forward_only": tokens / assay_t[0] / forward_per_s,
+        "cpu_of_forward_only": tokens / assay_t[1] / forward_cpu_per_s,
+    }
 
 
 def main() -> None:
@@ -89,7 +143,9 @@ def main() -> None:
     parser.add_argument("--lm-eval-batch", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--fewshot", type=int, default=2, help="few-shot examples before each multiple-choice question")
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch's intra-op threads (default: torch's own choice)")
+    parser.add_argument("--kinds", default="multiple_choice,generate,perplexity", help="comma-separated kinds to run")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -97,6 +153,9 @@ def main() -> None:
     from lm_eval.tasks import TaskManager, get_task_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kinds = set(args.kinds.split(","))
     gpu = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if gpu else ("cpu", torch.float32)
     work = Path(tempfile.mkdtemp(prefix="lm-bench-"))
@@ -137,61 +196,37 @@ def main() -> None:
     rows = {k: [json.loads(line) for line in p.read_text().splitlines()] for k, p in data.items()}
     figures: dict[str, dict[str, float]] = {}
 
-    mc_requests = task_dict["b_mc"].instances
-    t_lm, _ = best(lambda: lm.loglikelihood(mc_requests, disable_tqdm=True), args.repeat)
-    config = TextGenerationConfig(
-        kind="multiple_choice", batch_size=args.batch, num_fewshot=args.fewshot, fewshot_split="train" if args.fewshot else None
-    )
-    t_assay, _ = best(
-        lambda: engine.multiple_choice(model, tokenizer, rows["mc"], rows["mc_train"], config, same_split=False, device=device),
-        args.repeat,
-    )
-    figures["multiple_choice"] = {
-        "requests": len(mc_requests),
-        "lm_eval_per_s": len(mc_requests) / t_lm,
-        "assay_per_s": len(mc_requests) / t_assay,
-        "ratio": t_lm / t_assay,
-    }
+    if "multiple_choice" in kinds:
+        mc_requests = task_dict["b_mc"].instances
+        config = TextGenerationConfig(
+            kind="multiple_choice",
+            batch_size=args.batch,
+            num_fewshot=args.fewshot,
+            fewshot_split="train" if args.fewshot else None,
+        )
+        lm_eval_t, assay_t = duel(
+            lambda: lm.loglikelihood(mc_requests, disable_tqdm=True),
+            lambda: engine.multiple_choice(
+                model, tokenizer, rows["mc"], rows["mc_train"], config, same_split=False, device=device
+            ),
+            args.repeat,
+        )
+        figures["multiple_choice"] = {"requests": len(mc_requests), **rates(len(mc_requests), lm_eval_t, assay_t)}
 
-    gen_requests = task_dict["b_gen"].instances
-    t_lm, _ = best(lambda: lm.generate_until(gen_requests, disable_tqdm=True), args.repeat)
-    config = TextGenerationConfig(kind="generate", batch_size=args.batch, max_new_tokens=args.new_tokens, until=[".", "Question"])
-    t_assay, _ = best(
-        lambda: engine.generate_answers(model, tokenizer, rows["gen"], [], config, same_split=False, device=device), args.repeat
-    )
-    figures["generate"] = {
-        "requests": len(gen_requests),
-        "lm_eval_per_s": len(gen_requests) / t_lm,
-        "assay_per_s": len(gen_requests) / t_assay,
-        "ratio": t_lm / t_assay,
-    }
+    if "generate" in kinds:
+        gen_requests = task_dict["b_gen"].instances
+        config = TextGenerationConfig(
+            kind="generate", batch_size=args.batch, max_new_tokens=args.new_tokens, until=[".", "Question"]
+        )
+        lm_eval_t, assay_t = duel(
+            lambda: lm.generate_until(gen_requests, disable_tqdm=True),
+            lambda: engine.generate_answers(model, tokenizer, rows["gen"], [], config, same_split=False, device=device),
+            args.repeat,
+        )
+        figures["generate"] = {"requests": len(gen_requests), **rates(len(gen_requests), lm_eval_t, assay_t)}
 
-    ppl_requests = task_dict["b_ppl"].instances
-    tokens = sum(len(tokenizer.encode(r["text"])) for r in rows["ppl"])
-    t_lm, _ = best(lambda: lm.loglikelihood_rolling(ppl_requests, disable_tqdm=True), args.repeat)
-    config = TextGenerationConfig(kind="perplexity", batch_size=args.batch)
-    t_assay, _ = best(lambda: engine.perplexity(model, tokenizer, rows["ppl"], config, device=device), args.repeat)
-    window = engine.window_of(model, tokenizer)
-    batch = torch.randint(0, len(tokenizer), (args.batch, window), device=device)
-    batches = max(1, tokens // (args.batch * window))
-
-    def forward_only():
-        with torch.inference_mode():
-            for _ in range(batches):
-                model(batch).logits.float().log_softmax(-1)
-        if gpu:
-            torch.cuda.synchronize()
-
-    t_forward, _ = best(forward_only, args.repeat)
-    forward_tokens = batches * args.batch * window
-    figures["perplexity"] = {
-        "tokens": tokens,
-        "lm_eval_per_s": tokens / t_lm,
-        "assay_per_s": tokens / t_assay,
-        "ratio": t_lm / t_assay,
-        "forward_only_per_s": forward_tokens / t_forward,
-        "of_forward_only": (tokens / t_assay) / (forward_tokens / t_forward),
-    }
+    if "perplexity" in kinds:
+        figures["perplexity"] = perplexity_figures(lm, task_dict["b_ppl"].instances, model, tokenizer, rows["ppl"], args, device)
     print(f"model {args.model} on {device} ({dtype}), Assay batch {args.batch}, lm-eval batch {args.lm_eval_batch}")
     for kind, f in figures.items():
         print(f"{kind:16s} " + "  ".join(f"{k} {v:,.2f}" for k, v in f.items()))
