@@ -2,7 +2,10 @@
 (``workers.lm``), the same model and the same data, in one run, per kind.
 
 - ``multiple_choice``: loglikelihood requests (instance x choice) per second, on questions
-  with ``--fewshot`` examples and answers of several tokens (ARC/MMLU style);
+  with ``--fewshot`` examples and answers of several tokens (ARC/MMLU style); prompts fit
+  the window, as real benchmarks' do at real models' windows, unless ``--overflow``, where
+  a fifth of the questions carry a long preamble and run past the tiny model's 128 tokens
+  (each choice then gets its own window, for lm-eval and Assay alike);
 - ``generate``: prompts per second (greedy, ``--new-tokens`` at most, stop strings);
 - ``perplexity``: scored tokens per second, and the limit: the model's forward alone on
   full windows already tokenized, at the same batch size.
@@ -76,6 +79,16 @@ def build(directory: Path, size: str) -> Path:
     return directory
 
 
+def choice_rows(n: int, seed: int, *, overflow: bool) -> list[dict]:
+    """The fixtures' four-choice questions of several-token answers; without ``overflow``,
+    each question without the preamble that makes some overflow the window."""
+    rows = fx.choice_rows(n, seed=seed, phrases=1.0)
+    if not overflow:
+        for row in rows:
+            row["question"] = row["question"][row["question"].rindex("Question:") :]
+    return rows
+
+
 def timed(fn) -> tuple[float, float]:
     """Wall and process CPU seconds of one call."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -143,6 +156,7 @@ def main() -> None:
     parser.add_argument("--lm-eval-batch", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--fewshot", type=int, default=2, help="few-shot examples before each multiple-choice question")
+    parser.add_argument("--overflow", action="store_true", help="keep the test fixtures' long questions that overflow the window")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch's intra-op threads (default: torch's own choice)")
     parser.add_argument("--kinds", default="multiple_choice,generate,perplexity", help="comma-separated kinds to run")
@@ -163,8 +177,8 @@ def main() -> None:
     model_dir = build(work / "model", args.model)
     n = args.instances
     data = {
-        "mc": fx.write_jsonl(work / "mc.jsonl", fx.choice_rows(n, seed=1, phrases=1.0)),
-        "mc_train": fx.write_jsonl(work / "mc_train.jsonl", fx.choice_rows(50, seed=2, phrases=1.0)),
+        "mc": fx.write_jsonl(work / "mc.jsonl", choice_rows(n, 1, overflow=args.overflow)),
+        "mc_train": fx.write_jsonl(work / "mc_train.jsonl", choice_rows(50, 2, overflow=args.overflow)),
         "gen": fx.write_jsonl(work / "gen.jsonl", fx.generation_rows(n, seed=3)),
         # Long texts, as held-out perplexity sets are: most windows are full.
         "ppl": fx.write_jsonl(work / "ppl.jsonl", [{"text": " ".join(fx.corpus(40, seed=s))} for s in range(max(n // 10, 1))]),
