@@ -25,6 +25,23 @@ from dataclasses import dataclass, field
 from workers.failures import FailureReason, WorkerFailure
 
 
+def encode_ids(tokenizer, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+    """The tokenizer's ids of ``texts``. A fast tokenizer's Rust backend is called as the
+    tokenizer itself calls it (no truncation, no padding, its special-token splitting), but
+    for the ids alone: building each text's offsets and dicts costs as much as the encoding.
+    Anything else goes through the tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if (
+        backend is not None
+        and hasattr(backend, "encode_batch_fast")
+        and backend.truncation is None
+        and backend.padding is None
+        and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))
+    ):
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
+
+
 @dataclass
 class Row:
     """A context and the continuations scored after it: ``results[i]`` will hold
@@ -63,25 +80,9 @@ class Encoder:
         out: list[list[int]] = [[] for _ in texts]
         for indices, special in ((plain, True), (prefixed, False)):
             if indices:
-                for i, ids in zip(indices, self._encode_batch([texts[i] for i in indices], special), strict=True):
+                for i, ids in zip(indices, encode_ids(self.tokenizer, [texts[i] for i in indices], special), strict=True):
                     out[i] = list(ids)
         return out
-
-    def _encode_batch(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
-        """The tokenizer's ids of ``texts``. A fast tokenizer's Rust backend is called as the
-        tokenizer itself calls it (no truncation, no padding, its special-token splitting),
-        but for the ids alone: building each text's offsets and dicts costs as much as
-        the encoding. Anything else goes through the tokenizer."""
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        fast = getattr(backend, "encode_batch_fast", None)
-        if (
-            fast is not None
-            and backend.truncation is None
-            and backend.padding is None
-            and backend.encode_special_tokens == bool(getattr(self.tokenizer, "split_special_tokens", False))
-        ):
-            return [e.ids for e in fast(texts, add_special_tokens=add_special_tokens)]
-        return self.tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """``(context tokens, continuation tokens)`` as lm-eval's ``loglikelihood`` makes them."""
@@ -105,7 +106,7 @@ class Encoder:
         for context, continuations in groups:
             if context == "":  # lm-eval's BOS (or EOS) stands for the empty context
                 pairs = []
-                for ids in self._encode_batch(list(continuations), False):
+                for ids in encode_ids(self.tokenizer, list(continuations), False):
                     cont = list(ids)
                     first = cont[:1] == [self.prefix_token_id]
                     pairs.append((cont[:1], cont[1:]) if first else ([self.prefix_token_id], cont))
