@@ -241,6 +241,10 @@ class _Layout:
 
 def _layout(row: Row) -> _Layout:
     n = len(row.prefix)
+    if len(row.branches) == 1:  # a rolling window, a truncated request: one chain
+        branch = row.branches[0]
+        predict = list(range(n - 1, n + len(branch) - 1))
+        return _Layout(row.prefix + branch[:-1], list(range(n + len(branch) - 1)), predict[:-1], [predict])
     ids, positions, parents = list(row.prefix), list(range(n)), []
     root: dict[int, tuple[int, dict]] = {}
     predictors = []
