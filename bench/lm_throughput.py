@@ -96,14 +96,19 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def turns(fns, repeat: int) -> list[tuple[float, float]]:
+    """Best (wall, CPU) seconds of each function, the functions run in turns."""
+    runs: list[list[tuple[float, float]]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, mine in zip(fns, runs, strict=True):
+            mine.append(timed(fn))
+    return [(min(w for w, _ in mine), min(c for _, c in mine)) for mine in runs]
+
+
 def duel(lm_eval_fn, assay_fn, repeat: int) -> tuple[tuple[float, float], tuple[float, float]]:
     """Best (wall, CPU) seconds of lm-eval and of Assay, run in turns."""
-    lm_eval_runs, assay_runs = [], []
-    for _ in range(repeat):
-        lm_eval_runs.append(timed(lm_eval_fn))
-        assay_runs.append(timed(assay_fn))
-    best = lambda runs: (min(w for w, _ in runs), min(c for _, c in runs))  # noqa: E731
-    return best(lm_eval_runs), best(assay_runs)
+    lm_eval_t, assay_t = turns([lm_eval_fn, assay_fn], repeat)
+    return lm_eval_t, assay_t
 
 
 def rates(count: float, lm_eval: tuple[float, float], assay: tuple[float, float]) -> dict[str, float]:
@@ -117,28 +122,33 @@ def rates(count: float, lm_eval: tuple[float, float], assay: tuple[float, float]
 
 def perplexity_figures(lm, requests, model, tokenizer, docs, args, device) -> dict[str, float]:
     """Scored tokens per second, and the limit: the model's forward with a log-softmax over
-    full windows of random tokens, at Assay's batch size."""
+    full windows of random tokens, at Assay's batch size, taking turns with the other two."""
     tokens = sum(len(tokenizer.encode(r["text"])) for r in docs)
     config = TextGenerationConfig(kind="perplexity", batch_size=args.batch)
-    lm_eval_t, assay_t = duel(
-        lambda: lm.loglikelihood_rolling(requests, disable_tqdm=True),
-        lambda: engine.perplexity(model, tokenizer, docs, config, device=device),
-        args.repeat,
-    )
     window = engine.window_of(model, tokenizer)
-    batch = torch.randint(0, len(tokenizer), (args.batch, window), device=device)
-    batches = max(1, tokens // (args.batch * window))
+    # As many full windows as the texts hold tokens, in batches of Assay's size.
+    full = -(-tokens // window)
+    batches = [
+        torch.randint(0, len(tokenizer), (min(args.batch, full - start), window), device=device)
+        for start in range(0, full, args.batch)
+    ]
 
     def forward_only():
         with torch.inference_mode():
-            for _ in range(batches):
+            for batch in batches:
                 model(batch).logits.float().log_softmax(-1)
         if device == "cuda":
             torch.cuda.synchronize()
 
-    runs = [timed(forward_only) for _ in range(args.repeat)]
-    forward_per_s = batches * args.batch * window / min(w for w, _ in runs)
-    forward_cpu_per_s = batches * args.batch * window / min(c for _, c in runs)
+    lm_eval_t, assay_t, forward_t = turns(
+        [
+            lambda: lm.loglikelihood_rolling(requests, disable_tqdm=True),
+            lambda: engine.perplexity(model, tokenizer, docs, config, device=device),
+            forward_only,
+        ],
+        args.repeat,
+    )
+    forward_per_s, forward_cpu_per_s = full * window / forward_t[0], full * window / forward_t[1]
     return {
         "tokens": tokens,
         **rates(tokens, lm_eval_t, assay_t),

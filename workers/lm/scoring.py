@@ -297,11 +297,13 @@ def _score_batch(model, batch: Sequence[Row], device) -> None:
         picked = head(hidden[rows_at, positions_at])
     else:
         picked = model(ids.to(device), use_cache=False, **kwargs).logits[rows_at, positions_at]
-    logprobs = torch.log_softmax(picked.float(), dim=-1)
+    picked = picked.float()
     target = torch.tensor(targets, device=device)
+    # A token's log-probability is its logit less the log-sum-exp of its position's logits:
+    # what log_softmax computes, without writing a vocabulary-wide row per token.
     # Summed in float32 per continuation, as lm-eval sums them.
-    token_ll = logprobs.gather(1, target[:, None])[:, 0].cpu()
-    greedy = (logprobs.argmax(dim=-1) == target).cpu()
+    token_ll = (picked.gather(1, target[:, None])[:, 0] - torch.logsumexp(picked, dim=-1)).cpu()
+    greedy = (picked.argmax(dim=-1) == target).cpu()
     for b, row in enumerate(batch):
         row.results = [(float(token_ll[i:j].sum()), bool(greedy[i:j].all())) for i, j in spans[b]]
 
