@@ -5,7 +5,9 @@
   with ``--fewshot`` examples and answers of several tokens (ARC/MMLU style); prompts fit
   the window, as real benchmarks' do at real models' windows, unless ``--overflow``, where
   a fifth of the questions carry a long preamble and run past the tiny model's 128 tokens
-  (each choice then gets its own window, for lm-eval and Assay alike);
+  (each choice then gets its own window, for lm-eval and Assay alike). The fixtures'
+  choices of a question differ mostly in their last token, where lm-eval's own cache
+  already scores them from one forward; ``--distinct-choices`` leads each with its own word;
 - ``generate``: prompts per second (greedy, ``--new-tokens`` at most, stop strings);
 - ``perplexity``: scored tokens per second, and the limit: the model's forward alone on
   full windows already tokenized, at the same batch size.
@@ -48,6 +50,7 @@ import torch  # noqa: E402
 from shared.modeltasks.text_generation import TextGenerationConfig  # noqa: E402
 from workers.lm import engine  # noqa: E402
 
+LEADS = ("one", "the", "some", "a")
 SHAPES = {"tiny": (2, 64, 2, 128), "small": (12, 768, 12, 1024), "medium": (24, 1024, 16, 1024)}
 
 
@@ -79,13 +82,18 @@ def build(directory: Path, size: str) -> Path:
     return directory
 
 
-def choice_rows(n: int, seed: int, *, overflow: bool) -> list[dict]:
-    """The fixtures' four-choice questions of several-token answers; without ``overflow``,
-    each question without the preamble that makes some overflow the window."""
+def choice_rows(n: int, seed: int, *, overflow: bool, distinct: bool) -> list[dict]:
+    """The fixtures' four-choice questions of several-token answers ("a small bird"); without
+    ``overflow``, each question without the preamble that makes some overflow the window;
+    with ``distinct``, each choice of a question led by its own word ("one big cat", "the
+    red owl"), as most benchmarks' answers are, so that lm-eval's cache of contexts that
+    differ in the last token only never applies."""
     rows = fx.choice_rows(n, seed=seed, phrases=1.0)
-    if not overflow:
-        for row in rows:
+    for row in rows:
+        if not overflow:
             row["question"] = row["question"][row["question"].rindex("Question:") :]
+        if distinct:
+            row["choices"] = [f"{lead} {c.split(' ', 1)[1]}" for lead, c in zip(LEADS, row["choices"], strict=False)]
     return rows
 
 
@@ -167,6 +175,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--fewshot", type=int, default=2, help="few-shot examples before each multiple-choice question")
     parser.add_argument("--overflow", action="store_true", help="keep the test fixtures' long questions that overflow the window")
+    parser.add_argument("--distinct-choices", action="store_true", help="each choice of a question led by its own word")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch's intra-op threads (default: torch's own choice)")
     parser.add_argument("--kinds", default="multiple_choice,generate,perplexity", help="comma-separated kinds to run")
@@ -187,8 +196,10 @@ def main() -> None:
     model_dir = build(work / "model", args.model)
     n = args.instances
     data = {
-        "mc": fx.write_jsonl(work / "mc.jsonl", choice_rows(n, 1, overflow=args.overflow)),
-        "mc_train": fx.write_jsonl(work / "mc_train.jsonl", choice_rows(50, 2, overflow=args.overflow)),
+        "mc": fx.write_jsonl(work / "mc.jsonl", choice_rows(n, 1, overflow=args.overflow, distinct=args.distinct_choices)),
+        "mc_train": fx.write_jsonl(
+            work / "mc_train.jsonl", choice_rows(50, 2, overflow=args.overflow, distinct=args.distinct_choices)
+        ),
         "gen": fx.write_jsonl(work / "gen.jsonl", fx.generation_rows(n, seed=3)),
         # Long texts, as held-out perplexity sets are: most windows are full.
         "ppl": fx.write_jsonl(work / "ppl.jsonl", [{"text": " ".join(fx.corpus(40, seed=s))} for s in range(max(n // 10, 1))]),
