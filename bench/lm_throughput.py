@@ -21,7 +21,7 @@ measured beside its wall time; with ``--threads 1`` it is the work done, whateve
 (the ratios print for both).
 
 Usage: ``python bench/lm_throughput.py [--model tiny|small|medium] [--instances 400]
-[--batch 32] [--lm-eval-batch 64] [--threads 1] [--kinds multiple_choice,generate]
+[--batch 64] [--lm-eval-batch 64] [--threads 1] [--kinds multiple_choice,generate]
 [--json out.json]``. ``small`` (~90M parameters) and
 ``medium`` (~300M, GPT-2-medium's shape) are built from their configs with random weights
 and meant for a GPU, where they run in bf16.
@@ -170,7 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--instances", type=int, default=400)
-    parser.add_argument("--batch", type=int, default=32, help="Assay's batch size")
+    parser.add_argument("--batch", type=int, default=64, help="Assay's batch size")
     parser.add_argument("--lm-eval-batch", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--fewshot", type=int, default=2, help="few-shot examples before each multiple-choice question")
@@ -226,7 +226,8 @@ def main() -> None:
     task_dict = get_task_dict(["b_mc", "b_gen", "b_ppl"], TaskManager(include_path=str(tasks)))
     for task in task_dict.values():
         task.build_all_requests()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+    model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = {k: [json.loads(line) for line in p.read_text().splitlines()] for k, p in data.items()}
     figures: dict[str, dict[str, float]] = {}
