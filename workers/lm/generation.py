@@ -4,7 +4,9 @@ decoding of at most ``max_new_tokens`` tokens, the output decoded without specia
 cut at the first of the stop strings (the config's, and the EOS token's text).
 
 A row stops as soon as its own text holds a stop string or it emits EOS, rather than when
-the whole batch has: what is cut away is never returned, so only the time differs.
+the whole batch has: what is cut away is never returned, so only the time differs. A
+stopped row leaves the batch (its KV cache rows too), so the rows still running do not pay
+for it. Prompts are tokenized once and batched longest first, so a batch pads little.
 ``max_new_tokens`` bounds every generation, always.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from workers.failures import FailureReason, WorkerFailure
+from workers.lm.scoring import encode_ids
 
 
 def cut_at_stops(text: str, stops: Sequence[str]) -> str:
@@ -51,28 +54,50 @@ def generate(
     eos_text = tokenizer.decode(tokenizer.eos_token_id, skip_special_tokens=False)
     all_stops = list(stops) + ([eos_text] if eos_text not in stops else [])
     ends = _end_tokens(model, tokenizer)
-    lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]] if prompts else []
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    encoded = _encode_prompts(tokenizer, prompts)
+    truncated = [len(ids) > room for ids in encoded]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     outputs: list[str] = [""] * len(prompts)
-    truncated = [n > room for n in lengths]
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            texts = [prompts[i] for i in chunk]
-            special = {"add_special_tokens": False} if tokenizer.bos_token and texts[0].startswith(tokenizer.bos_token) else {}
-            enc = tokenizer(texts, padding="longest", return_tensors="pt", **special)
-            ids, mask = enc["input_ids"][:, -room:].to(device), enc["attention_mask"][:, -room:].to(device)
-            try:
-                rows = _greedy(model, tokenizer, ids, mask, max_new_tokens=max_new_tokens, ends=ends, stops=all_stops)
-            except (RuntimeError, IndexError) as e:
-                raise WorkerFailure(FailureReason.inference_error, f"generation failed: {type(e).__name__}: {e}") from e
-            for i, row in zip(chunk, rows, strict=True):
-                outputs[i] = cut_at_stops(tokenizer.decode(row, skip_special_tokens=True), all_stops)
-    finally:
-        tokenizer.padding_side = old_side
+    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        ids, mask = _left_padded([encoded[i][-room:] for i in chunk], pad, device)
+        try:
+            rows = _greedy(model, tokenizer, ids, mask, max_new_tokens=max_new_tokens, ends=ends, stops=all_stops)
+        except (RuntimeError, IndexError) as e:
+            raise WorkerFailure(FailureReason.inference_error, f"generation failed: {type(e).__name__}: {e}") from e
+        for i, row in zip(chunk, rows, strict=True):
+            outputs[i] = cut_at_stops(tokenizer.decode(row, skip_special_tokens=True), all_stops)
     return outputs, truncated
+
+
+def _encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Each prompt's ids as lm-eval's batch encoding makes them: with the tokenizer's special
+    tokens, unless the prompt already starts with the BOS text (a chat template's). lm-eval
+    decides that for a batch by its first prompt; here each prompt decides for itself."""
+    bos = tokenizer.bos_token
+    starts = [bool(bos) and p.startswith(bos) for p in prompts]
+    out: list[list[int]] = [[] for _ in prompts]
+    for flag in (False, True):
+        indices = [i for i, s in enumerate(starts) if s == flag]
+        if indices:
+            for i, ids in zip(indices, encode_ids(tokenizer, [prompts[i] for i in indices], not flag), strict=True):
+                out[i] = ids
+    return out
+
+
+def _left_padded(rows: list[list[int]], pad: int, device):
+    """A batch of ``rows`` padded on the left, and its attention mask."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        if row:
+            ids[b, width - len(row) :] = torch.tensor(row)
+            mask[b, width - len(row) :] = 1
+    return ids.to(device), mask.to(device)
 
 
 def _end_tokens(model, tokenizer) -> set[int]:
@@ -89,16 +114,17 @@ def _greedy(model, tokenizer, ids, mask, *, max_new_tokens: int, ends: set[int],
     its end token (excluded) or the step where its text holds a stop string.
 
     Position ids count the real tokens only, so a left-padded row reads as it would alone
-    (as ``generate`` numbers them).
+    (as ``generate`` numbers them). A row that stops leaves the batch and the cache
+    (``reorder_cache``, as beam search selects rows), when the cache can do that.
     """
     import torch
 
     tail = max((len(s) for s in stops), default=1) + 2
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
     new: list[list[int]] = [[] for _ in range(ids.shape[0])]
+    live = list(range(ids.shape[0]))  # the row of ``new`` behind each row of the batch
     stopped = [False] * ids.shape[0]
     past = None
-    step_ids, step_pos = ids, positions
+    step_ids, step_pos = ids, (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.inference_mode():
         for _ in range(max_new_tokens):
             out = model(
@@ -111,17 +137,25 @@ def _greedy(model, tokenizer, ids, mask, *, max_new_tokens: int, ends: set[int],
             )
             past = out.past_key_values
             chosen = out.logits[:, -1].argmax(-1)
-            for row, token in enumerate(chosen.tolist()):
-                if stopped[row]:
-                    continue
-                if token in ends:
+            keep = []
+            for b, token in enumerate(chosen.tolist()):
+                row = live[b]
+                if not stopped[row] and token not in ends:
+                    new[row].append(token)
+                    # Only the tail can hold a stop string that was not there one token ago.
+                    text = tokenizer.decode(new[row][-tail:])
+                    stopped[row] = any(s in text for s in stops)
+                else:
                     stopped[row] = True
-                    continue
-                new[row].append(token)
-                # Only the tail can hold a stop string that was not there one token ago.
-                stopped[row] = any(s in tokenizer.decode(new[row][-tail:]) for s in stops)
-            if all(stopped):
+                if not stopped[row]:
+                    keep.append(b)
+            if not keep:
                 break
+            if len(keep) < len(live) and hasattr(past, "reorder_cache"):
+                index = torch.tensor(keep, device=chosen.device)
+                past.reorder_cache(index)
+                chosen, mask, step_pos = chosen[index], mask[index], step_pos[index]
+                live = [live[b] for b in keep]
             step_ids = chosen[:, None]
             step_pos = step_pos[:, -1:] + 1
             mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)

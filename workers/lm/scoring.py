@@ -25,6 +25,23 @@ from dataclasses import dataclass, field
 from workers.failures import FailureReason, WorkerFailure
 
 
+def encode_ids(tokenizer, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+    """The tokenizer's ids of ``texts``. A fast tokenizer's Rust backend is called as the
+    tokenizer itself calls it (no truncation, no padding, its special-token splitting), but
+    for the ids alone: building each text's offsets and dicts costs as much as the encoding.
+    Anything else goes through the tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if (
+        backend is not None
+        and hasattr(backend, "encode_batch_fast")
+        and backend.truncation is None
+        and backend.padding is None
+        and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))
+    ):
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
+
+
 @dataclass
 class Row:
     """A context and the continuations scored after it: ``results[i]`` will hold
@@ -36,6 +53,7 @@ class Row:
 
     @property
     def length(self) -> int:
+        """Positions the row takes at most (branches that share leading tokens take fewer)."""
         return len(self.prefix) + sum(len(b) - 1 for b in self.branches)
 
 
@@ -60,9 +78,9 @@ class Encoder:
         plain = [i for i, s in enumerate(starts) if not s]
         prefixed = [i for i, s in enumerate(starts) if s]
         out: list[list[int]] = [[] for _ in texts]
-        for indices, special in ((plain, {}), (prefixed, {"add_special_tokens": False})):
+        for indices, special in ((plain, True), (prefixed, False)):
             if indices:
-                for i, ids in zip(indices, self.tokenizer([texts[i] for i in indices], **special)["input_ids"], strict=True):
+                for i, ids in zip(indices, encode_ids(self.tokenizer, [texts[i] for i in indices], special), strict=True):
                     out[i] = list(ids)
         return out
 
@@ -88,7 +106,7 @@ class Encoder:
         for context, continuations in groups:
             if context == "":  # lm-eval's BOS (or EOS) stands for the empty context
                 pairs = []
-                for ids in self.tokenizer(list(continuations), add_special_tokens=False)["input_ids"]:
+                for ids in encode_ids(self.tokenizer, list(continuations), False):
                     cont = list(ids)
                     first = cont[:1] == [self.prefix_token_id]
                     pairs.append((cont[:1], cont[1:]) if first else ([self.prefix_token_id], cont))
@@ -148,14 +166,46 @@ def score_rows(model, rows: Sequence[Row], *, batch_size: int, device) -> None:
     """
     import torch
 
-    order = sorted(range(len(rows)), key=lambda i: -rows[i].length)
+    merged = _merge_shared_prefixes(rows)
+    order = sorted(range(len(merged)), key=lambda i: -merged[i][0].length)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
-            batch = [rows[i] for i in order[start : start + batch_size]]
+            batch = [merged[i][0] for i in order[start : start + batch_size]]
             try:
                 _score_batch(model, batch, device)
             except (RuntimeError, IndexError) as e:
                 raise WorkerFailure(FailureReason.inference_error, f"the forward pass failed: {type(e).__name__}: {e}") from e
+    for row, members in merged:
+        at = 0
+        for member in members:
+            member.results = row.results[at : at + len(member.branches)]
+            at += len(member.branches)
+
+
+def _merge_shared_prefixes(rows: Sequence[Row]) -> list[tuple[Row, list[Row]]]:
+    """Rows whose prefixes are equal, scored as one row: the prefix once, then every branch.
+
+    They arise wherever lm-eval repeats a context: the choices of a truncated request that
+    have the same length keep the same window, an empty context is the same BOS token, and
+    a zero-shot question may recur. The positions of the prefix are the same in each, so its
+    hidden states are too. A merged row grows by at most ``max(len(prefix), 64)`` branch
+    tokens, so that one shared BOS does not make a row the size of the whole set.
+    """
+    by_prefix: dict[tuple[int, ...], list[tuple[Row, list[Row]]]] = {}
+    out: list[tuple[Row, list[Row]]] = []
+    for row in rows:
+        candidates = by_prefix.setdefault(tuple(row.prefix), [])
+        extra = row.length - len(row.prefix)
+        if candidates:
+            merged, members = candidates[-1]
+            if merged.length + extra <= len(merged.prefix) + max(len(merged.prefix), 64):
+                merged.branches.extend(row.branches)
+                members.append(row)
+                continue
+        entry = (Row(row.prefix, list(row.branches)), [row])
+        candidates.append(entry)
+        out.append(entry)
+    return out
 
 
 # Config fields of models whose logits are more than the output projection of the last
@@ -168,19 +218,57 @@ def _plain_head(model) -> bool:
     return all(getattr(config, name, None) in (None, 1, 1.0) for name in _HEAD_EXTRAS)
 
 
-def _needs_mask(row: Row) -> bool:
-    """Whether the row holds the tokens of two branches, which must not see each other."""
-    return sum(len(b) > 1 for b in row.branches) > 1
+@dataclass
+class _Layout:
+    """A row as the model reads it: the prefix, then one position per distinct proper prefix
+    of the branches (a trie: choices " a big cat" and " a big dog" share " a" and " big"),
+    each node seeing the prefix and its own ancestors only."""
+
+    ids: list[int]
+    positions: list[int]
+    # Per node position (from len(prefix) on): the position of its parent, len(prefix) - 1 for a root.
+    parents: list[int]
+    # Per branch: the positions whose logits predict each of its tokens.
+    predictors: list[list[int]]
+
+    @property
+    def chain(self) -> bool:
+        """Whether the nodes follow each other (at most one branch of several tokens, or
+        branches each a prefix of the next): then a plain causal mask is exact."""
+        n = len(self.positions) - len(self.parents)
+        return all(parent == n - 1 + i for i, parent in enumerate(self.parents))
+
+
+def _layout(row: Row) -> _Layout:
+    n = len(row.prefix)
+    if len(row.branches) == 1:  # a rolling window, a truncated request: one chain
+        branch = row.branches[0]
+        predict = list(range(n - 1, n + len(branch) - 1))
+        return _Layout(row.prefix + branch[:-1], list(range(n + len(branch) - 1)), predict[:-1], [predict])
+    ids, positions, parents = list(row.prefix), list(range(n)), []
+    root: dict[int, tuple[int, dict]] = {}
+    predictors = []
+    for branch in row.branches:
+        at, children = n - 1, root
+        predict = [at]
+        for depth, token in enumerate(branch[:-1]):
+            if token not in children:
+                children[token] = (len(ids), {})
+                ids.append(token)
+                positions.append(n + depth)
+                parents.append(at)
+            at, children = children[token]
+            predict.append(at)
+        predictors.append(predict)
+    return _Layout(ids, positions, parents, predictors)
 
 
 def _score_batch(model, batch: Sequence[Row], device) -> None:
     import torch
 
-    width = max(row.length for row in batch)
+    layouts = [_layout(row) for row in batch]
+    width = max(len(lay.ids) for lay in layouts)
     ids = torch.zeros((len(batch), width), dtype=torch.long)
-    packed = any(_needs_mask(row) for row in batch)
-    # Per position: 0 in the context, k + 1 in branch k, -1 in the padding; and its position id.
-    segment = torch.full((len(batch), width), -1, dtype=torch.long)
     positions = torch.zeros((len(batch), width), dtype=torch.long)
     # For each scored token: its row in the batch, the position whose logits predict it, its id;
     # for each branch, the span of its tokens in those lists.
@@ -188,32 +276,18 @@ def _score_batch(model, batch: Sequence[Row], device) -> None:
     where_pos: list[int] = []
     targets: list[int] = []
     spans: list[list[tuple[int, int]]] = []
-    for b, row in enumerate(batch):
-        n = len(row.prefix)
+    for b, (row, lay) in enumerate(zip(batch, layouts, strict=True)):
+        ids[b, : len(lay.ids)] = torch.tensor(lay.ids)
+        positions[b, : len(lay.ids)] = torch.tensor(lay.positions)
         spans.append([])
-        ids[b, :n] = torch.tensor(row.prefix)
-        segment[b, :n] = 0
-        positions[b, :n] = torch.arange(n)
-        at = n
-        for k, branch in enumerate(row.branches):
-            extra = len(branch) - 1
-            if extra:
-                ids[b, at : at + extra] = torch.tensor(branch[:-1])
-                segment[b, at : at + extra] = k + 1
-                positions[b, at : at + extra] = torch.arange(n, n + extra)
+        for branch, predict in zip(row.branches, lay.predictors, strict=True):
             spans[b].append((len(targets), len(targets) + len(branch)))
             where_row += [b] * len(branch)
-            where_pos += [n - 1, *range(at, at + extra)]
+            where_pos += predict
             targets += branch
-            at += extra
     kwargs = {}
-    if packed:
-        # A token sees the earlier tokens of the context and of its own branch.
-        causal = torch.ones((width, width), dtype=torch.bool).tril()
-        allowed = causal & ((segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None]))
-        dtype = next(model.parameters()).dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-        kwargs = {"attention_mask": mask[:, None].to(device), "position_ids": positions.to(device)}
+    if not all(lay.chain for lay in layouts):
+        kwargs = {"attention_mask": _tree_mask(layouts, width, model).to(device), "position_ids": positions.to(device)}
     rows_at, positions_at = torch.tensor(where_row, device=device), torch.tensor(where_pos, device=device)
     base, head = getattr(model, "base_model", None), model.get_output_embeddings()
     if base is not None and base is not model and head is not None and _plain_head(model):
@@ -223,10 +297,40 @@ def _score_batch(model, batch: Sequence[Row], device) -> None:
         picked = head(hidden[rows_at, positions_at])
     else:
         picked = model(ids.to(device), use_cache=False, **kwargs).logits[rows_at, positions_at]
-    logprobs = torch.log_softmax(picked.float(), dim=-1)
+    picked = picked.float()
     target = torch.tensor(targets, device=device)
+    # A token's log-probability is its logit less the log-sum-exp of its position's logits:
+    # what log_softmax computes, without writing a vocabulary-wide row per token.
     # Summed in float32 per continuation, as lm-eval sums them.
-    token_ll = logprobs.gather(1, target[:, None])[:, 0].cpu()
-    greedy = (logprobs.argmax(dim=-1) == target).cpu()
+    token_ll = (picked.gather(1, target[:, None])[:, 0] - torch.logsumexp(picked, dim=-1)).cpu()
+    greedy = (picked.argmax(dim=-1) == target).cpu()
     for b, row in enumerate(batch):
         row.results = [(float(token_ll[i:j].sum()), bool(greedy[i:j].all())) for i, j in spans[b]]
+
+
+def _tree_mask(layouts: Sequence[_Layout], width: int, model):
+    """The additive 4D attention mask of a batch: causal over each prefix (and over a row
+    that is one chain), every node seeing the prefix, its ancestors and itself; padding
+    sees the first token only, so that no softmax runs over nothing."""
+    import torch
+
+    allowed = torch.zeros((len(layouts), width, width), dtype=torch.bool)
+    allowed[:, :, 0] = True
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    for b, lay in enumerate(layouts):
+        if lay.chain:
+            allowed[b, : len(lay.ids), : len(lay.ids)] = causal[: len(lay.ids), : len(lay.ids)]
+            continue
+        n = len(lay.ids) - len(lay.parents)
+        allowed[b, :n, :n] = causal[:n, :n]
+        allowed[b, n : len(lay.ids), :n] = True
+        seen: list[list[int]] = []
+        queries, keys = [], []
+        for i, parent in enumerate(lay.parents):
+            line = [*seen[parent - n], n + i] if parent >= n else [n + i]
+            seen.append(line)
+            queries += [n + i] * len(line)
+            keys += line
+        allowed[b, queries, keys] = True
+    dtype = next(model.parameters()).dtype
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
