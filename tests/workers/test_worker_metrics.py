@@ -4,6 +4,8 @@ built from the registry reports each of them under its key."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -38,14 +40,16 @@ def _statistics(case: Case, k: int = 5) -> ClassificationStatistics:
 
 def test_every_metric_has_a_reference():
     """A metric registered without a reference check here fails this test."""
-    assert set(METRICS) == set(REFERENCES)
+    assert set(metrics.names(metrics.CLASSIFICATION)) == set(REFERENCES)
+    assert set(metrics.names(metrics.LANGUAGE_MODEL)) == set(LANGUAGE_MODEL_REFERENCES)
+    assert set(METRICS) == set(REFERENCES) | set(LANGUAGE_MODEL_REFERENCES)
     assert {name for name, m in METRICS.items() if m.per_class} == set(PER_CLASS)
     for name, (parameter_sets, _) in REFERENCES.items():
         assert all(set(p) == set(METRICS[name].takes()) for p in parameter_sets), name
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("name", list(METRICS))
+@pytest.mark.parametrize("name", metrics.names(metrics.CLASSIFICATION))
 def test_metric_equals_its_reference(seed, name):
     case = _case(seed)
     statistics = _statistics(case)
@@ -54,6 +58,63 @@ def test_metric_equals_its_reference(seed, name):
         got = metrics.value(name, statistics, **parameters)
         assert got.shape == (1,)
         assert got[0] == pytest.approx(reference(case, **parameters), rel=1e-9, abs=1e-12), parameters
+
+
+# lm-evaluation-harness's definitions, written as it writes them: ``mean`` of per-instance
+# hits, and ``weighted_perplexity`` / ``bits_per_byte`` of (log-likelihood, weight) pairs.
+LANGUAGE_MODEL_REFERENCES = {
+    "acc": lambda rows: sum(r["hit"] for r in rows) / len(rows),
+    "acc_norm": lambda rows: sum(r["hit_norm"] for r in rows) / len(rows),
+    "exact_match": lambda rows: sum(r["match"] for r in rows) / len(rows),
+    "word_perplexity": lambda rows: math.exp(-sum(r["ll"] for r in rows) / sum(r["words"] for r in rows)),
+    "byte_perplexity": lambda rows: math.exp(-sum(r["ll"] for r in rows) / sum(r["bytes"] for r in rows)),
+    "bits_per_byte": lambda rows: -sum(r["ll"] for r in rows) / sum(r["bytes"] for r in rows) / math.log(2),
+}
+_SUMS = {"hit": "hits", "hit_norm": "hits_norm", "match": "matches", "ll": "loglikelihood", "words": "words", "bytes": "bytes"}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_language_model_metrics_equal_lm_evals_definitions(seed):
+    rng = np.random.default_rng(seed)
+    n = 300
+    rows = [
+        {
+            "hit": bool(rng.random() < 0.6),
+            "hit_norm": bool(rng.random() < 0.5),
+            "match": bool(rng.random() < 0.3),
+            "ll": float(-rng.uniform(10, 400)),
+            "words": int(rng.integers(3, 90)),
+            "bytes": int(rng.integers(20, 600)),
+        }
+        for _ in range(n)
+    ]
+    statistics = metrics.LanguageModelStatistics.of_rows(**{_SUMS[k]: np.array([r[k] for r in rows]) for k in _SUMS})
+    for name, reference in LANGUAGE_MODEL_REFERENCES.items():
+        assert metrics.value(name, statistics)[0] == pytest.approx(reference(rows), rel=1e-12), name
+    # A kind's statistics leave the other kinds' metrics undefined, never zero.
+    only_choices = metrics.LanguageModelStatistics.of_rows(hits=np.ones(3), hits_norm=np.zeros(3))
+    assert metrics.value("acc", only_choices)[0] == 1.0 and metrics.value("acc_norm", only_choices)[0] == 0.0
+    assert all(np.isnan(metrics.value(name, only_choices)[0]) for name in ("exact_match", "bits_per_byte", "word_perplexity"))
+    # A bootstrap block: one row of weights per sample, the same definitions.
+    weights = rng.multinomial(n, np.full(n, 1 / n), size=4).astype(float)
+    block = metrics.LanguageModelStatistics.of_cells({_SUMS[k]: np.array([r[k] for r in rows], float) for k in _SUMS}, weights)
+    for s in range(4):
+        resampled = [row for row, w in zip(rows, weights[s]) for _ in range(int(w))]
+        for name, reference in LANGUAGE_MODEL_REFERENCES.items():
+            assert metrics.value(name, block)[s] == pytest.approx(reference(resampled), rel=1e-9), (name, s)
+
+
+def test_the_language_model_summary_reports_its_kinds_metrics():
+    from shared.summaries import language_model_summary
+
+    summary = language_model_summary(
+        kind="perplexity", truncated=0, loglikelihood=np.array([-10.0, -30.0]), words=np.array([4, 6]), bytes=np.array([20, 30])
+    ).model_dump()
+    assert summary["instances"] == 2 and summary["kind"] == "perplexity"
+    assert summary["word_perplexity"] == pytest.approx(math.exp(4.0)) and summary["bits_per_byte"] == pytest.approx(
+        0.8 / math.log(2)
+    )
+    assert summary["acc"] is None and summary["exact_match"] is None
 
 
 @pytest.mark.parametrize("name", list(PER_CLASS))
