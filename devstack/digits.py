@@ -17,6 +17,7 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -122,15 +123,15 @@ def train_digits_vit(out_dir: str | Path, *, recipe: Recipe = Recipe()) -> Path:
     return out_dir
 
 
-def cached_digits_vit(cache_root: str | Path, *, recipe: Recipe = Recipe()) -> Path:
-    """The trained model directory, training it once per recipe (atomic, safe across processes)."""
-    target = Path(cache_root) / f"digits-vit-{recipe.digest()}"
+def build_once(target: Path, build: Callable[[Path], object]) -> Path:
+    """``target``, built once by ``build(staging_dir)`` and renamed into place (atomic, safe
+    across processes): a cache of trained models keyed by their recipe."""
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".digits-vit-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        train_digits_vit(staging, recipe=recipe)
+        build(staging)
         try:
             os.rename(staging, target)
         except OSError:  # another process finished first; its copy is as good as ours
@@ -138,6 +139,11 @@ def cached_digits_vit(cache_root: str | Path, *, recipe: Recipe = Recipe()) -> P
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def cached_digits_vit(cache_root: str | Path, *, recipe: Recipe = Recipe()) -> Path:
+    """The trained model directory, training it once per recipe."""
+    return build_once(Path(cache_root) / f"digits-vit-{recipe.digest()}", lambda d: train_digits_vit(d, recipe=recipe))
 
 
 def archive_directory(source: str | Path, archive: str | Path, *, fmt: str = "zip") -> Path:

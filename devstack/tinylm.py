@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
+
+from devstack.digits import build_once
 
 ANIMALS = ["cat", "dog", "cow", "owl", "fox", "bee", "ant", "eel", "yak", "hen", "pig", "rat"]
 COLOURS = ["red", "blue", "green", "black", "white", "yellow"]
@@ -98,22 +97,9 @@ def build_model(directory: Path, *, steps: int = 300) -> Path:
 
 
 def cached_tiny_lm(cache_root: str | Path, *, steps: int = 300) -> Path:
-    """The trained model directory, built once per recipe (atomic, safe across processes)."""
+    """The trained model directory, built once per recipe (this file and ``steps``)."""
     recipe = hashlib.sha256(Path(__file__).read_bytes() + str(steps).encode()).hexdigest()[:12]
-    target = Path(cache_root) / f"tiny-lm-{recipe}"
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-lm-", dir=target.parent))
-    try:
-        build_model(staging, steps=steps)
-        try:
-            os.rename(staging, target)
-        except OSError:  # another process finished first; its copy is as good as ours
-            pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(Path(cache_root) / f"tiny-lm-{recipe}", lambda d: build_model(d, steps=steps))
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

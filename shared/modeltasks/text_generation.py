@@ -143,13 +143,12 @@ COMMON_PREDICTIONS: tuple[Column, ...] = (
     Column("instance_id", "string", description="The dataset instance."),
     Column("truncated", "bool", description="The prompt lost tokens on the left to fit the model's window."),
 )
+PROMPT = Column(
+    "prompt", "string", description=f"The instance's own prompt (no few-shot examples), {MAX_PROMPT_STORED:,} characters at most."
+)
 KIND_PREDICTIONS: dict[str, tuple[Column, ...]] = {
     "multiple_choice": (
-        Column(
-            "prompt",
-            "string",
-            description=f"The instance's own prompt (no few-shot examples), {MAX_PROMPT_STORED:,} characters at most.",
-        ),
+        PROMPT,
         Column("choices", "list<string>", description="The choices."),
         Column("answer", "int32", description="The index of the right choice."),
         Column(
@@ -164,11 +163,7 @@ KIND_PREDICTIONS: dict[str, tuple[Column, ...]] = {
         Column("correct_norm", "bool", description="prediction_norm == answer (acc_norm)."),
     ),
     "generate": (
-        Column(
-            "prompt",
-            "string",
-            description=f"The instance's own prompt (no few-shot examples), {MAX_PROMPT_STORED:,} characters at most.",
-        ),
+        PROMPT,
         Column("targets", "list<string>", description="The right answers."),
         Column("output", "string", description="The generated text, cut before the first stop string."),
         Column(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from assay.client import Client
 from devstack.emulators import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,3 +53,9 @@ def stack(tmp_path_factory):
             supervisor.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(supervisor.pid, 9)
+
+
+@pytest.fixture(scope="module")
+def client(stack) -> Client:
+    """The SDK's client of the stack, without progress bars."""
+    return Client(stack["ASSAY_URL"], stack["ASSAY_API_KEY"], progress=False)

@@ -6,31 +6,18 @@ itself is held to lm-eval by tests/workers/test_lm_exactness.py)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from assay.client import Client
 from shared.errors import Invalid
 from shared.modeltasks.text_generation import TextGenerationConfig
+from tests.e2e.stack_cli import cli
 from tests.workers.lm_fixtures import build_model, choice_rows, generation_rows, text_rows, write_jsonl
 
 pytestmark = pytest.mark.slow
 LM = "text-generation"
-
-
-@pytest.fixture(scope="module")
-def client(stack) -> Client:
-    return Client(stack["ASSAY_URL"], stack["ASSAY_API_KEY"], progress=False)
-
-
-def cli(stack, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ASSAY_URL": stack["ASSAY_URL"], "ASSAY_API_KEY": stack["ASSAY_API_KEY"]}
-    return subprocess.run([sys.executable, "-m", "assay.cli", *args], env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

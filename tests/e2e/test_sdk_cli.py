@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from assay import verify_signature
-from assay.client import Client
 from shared import errors
 from shared.settings import Settings
 from shared.storage import Storage, prefixes_of
+from tests.e2e.stack_cli import cli
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,21 +34,6 @@ def digits_assets(tmp_path_factory):
         tmp_path_factory.mktemp("data") / "digits.zip", {"test": digits.digits_images("test")}
     )
     return model_dir, archive
-
-
-@pytest.fixture(scope="module")
-def client(stack) -> Client:
-    return Client(stack["ASSAY_URL"], stack["ASSAY_API_KEY"], progress=False)
-
-
-def cli(stack, *args: str) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "ASSAY_URL": stack["ASSAY_URL"],
-        "ASSAY_API_KEY": stack["ASSAY_API_KEY"],
-        "ASSAY_CONFIG": str(Path(stack["STATE"]) / "cli-config.json"),
-    }
-    return subprocess.run([sys.executable, "-m", "assay.cli", *args], env=env, capture_output=True, text=True, timeout=600)
 
 
 def wait_gone(fetch, timeout_s: float = 60.0) -> None:

@@ -5,29 +5,16 @@ text config, query every result route."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from assay.client import Client
+from tests.e2e.stack_cli import cli
 from tests.workers.text_fixtures import LABEL_NAMES, build_text_classifier, labelled, write_csv, write_jsonl
 
 pytestmark = pytest.mark.slow
 TEXT = "text-classification"
-
-
-@pytest.fixture(scope="module")
-def client(stack) -> Client:
-    return Client(stack["ASSAY_URL"], stack["ASSAY_API_KEY"], progress=False)
-
-
-def cli(stack, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ASSAY_URL": stack["ASSAY_URL"], "ASSAY_API_KEY": stack["ASSAY_API_KEY"]}
-    return subprocess.run([sys.executable, "-m", "assay.cli", *args], env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
