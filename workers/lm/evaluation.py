@@ -31,12 +31,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shared.modeltasks.text_generation import (
-    COMMON_PREDICTIONS,
-    KIND_PREDICTIONS,
     MAX_PROMPT_STORED,
     MAX_TEXT_EXCERPT,
     TextGenerationConfig,
 )
+from shared.results import LANGUAGE_MODEL_SCHEMAS
 from shared.summaries import language_model_summary
 from workers.evaluate import RunStats, _peak_memory, prediction_shard_path
 from workers.failures import FailureReason, WorkerFailure
@@ -48,21 +47,11 @@ from workers.lm.shapes import SHAPE_SCHEMAS
 # Instances handed to the engine at once: it sorts them by length to batch them, and
 # progress is reported after each part.
 PART_INSTANCES = 512
-_ARROW = {
-    "string": pa.string(),
-    "bool": pa.bool_(),
-    "int32": pa.int32(),
-    "int64": pa.int64(),
-    "float64": pa.float64(),
-    "list<string>": pa.list_(pa.string()),
-    "list<float64>": pa.list_(pa.float64()),
-    "list<bool>": pa.list_(pa.bool_()),
-}
 
 
 def prediction_schema(kind: str) -> pa.Schema:
-    """The prediction shards' schema for ``kind``: the contract's columns, in its order."""
-    return pa.schema([(c.name, _ARROW[c.type]) for c in COMMON_PREDICTIONS + KIND_PREDICTIONS[kind]])
+    """The prediction shards' schema for ``kind``: the contract's (``shared.results``)."""
+    return LANGUAGE_MODEL_SCHEMAS[kind]
 
 
 def evaluate(
@@ -106,10 +95,6 @@ def evaluate(
             FailureReason.load_error,
             "generation needs a tokenizer with an EOS token, which this one lacks (set eos_token in tokenizer_config.json)",
         )
-    if tokenizer.pad_token is None:
-        # Generation pads its batches through the tokenizer; the padding is masked out, so
-        # any token serves, and the EOS token is what lm-eval uses too.
-        tokenizer.pad_token = tokenizer.eos_token
     timings["load_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
