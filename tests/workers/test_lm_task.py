@@ -322,7 +322,6 @@ def test_each_kind_writes_the_declared_columns_and_the_engines_numbers(tiny, tmp
     pool = [d for p in splits.get("dev", []) for d in pq.read_table(p).drop_columns(["instance_id"]).to_pylist()]
     model = AutoModelForCausalLM.from_pretrained(tiny, dtype="float32").eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny)
-    tokenizer.pad_token = tokenizer.eos_token  # generation pads through the tokenizer (evaluate sets it too)
     if kind == "multiple_choice":
         result = engine.multiple_choice(model, tokenizer, docs, pool, config, same_split=False)
         assert [r["prediction"] for r in rows] == [r["prediction"] for r in result.records]
