@@ -227,6 +227,27 @@ def json_lines(path: Path, limit: int) -> Iterator[bytes | None]:
             yield None
 
 
+def json_records(path: Path, limit: int) -> Iterator[dict | str]:
+    """Each JSON Lines record (blank lines skipped, a UTF-8 BOM allowed): the object, or
+    what stops it being one: ``too_long`` (over ``limit`` bytes, skipped unread),
+    ``invalid_utf8`` or ``invalid_json`` (not JSON, or JSON that is not an object)."""
+    for line in json_lines(path, limit):
+        if line is None:
+            yield "too_long"
+            continue
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
+        except UnicodeDecodeError:
+            yield "invalid_utf8"
+            continue
+        except ValueError:
+            yield "invalid_json"
+            continue
+        yield record if isinstance(record, dict) else "invalid_json"
+
+
 def number_unsplit(names: Names) -> None:
     """Rows refused before their split could be read count against the default split,
     each under an id of its own."""

@@ -271,6 +271,30 @@ def _check_size_before_loading(root: Path, kind: ModelKind) -> None:
         )
 
 
+def load_tokenizer(root: Path, model):
+    """The tokenizer saved beside ``model``, loaded without remote code or the hub, and
+    checked to fit it: every id it can emit must index a row of the input embedding.
+
+    Raises:
+        WorkerFailure: ``load_error`` when it does not load; ``tokenizer_mismatch`` when its
+            ids do not fit the model's embedding.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=False, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 -- whatever the tokenizer files make transformers raise is the upload's fault
+        raise WorkerFailure(FailureReason.load_error, f"the tokenizer does not load: {type(e).__name__}: {e}") from e
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise WorkerFailure(
+            FailureReason.tokenizer_mismatch,
+            f"the tokenizer has {len(tokenizer):,} tokens but the model's embedding only {rows:,} rows: "
+            "upload the tokenizer the model was trained with",
+        )
+    return tokenizer
+
+
 def load_weights(root: Path, kind: ModelKind):
     """The kind's model loaded safely: safetensors only, no remote code, no hub, every
     parameter from the checkpoint (so two loads are the same model), in eval mode.

@@ -29,7 +29,6 @@ type, more kept columns than allowed.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from workers.canonical import (
     Row,
     first_byte,
     is_parquet,
-    json_lines,
+    json_records,
     number_unsplit,
     open_parquet,
     text_problem,
@@ -318,21 +317,9 @@ def _read_parquet(path: Path, reader: _Reader) -> None:
 def _read_jsonl(path: Path, reader: _Reader) -> None:
     # A row's texts, JSON-escaped (at most 6 bytes a byte: \u0000), and its other fields.
     limit = 2 * 6 * reader.limits.max_text_bytes + 64 * 1024
-    for line in json_lines(path, limit):
-        if line is None:
-            reader.names.split(DEFAULT_SPLIT).append(Row("", None, None, "row_too_long"))
-            continue
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
-        except UnicodeDecodeError:
-            record = "invalid_utf8"
-        except ValueError:
-            record = "invalid_json"
-        if not isinstance(record, dict):
-            problem = record if record == "invalid_utf8" else "invalid_json"
-            reader.names.split(DEFAULT_SPLIT).append(Row("", None, None, problem))
+    for record in json_records(path, limit):
+        if isinstance(record, str):  # a line too long for any valid row, or not a JSON object
+            reader.names.split(DEFAULT_SPLIT).append(Row("", None, None, "row_too_long" if record == "too_long" else record))
             continue
         reader.columns_of(record)
         reader.add(record)

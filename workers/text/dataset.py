@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from workers.canonical import (
     first_byte,
     hf_label_names,
     is_parquet,
-    json_lines,
+    json_records,
     number_unsplit,
     open_parquet,
     text_problem,
@@ -175,21 +174,9 @@ def _is_texty(type_: pa.DataType) -> bool:
 def _read_jsonl(path: Path, names: Names, limits: IngestLimits) -> None:
     # A row's two texts, JSON-escaped (at most 6 bytes a byte: \u0000), and its other fields.
     limit = 2 * 6 * limits.max_text_bytes + 64 * 1024
-    for line in json_lines(path, limit):
-        if line is None:
-            names.split(DEFAULT_SPLIT).append(Row("", None, None, "text_too_long"))
-            continue
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
-        except UnicodeDecodeError:
-            record = "invalid_utf8"
-        except ValueError:
-            record = "invalid_json"
-        if not isinstance(record, dict):
-            problem = record if isinstance(record, str) and record == "invalid_utf8" else "invalid_json"
-            names.split(DEFAULT_SPLIT).append(Row("", None, None, problem))
+    for record in json_records(path, limit):
+        if isinstance(record, str):  # a line too long for any valid row, or not a JSON object
+            names.split(DEFAULT_SPLIT).append(Row("", None, None, "text_too_long" if record == "too_long" else record))
             continue
         _row(names, record.get("split"), record.get("text"), record.get("text_pair"), record.get("label"), None, limits)
     number_unsplit(names)

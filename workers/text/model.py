@@ -16,7 +16,7 @@ from pathlib import Path
 
 from shared.modeltasks.text_classification import SPEC
 from workers.failures import FailureReason, WorkerFailure
-from workers.verify import ModelKind, load_weights
+from workers.verify import ModelKind, load_tokenizer, load_weights
 
 _MB = 1024**2
 # Every tokenizer file the task allows (shared.modeltasks.text_classification), capped.
@@ -44,7 +44,6 @@ def load_model(root: Path):
             regression head; ``load_error`` when the tokenizer cannot load;
             ``tokenizer_mismatch`` when its ids do not fit the model's embedding.
     """
-    from transformers import AutoTokenizer
 
     if not any((root / name).exists() for name in VOCABULARY_FILES):
         raise WorkerFailure(FailureReason.load_error, f"no tokenizer vocabulary: one of {list(VOCABULARY_FILES)} is needed")
@@ -53,17 +52,7 @@ def load_model(root: Path):
         raise WorkerFailure(
             FailureReason.unsupported_architecture, "the model is a regression model (problem_type), not a classifier"
         )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=False, local_files_only=True)
-    except Exception as e:  # noqa: BLE001 -- whatever the tokenizer files make transformers raise is the upload's fault
-        raise WorkerFailure(FailureReason.load_error, f"the tokenizer does not load: {type(e).__name__}: {e}") from e
-    rows = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > rows:
-        raise WorkerFailure(
-            FailureReason.tokenizer_mismatch,
-            f"the tokenizer has {len(tokenizer):,} tokens but the model's embedding only {rows:,} rows: "
-            "upload the tokenizer the model was trained with",
-        )
+    tokenizer = load_tokenizer(root, model)
     if tokenizer.pad_token_id is None:
         raise WorkerFailure(
             FailureReason.load_error, "the tokenizer has no padding token (set pad_token in tokenizer_config.json)"
